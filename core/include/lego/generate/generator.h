@@ -1,0 +1,88 @@
+// Text generation on a LLaMA decoder: greedy and sampled decoding with a KV cache, batched left-padded
+// prompts, stop strings, streaming and seeds (DESIGN.md, core/generate).
+//
+// Prompts enter either as token ids or as input embeddings (the multimodal path splices media features
+// into the embeddings first); both share one decoding loop. Logits are processed in the order of the HF
+// reference (repetition penalty, temperature, top-k, top-p) and sampled on the CPU with a seeded
+// generator, so a seed gives the same text on every device.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "lego/llm/llama.h"
+#include "lego/text/tokenizer.h"
+
+namespace lego::generate {
+
+struct SamplingOptions {
+  int64_t max_new_tokens = 128;
+  // 0 selects greedy decoding (argmax); > 0 samples from softmax(logits / temperature).
+  double temperature = 0.0;
+  int64_t top_k = 0;   // 0: no top-k filter
+  double top_p = 1.0;  // 1: no nucleus filter
+  // HF's CTRL-style penalty on every token already in the sequence (prompt included); 1 disables it.
+  double repetition_penalty = 1.0;
+  // Generation of a row ends when its text contains one of these; the text is cut before it.
+  std::vector<std::string> stop;
+  bool stop_at_eos = true;
+  uint64_t seed = 0;
+  // Throws lego::Error(InvalidArgument) naming the first bad field.
+  void validate() const;
+};
+
+struct GenerationOutput {
+  std::vector<int64_t> token_ids;  // generated ids (EOS excluded)
+  std::string text;                // decoded, cut at the first stop string
+  std::string finish_reason;       // "eos", "stop", "length" or "context"
+};
+
+struct GenerationTimings {
+  int64_t prompt_tokens = 0;     // padded prompt length x batch
+  int64_t generated_tokens = 0;  // decode steps x batch
+  double prefill_ms = 0;
+  double decode_ms = 0;
+};
+
+// Called with (row, new text) as text becomes final; held back while it could still begin a stop string.
+using StreamCallback = std::function<void(int64_t row, std::string_view text)>;
+
+class Generator {
+ public:
+  Generator(llm::LlamaForCausalLM model, const text::Tokenizer& tokenizer);
+
+  // Decodes a continuation of each prompt (token ids, BOS included when wanted).
+  std::vector<GenerationOutput> generate(const std::vector<std::vector<int64_t>>& prompts,
+                                         const SamplingOptions& options, const StreamCallback& stream = {},
+                                         GenerationTimings* timings = nullptr);
+
+  // Same, from prompt embeddings [B, T, hidden] that are left-padded; `valid` [B, T] bool marks real
+  // positions, `prompt_ids` [B, T] the ids (for the repetition penalty; pad where features were spliced).
+  std::vector<GenerationOutput> generate_from_embeddings(const torch::Tensor& embeds, const torch::Tensor& valid,
+                                                         const torch::Tensor& prompt_ids,
+                                                         const SamplingOptions& options,
+                                                         const StreamCallback& stream = {},
+                                                         GenerationTimings* timings = nullptr);
+
+  // Logits [B, vocab] (float32, CPU) at the last real position of each prompt, computed exactly as the
+  // first decoding step does.
+  torch::Tensor last_logits(const std::vector<std::vector<int64_t>>& prompts);
+
+  // Left-pads prompts to one length: ids [B, T] (pad id), valid [B, T] bool.
+  std::pair<torch::Tensor, torch::Tensor> pad_batch(const std::vector<std::vector<int64_t>>& prompts) const;
+
+ private:
+  llm::LlamaForCausalLM model_;
+  const text::Tokenizer& tokenizer_;
+};
+
+// Applies repetition penalty, temperature, top-k and top-p to `logits` [B, V] (float32) in place of a copy
+// and returns the processed logits; `history` [B, L] holds each row's ids so far.
+torch::Tensor process_logits(const torch::Tensor& logits, const torch::Tensor& history, const SamplingOptions& options);
+
+}  // namespace lego::generate

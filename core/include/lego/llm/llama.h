@@ -1,0 +1,215 @@
+// LLaMA decoder on libtorch: the language model every LEGO modality is spliced into (DESIGN.md, core/llm).
+//
+// Module names follow the Hugging Face LlamaForCausalLM state dict (`model.layers.0.self_attn.q_proj.weight`,
+// `lm_head.weight`, ...) so released checkpoints load by name. The same modules serve inference (KV cache,
+// batched left-padded prompts) and training (full-sequence forward under autograd from input embeddings;
+// `LlamaModelImpl::forward_layer` is the per-layer seam for activation checkpointing).
+#pragma once
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "lego/sdk/nn/linear.h"
+
+namespace lego::llm {
+
+// Architecture of a LLaMA-family decoder; the defaults are LLaMA-2 / Vicuna-7B v1.5's where they apply.
+struct LlamaOptions {
+  LlamaOptions(int64_t vocab_size, int64_t hidden_size, int64_t intermediate_size, int64_t num_layers,
+               int64_t num_heads);
+
+  int64_t kv_heads() const { return num_kv_heads_ > 0 ? num_kv_heads_ : num_heads_; }
+  int64_t head_width() const { return head_dim_ > 0 ? head_dim_ : hidden_size_ / num_heads_; }
+  // Throws lego::Error(InvalidArgument) naming the first inconsistent field.
+  void validate() const;
+
+  TORCH_ARG(int64_t, vocab_size);
+  TORCH_ARG(int64_t, hidden_size);
+  TORCH_ARG(int64_t, intermediate_size);
+  TORCH_ARG(int64_t, num_layers);
+  TORCH_ARG(int64_t, num_heads);
+  // Key/value heads for grouped-query attention; 0 means num_heads (plain multi-head attention).
+  TORCH_ARG(int64_t, num_kv_heads) = 0;
+  // Per-head width; 0 means hidden_size / num_heads.
+  TORCH_ARG(int64_t, head_dim) = 0;
+  TORCH_ARG(double, rms_norm_eps) = 1e-5;
+  TORCH_ARG(double, rope_theta) = 10000.0;
+  // Linear RoPE scaling ("position interpolation"): positions are divided by this factor.
+  TORCH_ARG(double, rope_scaling_factor) = 1.0;
+  // Longest sequence (prompt + generated) the model accepts.
+  TORCH_ARG(int64_t, max_position) = 4096;
+  TORCH_ARG(bool, attention_bias) = false;
+  TORCH_ARG(bool, tie_word_embeddings) = false;
+
+};
+
+// Keys and values of every layer for a batch of sequences, allocated once at full capacity and filled in
+// place: decoding writes one slot per step, never concatenates.
+class KvCache {
+ public:
+  KvCache(const LlamaOptions& options, int64_t batch, int64_t capacity, torch::TensorOptions tensor_options);
+
+  int64_t batch() const { return batch_; }
+  int64_t capacity() const { return capacity_; }
+  // Slots filled so far (the same for every row: prompts are left-padded to one length).
+  int64_t length() const { return length_; }
+  // Writes `keys`/`values` [B, kv_heads, T, D] of `layer` at slots length()..length()+T-1 and returns
+  // views of slots 0..length()+T-1.
+  std::pair<torch::Tensor, torch::Tensor> append(int64_t layer, const torch::Tensor& keys,
+                                                 const torch::Tensor& values);
+  // Marks T more slots as filled; called once per forward after every layer appended.
+  void advance(int64_t steps);
+  void reset() { length_ = 0; }
+
+ private:
+  int64_t batch_;
+  int64_t capacity_;
+  int64_t length_ = 0;
+  std::vector<torch::Tensor> keys_;
+  std::vector<torch::Tensor> values_;
+};
+
+// What one forward call attends to. Built by the caller (generation, training) once per call.
+struct AttentionContext {
+  // [B, T] int64: rotary position of each new token (left padding makes these differ per row).
+  torch::Tensor positions;
+  // [B, S] bool over every key slot the call sees (cached + new), true where the key is a real token;
+  // undefined means all keys are real.
+  torch::Tensor key_valid;
+  // When set, new keys and values are appended to it and all cached slots are attended.
+  KvCache* cache = nullptr;
+};
+
+// y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 as the reference does.
+class RMSNormImpl : public torch::nn::Cloneable<RMSNormImpl> {
+ public:
+  RMSNormImpl(int64_t width, double eps);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::Tensor weight;
+
+ private:
+  int64_t width_;
+  double eps_;
+};
+TORCH_MODULE(RMSNorm);
+
+// Rotary position embedding: cos/sin tables for every position up to max_position, computed once.
+class RotaryEmbeddingImpl : public torch::nn::Cloneable<RotaryEmbeddingImpl> {
+ public:
+  explicit RotaryEmbeddingImpl(const LlamaOptions& options);
+  void reset() override;
+  // Rotates q [B, H, T, D] and k [B, Hkv, T, D] by the angles of `positions` [B, T].
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& q, const torch::Tensor& k,
+                                                  const torch::Tensor& positions);
+
+ private:
+  LlamaOptions options_;
+  torch::Tensor cos_;  // [max_position, D] float32 (non-persistent buffer: not in the state dict)
+  torch::Tensor sin_;
+};
+TORCH_MODULE(RotaryEmbedding);
+
+class LlamaAttentionImpl : public torch::nn::Cloneable<LlamaAttentionImpl> {
+ public:
+  explicit LlamaAttentionImpl(const LlamaOptions& options);
+  void reset() override;
+  // `mask` is [B, 1, T, S] bool (true = attend) or undefined with `causal` saying whether to apply the
+  // plain causal pattern.
+  torch::Tensor forward(const torch::Tensor& x, int64_t layer, const AttentionContext& ctx,
+                        RotaryEmbedding& rope, const torch::Tensor& mask, bool causal);
+
+  nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+
+ private:
+  LlamaOptions options_;
+};
+TORCH_MODULE(LlamaAttention);
+
+// SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
+class LlamaMLPImpl : public torch::nn::Cloneable<LlamaMLPImpl> {
+ public:
+  explicit LlamaMLPImpl(const LlamaOptions& options);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x);
+
+  nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+
+ private:
+  LlamaOptions options_;
+};
+TORCH_MODULE(LlamaMLP);
+
+class LlamaDecoderLayerImpl : public torch::nn::Cloneable<LlamaDecoderLayerImpl> {
+ public:
+  explicit LlamaDecoderLayerImpl(const LlamaOptions& options);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x, int64_t layer, const AttentionContext& ctx,
+                        RotaryEmbedding& rope, const torch::Tensor& mask, bool causal);
+
+  LlamaAttention self_attn{nullptr};
+  LlamaMLP mlp{nullptr};
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+
+ private:
+  LlamaOptions options_;
+};
+TORCH_MODULE(LlamaDecoderLayer);
+
+// The decoder stack without the LM head (HF `LlamaModel`).
+class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl> {
+ public:
+  explicit LlamaModelImpl(const LlamaOptions& options);
+  void reset() override;
+
+  // [B, T] ids -> [B, T, hidden] input embeddings (where modality features are spliced in).
+  torch::Tensor embed(const torch::Tensor& ids);
+  // Runs every layer and the final norm on input embeddings [B, T, hidden]; returns [B, T, hidden].
+  torch::Tensor forward(const torch::Tensor& input_embeds, const AttentionContext& ctx);
+  // One decoder layer on its own: the seam for activation checkpointing in training.
+  torch::Tensor forward_layer(int64_t layer, const torch::Tensor& hidden, const AttentionContext& ctx,
+                              const torch::Tensor& mask, bool causal);
+  // The attention mask `forward` builds from `ctx` for T new tokens: ([B,1,T,S] bool or undefined, causal).
+  std::pair<torch::Tensor, bool> build_mask(const AttentionContext& ctx, int64_t new_tokens) const;
+
+  const LlamaOptions& options() const { return options_; }
+
+  nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+  RotaryEmbedding rotary_emb{nullptr};
+
+ private:
+  LlamaOptions options_;
+  std::vector<LlamaDecoderLayer> layer_list_;
+};
+TORCH_MODULE(LlamaModel);
+
+// Decoder plus LM head (HF `LlamaForCausalLM`).
+class LlamaForCausalLMImpl : public torch::nn::Cloneable<LlamaForCausalLMImpl> {
+ public:
+  explicit LlamaForCausalLMImpl(const LlamaOptions& options);
+  void reset() override;
+
+  // Hidden states [B, T, hidden] -> logits [B, T, vocab].
+  torch::Tensor logits(const torch::Tensor& hidden);
+  // Input embeddings -> logits of every position.
+  torch::Tensor forward(const torch::Tensor& input_embeds, const AttentionContext& ctx);
+
+  const LlamaOptions& options() const { return options_; }
+
+  LlamaModel model{nullptr};
+  nn::Linear lm_head{nullptr};
+
+ private:
+  LlamaOptions options_;
+};
+TORCH_MODULE(LlamaForCausalLM);
+
+}  // namespace lego::llm

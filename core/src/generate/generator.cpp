@@ -1,0 +1,257 @@
+#include "lego/generate/generator.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <limits>
+
+#include "lego/sdk/error.h"
+
+namespace lego::generate {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// Length of the longest suffix of `text` that is a proper prefix of some stop string: that much text
+// must wait before it is streamed.
+size_t held_back(const std::string& text, const std::vector<std::string>& stops) {
+  size_t hold = 0;
+  for (const auto& s : stops) {
+    for (size_t n = std::min(s.size() - 1, text.size()); n > hold; --n) {
+      if (text.compare(text.size() - n, n, s, 0, n) == 0) {
+        hold = n;
+        break;
+      }
+    }
+  }
+  return hold;
+}
+
+struct RowState {
+  std::vector<int64_t> ids;
+  std::string text;
+  size_t streamed = 0;
+  bool done = false;
+  std::string reason;
+};
+
+}  // namespace
+
+void SamplingOptions::validate() const {
+  auto bad = [](const std::string& what) { throw Error(ErrorKind::InvalidArgument, what); };
+  if (max_new_tokens < 0) bad("max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
+  if (temperature < 0) bad("temperature must be >= 0, got " + std::to_string(temperature));
+  if (top_k < 0) bad("top_k must be >= 0, got " + std::to_string(top_k));
+  if (!(top_p > 0 && top_p <= 1)) bad("top_p must be in (0, 1], got " + std::to_string(top_p));
+  if (!(repetition_penalty > 0)) bad("repetition_penalty must be > 0, got " + std::to_string(repetition_penalty));
+  for (const auto& s : stop) {
+    if (s.empty()) bad("stop strings must not be empty");
+  }
+}
+
+torch::Tensor process_logits(const torch::Tensor& logits, const torch::Tensor& history, const SamplingOptions& o) {
+  auto scores = logits;
+  if (o.repetition_penalty != 1.0 && history.numel() > 0) {
+    auto seen = scores.gather(1, history);
+    seen = torch::where(seen < 0, seen * o.repetition_penalty, seen / o.repetition_penalty);
+    scores = scores.scatter(1, history, seen);
+  }
+  if (o.temperature > 0 && o.temperature != 1.0) scores = scores / o.temperature;
+  const double neg_inf = -std::numeric_limits<double>::infinity();
+  if (o.top_k > 0 && o.top_k < scores.size(1)) {
+    auto kth = std::get<0>(scores.topk(o.top_k, 1)).narrow(1, o.top_k - 1, 1);
+    scores = scores.masked_fill(scores < kth, neg_inf);
+  }
+  if (o.top_p < 1.0) {
+    // Drop the lowest-probability tokens whose total mass stays within 1 - top_p; keep at least one.
+    auto [sorted, order] = scores.sort(1, /*descending=*/false);
+    auto cum = sorted.softmax(1).cumsum(1);
+    auto drop_sorted = cum <= (1.0 - o.top_p);
+    drop_sorted.narrow(1, sorted.size(1) - 1, 1).fill_(false);
+    auto drop = drop_sorted.scatter(1, order, drop_sorted);
+    scores = scores.masked_fill(drop, neg_inf);
+  }
+  return scores;
+}
+
+Generator::Generator(llm::LlamaForCausalLM model, const text::Tokenizer& tokenizer)
+    : model_(std::move(model)), tokenizer_(tokenizer) {}
+
+std::pair<torch::Tensor, torch::Tensor> Generator::pad_batch(const std::vector<std::vector<int64_t>>& prompts) const {
+  if (prompts.empty()) throw Error(ErrorKind::InvalidArgument, "generate: no prompts");
+  int64_t longest = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (prompts[i].empty()) throw Error(ErrorKind::InvalidArgument, "generate: prompt " + std::to_string(i) + " is empty");
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[i].size()));
+  }
+  const auto batch = static_cast<int64_t>(prompts.size());
+  auto ids = torch::full({batch, longest}, tokenizer_.pad_id(), torch::kInt64);
+  auto valid = torch::zeros({batch, longest}, torch::kBool);
+  for (int64_t b = 0; b < batch; ++b) {
+    const auto n = static_cast<int64_t>(prompts[b].size());
+    ids[b].narrow(0, longest - n, n).copy_(torch::tensor(prompts[b], torch::kInt64));
+    valid[b].narrow(0, longest - n, n).fill_(true);
+  }
+  return {ids, valid};
+}
+
+std::vector<GenerationOutput> Generator::generate(const std::vector<std::vector<int64_t>>& prompts,
+                                                  const SamplingOptions& options, const StreamCallback& stream,
+                                                  GenerationTimings* timings) {
+  auto [ids, valid] = pad_batch(prompts);
+  torch::NoGradGuard no_grad;
+  const auto device = model_->model->embed_tokens->weight.device();
+  if (ids.size(1) > model_->options().max_position()) {
+    throw Error(ErrorKind::InvalidArgument, "prompt of " + std::to_string(ids.size(1)) +
+                                                " tokens is longer than the model context of " +
+                                                std::to_string(model_->options().max_position()));
+  }
+  auto embeds = model_->model->embed(ids.to(device));
+  return generate_from_embeddings(embeds, valid, ids, options, stream, timings);
+}
+
+torch::Tensor Generator::last_logits(const std::vector<std::vector<int64_t>>& prompts) {
+  auto [ids, valid] = pad_batch(prompts);
+  torch::NoGradGuard no_grad;
+  const auto device = model_->model->embed_tokens->weight.device();
+  const int64_t steps = ids.size(1);
+  if (steps > model_->options().max_position()) {
+    throw Error(ErrorKind::InvalidArgument, "prompt of " + std::to_string(steps) +
+                                                " tokens is longer than the model context of " +
+                                                std::to_string(model_->options().max_position()));
+  }
+  auto positions = (valid.to(torch::kInt64).cumsum(1) - 1).clamp_min(0);
+  llm::AttentionContext ctx;
+  ctx.positions = positions.to(device);
+  if (!valid.all().item<bool>()) ctx.key_valid = valid.to(device);
+  auto hidden = model_->model->forward(model_->model->embed(ids.to(device)), ctx);
+  return model_->logits(hidden.narrow(1, steps - 1, 1)).squeeze(1).to(torch::kCPU, torch::kFloat32);
+}
+
+std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::Tensor& embeds,
+                                                                  const torch::Tensor& valid_in,
+                                                                  const torch::Tensor& prompt_ids,
+                                                                  const SamplingOptions& options,
+                                                                  const StreamCallback& stream,
+                                                                  GenerationTimings* timings) {
+  options.validate();
+  torch::NoGradGuard no_grad;
+  const auto device = embeds.device();
+  const int64_t batch = embeds.size(0);
+  const int64_t prompt_len = embeds.size(1);
+  const int64_t context = model_->options().max_position();
+  if (prompt_len > context) {
+    throw Error(ErrorKind::InvalidArgument, "prompt of " + std::to_string(prompt_len) +
+                                                " tokens is longer than the model context of " + std::to_string(context));
+  }
+  const int64_t max_new = std::min(options.max_new_tokens, context - prompt_len);
+  const bool context_bound = max_new < options.max_new_tokens;
+
+  auto valid = valid_in.to(torch::kBool).cpu();
+  const bool padded = !valid.all().item<bool>();
+  const int64_t capacity = prompt_len + std::max<int64_t>(max_new, 1);
+  llm::KvCache cache(model_->options(), batch, capacity, torch::TensorOptions().dtype(embeds.dtype()).device(device));
+  torch::Tensor key_valid;
+  if (padded) {
+    key_valid = torch::ones({batch, capacity}, torch::kBool);
+    key_valid.narrow(1, 0, prompt_len).copy_(valid);
+    key_valid = key_valid.to(device);
+  }
+  auto next_pos = valid.to(torch::kInt64).sum(1);  // [B] position of the first generated token
+
+  std::vector<RowState> rows(batch);
+  // History for the repetition penalty: prompt ids then generated ids, preallocated.
+  torch::Tensor history;
+  if (options.repetition_penalty != 1.0) {
+    history = torch::full({batch, prompt_len + max_new}, tokenizer_.pad_id(), torch::kInt64);
+    history.narrow(1, 0, prompt_len).copy_(prompt_ids.cpu());  // pads included, as in HF
+  }
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+
+  auto t0 = Clock::now();
+  llm::AttentionContext ctx;
+  ctx.positions = (valid.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).to(device);
+  ctx.key_valid = key_valid;
+  ctx.cache = &cache;
+  auto hidden = model_->model->forward(embeds, ctx);
+  auto logits = model_->logits(hidden.narrow(1, prompt_len - 1, 1)).squeeze(1);
+  if (timings != nullptr) {
+    timings->prompt_tokens = batch * prompt_len;
+    timings->prefill_ms = ms_since(t0);
+  }
+
+  auto t1 = Clock::now();
+  int64_t steps = 0;
+  for (int64_t step = 0; step < max_new; ++step) {
+    auto scores = logits.to(torch::kCPU, torch::kFloat32);
+    torch::Tensor next;
+    if (options.temperature == 0 && options.repetition_penalty == 1.0) {
+      next = scores.argmax(1);
+    } else {
+      scores = process_logits(scores, history.defined() ? history.narrow(1, 0, prompt_len + step) : torch::Tensor(), options);
+      if (options.temperature == 0) {
+        next = scores.argmax(1);
+      } else {
+        next = scores.softmax(1).multinomial(1, /*replacement=*/false, gen).squeeze(1);
+      }
+    }
+    if (history.defined()) history.select(1, prompt_len + step).copy_(next);
+    ++steps;
+    const auto* next_ids = next.data_ptr<int64_t>();
+    bool all_done = true;
+    for (int64_t b = 0; b < batch; ++b) {
+      auto& r = rows[b];
+      if (r.done) continue;
+      const int64_t id = next_ids[b];
+      if (options.stop_at_eos && id == tokenizer_.eos_id()) {
+        r.done = true;
+        r.reason = "eos";
+      } else {
+        r.ids.push_back(id);
+        r.text = tokenizer_.decode(r.ids);
+        for (const auto& s : options.stop) {
+          const auto at = r.text.find(s);
+          if (at != std::string::npos) {
+            r.text.resize(at);
+            r.done = true;
+            r.reason = "stop";
+          }
+        }
+      }
+      if (stream) {
+        const size_t ready = r.done ? r.text.size() : r.text.size() - held_back(r.text, options.stop);
+        if (ready > r.streamed) {
+          stream(b, std::string_view(r.text).substr(r.streamed, ready - r.streamed));
+          r.streamed = ready;
+        }
+      }
+      all_done = all_done && r.done;
+    }
+    if (all_done || step + 1 == max_new) break;
+    ctx.positions = (next_pos + step).unsqueeze(1).to(device);
+    auto step_embeds = model_->model->embed(next.unsqueeze(1).to(device));
+    logits = model_->logits(model_->model->forward(step_embeds, ctx)).squeeze(1);
+  }
+  if (timings != nullptr) {
+    timings->generated_tokens = batch * steps;
+    timings->decode_ms = ms_since(t1);
+  }
+
+  std::vector<GenerationOutput> out;
+  out.reserve(batch);
+  for (auto& r : rows) {
+    if (!r.done) {
+      r.reason = context_bound ? "context" : "length";
+      if (stream && r.text.size() > r.streamed) stream(static_cast<int64_t>(&r - rows.data()), r.text.substr(r.streamed));
+    }
+    out.push_back({std::move(r.ids), std::move(r.text), std::move(r.reason)});
+  }
+  return out;
+}
+
+}  // namespace lego::generate

@@ -1,0 +1,284 @@
+#include "lego/llm/llama.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/functional/linear.h>
+
+#include <string>
+
+#include "lego/sdk/error.h"
+
+namespace lego::llm {
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw Error(ErrorKind::InvalidArgument, "llm options: " + what);
+}
+
+nn::Linear make_linear(int64_t in, int64_t out, bool bias) {
+  return nn::Linear(nn::LinearOptions(in, out).bias(bias));
+}
+
+// [..., D] -> [..., D] with the halves swapped and the first negated (the HF "rotate_half" layout).
+torch::Tensor rotate_half(const torch::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  auto x1 = x.narrow(-1, 0, half);
+  auto x2 = x.narrow(-1, half, half);
+  return torch::cat({-x2, x1}, -1);
+}
+
+}  // namespace
+
+LlamaOptions::LlamaOptions(int64_t vocab_size, int64_t hidden_size, int64_t intermediate_size,
+                           int64_t num_layers, int64_t num_heads)
+    : vocab_size_(vocab_size),
+      hidden_size_(hidden_size),
+      intermediate_size_(intermediate_size),
+      num_layers_(num_layers),
+      num_heads_(num_heads) {}
+
+void LlamaOptions::validate() const {
+  require(vocab_size_ > 0, "vocab_size must be positive, got " + std::to_string(vocab_size_));
+  require(hidden_size_ > 0, "hidden_size must be positive, got " + std::to_string(hidden_size_));
+  require(intermediate_size_ > 0,
+          "intermediate_size must be positive, got " + std::to_string(intermediate_size_));
+  require(num_layers_ > 0, "num_layers must be positive, got " + std::to_string(num_layers_));
+  require(num_heads_ > 0, "num_heads must be positive, got " + std::to_string(num_heads_));
+  require(num_kv_heads_ >= 0 && num_heads_ % kv_heads() == 0,
+          "num_heads (" + std::to_string(num_heads_) + ") must be a multiple of num_kv_heads (" +
+              std::to_string(kv_heads()) + ")");
+  require(head_dim_ > 0 || hidden_size_ % num_heads_ == 0,
+          "hidden_size (" + std::to_string(hidden_size_) + ") must be a multiple of num_heads (" +
+              std::to_string(num_heads_) + ") when head_dim is not given");
+  require(head_width() % 2 == 0, "head_dim must be even for rotary embeddings");
+  require(rms_norm_eps_ > 0, "rms_norm_eps must be positive");
+  require(rope_theta_ > 0, "rope_theta must be positive");
+  require(rope_scaling_factor_ > 0, "rope_scaling_factor must be positive");
+  require(max_position_ > 0, "max_position must be positive");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+KvCache::KvCache(const LlamaOptions& options, int64_t batch, int64_t capacity,
+                 torch::TensorOptions tensor_options)
+    : batch_(batch), capacity_(capacity) {
+  if (batch <= 0 || capacity <= 0) {
+    throw Error(ErrorKind::InvalidArgument, "KvCache: batch and capacity must be positive, got " +
+                                                std::to_string(batch) + " and " + std::to_string(capacity));
+  }
+  keys_.reserve(options.num_layers());
+  values_.reserve(options.num_layers());
+  for (int64_t i = 0; i < options.num_layers(); ++i) {
+    keys_.push_back(torch::empty({batch, options.kv_heads(), capacity, options.head_width()}, tensor_options));
+    values_.push_back(torch::empty({batch, options.kv_heads(), capacity, options.head_width()}, tensor_options));
+  }
+}
+
+std::pair<torch::Tensor, torch::Tensor> KvCache::append(int64_t layer, const torch::Tensor& keys,
+                                                        const torch::Tensor& values) {
+  const int64_t steps = keys.size(2);
+  if (length_ + steps > capacity_) {
+    throw Error(ErrorKind::InvalidArgument, "KvCache: " + std::to_string(length_ + steps) +
+                                                " positions exceed its capacity of " + std::to_string(capacity_));
+  }
+  auto& k = keys_.at(layer);
+  auto& v = values_.at(layer);
+  k.narrow(2, length_, steps).copy_(keys);
+  v.narrow(2, length_, steps).copy_(values);
+  return {k.narrow(2, 0, length_ + steps), v.narrow(2, 0, length_ + steps)};
+}
+
+void KvCache::advance(int64_t steps) { length_ += steps; }
+
+// ---------------------------------------------------------------------------------------------------------
+RMSNormImpl::RMSNormImpl(int64_t width, double eps) : width_(width), eps_(eps) { reset(); }
+
+void RMSNormImpl::reset() { weight = register_parameter("weight", torch::ones({width_})); }
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  auto xf = x.to(torch::kFloat32);
+  auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps_);
+  return weight * normed.to(x.scalar_type());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+RotaryEmbeddingImpl::RotaryEmbeddingImpl(const LlamaOptions& options) : options_(options) { reset(); }
+
+void RotaryEmbeddingImpl::reset() {
+  const int64_t dim = options_.head_width();
+  auto exponents = torch::arange(0, dim, 2, torch::kInt64).to(torch::kFloat32) / static_cast<double>(dim);
+  auto inv_freq = 1.0 / torch::pow(options_.rope_theta(), exponents);
+  inv_freq = inv_freq / options_.rope_scaling_factor();
+  auto positions = torch::arange(options_.max_position(), torch::kInt64).to(torch::kFloat32);
+  auto freqs = torch::outer(positions, inv_freq);
+  auto angles = torch::cat({freqs, freqs}, -1);
+  // Non-persistent: derived from the options, never part of a checkpoint.
+  cos_ = angles.cos();
+  sin_ = angles.sin();
+}
+
+std::pair<torch::Tensor, torch::Tensor> RotaryEmbeddingImpl::forward(const torch::Tensor& q,
+                                                                     const torch::Tensor& k,
+                                                                     const torch::Tensor& positions) {
+  if (cos_.device() != q.device()) {
+    cos_ = cos_.to(q.device());
+    sin_ = sin_.to(q.device());
+  }
+  // [B, T] -> [B, 1, T, D], cast to the activations' dtype as the reference does.
+  auto cos = cos_.index_select(0, positions.reshape(-1)).view({positions.size(0), 1, positions.size(1), -1});
+  auto sin = sin_.index_select(0, positions.reshape(-1)).view({positions.size(0), 1, positions.size(1), -1});
+  cos = cos.to(q.scalar_type());
+  sin = sin.to(q.scalar_type());
+  return {q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin};
+}
+
+// ---------------------------------------------------------------------------------------------------------
+LlamaAttentionImpl::LlamaAttentionImpl(const LlamaOptions& options) : options_(options) { reset(); }
+
+void LlamaAttentionImpl::reset() {
+  const int64_t h = options_.hidden_size();
+  const int64_t d = options_.head_width();
+  const bool bias = options_.attention_bias();
+  q_proj = register_module("q_proj", make_linear(h, options_.num_heads() * d, bias));
+  k_proj = register_module("k_proj", make_linear(h, options_.kv_heads() * d, bias));
+  v_proj = register_module("v_proj", make_linear(h, options_.kv_heads() * d, bias));
+  o_proj = register_module("o_proj", make_linear(options_.num_heads() * d, h, bias));
+}
+
+torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, int64_t layer, const AttentionContext& ctx,
+                                          RotaryEmbedding& rope, const torch::Tensor& mask, bool causal) {
+  const int64_t batch = x.size(0);
+  const int64_t steps = x.size(1);
+  const int64_t d = options_.head_width();
+  auto q = q_proj(x).view({batch, steps, options_.num_heads(), d}).transpose(1, 2);
+  auto k = k_proj(x).view({batch, steps, options_.kv_heads(), d}).transpose(1, 2);
+  auto v = v_proj(x).view({batch, steps, options_.kv_heads(), d}).transpose(1, 2);
+  std::tie(q, k) = rope->forward(q, k, ctx.positions);
+  if (ctx.cache != nullptr) std::tie(k, v) = ctx.cache->append(layer, k, v);
+  const bool gqa = options_.kv_heads() != options_.num_heads();
+  auto out = at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask)
+                                                                      : std::nullopt,
+                                              /*dropout_p=*/0.0, causal, /*scale=*/std::nullopt, gqa);
+  out = out.transpose(1, 2).reshape({batch, steps, options_.num_heads() * d});
+  return o_proj(out);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+LlamaMLPImpl::LlamaMLPImpl(const LlamaOptions& options) : options_(options) { reset(); }
+
+void LlamaMLPImpl::reset() {
+  const int64_t h = options_.hidden_size();
+  const int64_t m = options_.intermediate_size();
+  gate_proj = register_module("gate_proj", make_linear(h, m, false));
+  up_proj = register_module("up_proj", make_linear(h, m, false));
+  down_proj = register_module("down_proj", make_linear(m, h, false));
+}
+
+torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x) {
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaOptions& options) : options_(options) { reset(); }
+
+void LlamaDecoderLayerImpl::reset() {
+  self_attn = register_module("self_attn", LlamaAttention(options_));
+  mlp = register_module("mlp", LlamaMLP(options_));
+  input_layernorm = register_module("input_layernorm",
+                                    RMSNorm(options_.hidden_size(), options_.rms_norm_eps()));
+  post_attention_layernorm = register_module("post_attention_layernorm",
+                                             RMSNorm(options_.hidden_size(), options_.rms_norm_eps()));
+}
+
+torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, int64_t layer,
+                                             const AttentionContext& ctx, RotaryEmbedding& rope,
+                                             const torch::Tensor& mask, bool causal) {
+  auto h = x + self_attn->forward(input_layernorm(x), layer, ctx, rope, mask, causal);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+LlamaModelImpl::LlamaModelImpl(const LlamaOptions& options) : options_(options) {
+  options_.validate();
+  reset();
+}
+
+void LlamaModelImpl::reset() {
+  embed_tokens = register_module(
+      "embed_tokens", nn::Embedding(nn::EmbeddingOptions(options_.vocab_size(), options_.hidden_size())));
+  layers = register_module("layers", torch::nn::ModuleList());
+  layer_list_.clear();
+  for (int64_t i = 0; i < options_.num_layers(); ++i) {
+    layer_list_.emplace_back(options_);
+    layers->push_back(layer_list_.back());
+  }
+  norm = register_module("norm", RMSNorm(options_.hidden_size(), options_.rms_norm_eps()));
+  // Not registered: it holds no parameters, only tables derived from the options.
+  rotary_emb = RotaryEmbedding(options_);
+}
+
+torch::Tensor LlamaModelImpl::embed(const torch::Tensor& ids) { return embed_tokens(ids); }
+
+std::pair<torch::Tensor, bool> LlamaModelImpl::build_mask(const AttentionContext& ctx,
+                                                          int64_t new_tokens) const {
+  const int64_t past = ctx.cache != nullptr ? ctx.cache->length() : 0;
+  const int64_t total = past + new_tokens;
+  if (!ctx.key_valid.defined()) {
+    // No padding: a single new token sees every key; a fresh block is plainly causal.
+    if (new_tokens == 1) return {torch::Tensor(), false};
+    if (past == 0) return {torch::Tensor(), true};
+  }
+  auto device = ctx.positions.device();
+  // Query i (slot past+i) may see key j when j <= past+i.
+  auto query_slots = torch::arange(past, total, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  auto key_slots = torch::arange(total, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  auto causal = key_slots.unsqueeze(0) <= query_slots.unsqueeze(1);  // [T, S]
+  auto mask = causal.unsqueeze(0).unsqueeze(0);                      // [1, 1, T, S]
+  if (ctx.key_valid.defined()) {
+    auto valid = ctx.key_valid.narrow(1, 0, total).to(torch::kBool).view({-1, 1, 1, total});
+    // A padding query still sees itself, so its (unused) output stays finite instead of NaN.
+    auto self = key_slots.unsqueeze(0) == query_slots.unsqueeze(1);
+    mask = (mask & valid) | self.unsqueeze(0).unsqueeze(0);
+  }
+  return {mask, false};
+}
+
+torch::Tensor LlamaModelImpl::forward_layer(int64_t layer, const torch::Tensor& hidden,
+                                            const AttentionContext& ctx, const torch::Tensor& mask,
+                                            bool causal) {
+  return layer_list_.at(layer)->forward(hidden, layer, ctx, rotary_emb, mask, causal);
+}
+
+torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_embeds, const AttentionContext& ctx) {
+  const int64_t steps = input_embeds.size(1);
+  const int64_t past = ctx.cache != nullptr ? ctx.cache->length() : 0;
+  if (past + steps > options_.max_position()) {
+    throw Error(ErrorKind::InvalidArgument,
+                "sequence of " + std::to_string(past + steps) + " tokens exceeds the model context of " +
+                    std::to_string(options_.max_position()));
+  }
+  auto [mask, causal] = build_mask(ctx, steps);
+  auto hidden = input_embeds;
+  for (int64_t i = 0; i < options_.num_layers(); ++i) hidden = forward_layer(i, hidden, ctx, mask, causal);
+  if (ctx.cache != nullptr) ctx.cache->advance(steps);
+  return norm(hidden);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+LlamaForCausalLMImpl::LlamaForCausalLMImpl(const LlamaOptions& options) : options_(options) { reset(); }
+
+void LlamaForCausalLMImpl::reset() {
+  model = register_module("model", LlamaModel(options_));
+  if (!options_.tie_word_embeddings()) {
+    lm_head = register_module("lm_head", make_linear(options_.hidden_size(), options_.vocab_size(), false));
+  }
+}
+
+torch::Tensor LlamaForCausalLMImpl::logits(const torch::Tensor& hidden) {
+  if (lm_head) return lm_head(hidden);
+  return torch::nn::functional::linear(hidden, model->embed_tokens->weight);
+}
+
+torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& input_embeds, const AttentionContext& ctx) {
+  return logits(model->forward(input_embeds, ctx));
+}
+
+}  // namespace lego::llm

@@ -1,0 +1,100 @@
+#include "lego/model/language_model.h"
+
+#include <torch/cuda.h>
+
+#include <charconv>
+
+#include "lego/sdk/error.h"
+#include "lego/weights/tensor_source.h"
+
+namespace lego {
+
+llm::LlamaOptions llama_options_from_config(const config::Config& c) {
+  const std::string arch = c.get_string("llm.architecture", "llama");
+  if (arch != "llama") {
+    throw Error(ErrorKind::Unsupported, c.source().string() + ": llm.architecture '" + arch + "' (want llama)");
+  }
+  llm::LlamaOptions o(c.get_int("llm.vocab_size"), c.get_int("llm.hidden_size"), c.get_int("llm.intermediate_size"),
+                      c.get_int("llm.num_layers"), c.get_int("llm.num_heads"));
+  o.num_kv_heads(c.get_int("llm.num_kv_heads", 0))
+      .head_dim(c.get_int("llm.head_dim", 0))
+      .rms_norm_eps(c.get_double("llm.rms_norm_eps", 1e-5))
+      .rope_theta(c.get_double("llm.rope_theta", 10000.0))
+      .rope_scaling_factor(c.get_double("llm.rope_scaling_factor", 1.0))
+      .max_position(c.get_int("llm.max_position", 4096))
+      .attention_bias(c.get_bool("llm.attention_bias", false))
+      .tie_word_embeddings(c.get_bool("llm.tie_word_embeddings", false));
+  try {
+    o.validate();
+  } catch (const Error& e) {
+    throw Error(ErrorKind::Format, c.source().string() + ": " + e.what());
+  }
+  return o;
+}
+
+void llama_options_to_config(const llm::LlamaOptions& o, config::Config& c) {
+  auto num = [](double v) {  // shortest text that reads back to the same double
+    char buf[32];
+    auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
+    return std::string(buf, end);
+  };
+  c.set("llm.architecture", "llama");
+  c.set("llm.vocab_size", std::to_string(o.vocab_size()));
+  c.set("llm.hidden_size", std::to_string(o.hidden_size()));
+  c.set("llm.intermediate_size", std::to_string(o.intermediate_size()));
+  c.set("llm.num_layers", std::to_string(o.num_layers()));
+  c.set("llm.num_heads", std::to_string(o.num_heads()));
+  c.set("llm.num_kv_heads", std::to_string(o.kv_heads()));
+  c.set("llm.head_dim", std::to_string(o.head_width()));
+  c.set("llm.rms_norm_eps", num(o.rms_norm_eps()));
+  c.set("llm.rope_theta", num(o.rope_theta()));
+  c.set("llm.rope_scaling_factor", num(o.rope_scaling_factor()));
+  c.set("llm.max_position", std::to_string(o.max_position()));
+  c.set("llm.attention_bias", o.attention_bias() ? "true" : "false");
+  c.set("llm.tie_word_embeddings", o.tie_word_embeddings() ? "true" : "false");
+}
+
+text::Tokenizer tokenizer_from_model_dir(const std::filesystem::path& dir, const config::Config& config) {
+  return text::Tokenizer::from_file(dir / config.get_string("tokenizer.file", "tokenizer.model"),
+                                    config.get_list("tokenizer.added_tokens"));
+}
+
+LanguageModel LanguageModel::load(const std::filesystem::path& dir, const LoadOptions& options) {
+  if (!std::filesystem::is_directory(dir)) {
+    throw Error(ErrorKind::NotFound, dir.string() + ": model directory not found");
+  }
+  auto cfg = config::Config::from_file(dir / "model.ini");
+  auto llama = llama_options_from_config(cfg);
+  auto tokenizer = tokenizer_from_model_dir(dir, cfg);
+  if (tokenizer.vocab_size() != llama.vocab_size()) {
+    throw Error(ErrorKind::Format, (dir / "model.ini").string() + ": llm.vocab_size is " +
+                                       std::to_string(llama.vocab_size()) + " but the tokenizer has " +
+                                       std::to_string(tokenizer.vocab_size()) + " tokens");
+  }
+  if (options.device.is_cuda() && !torch::cuda::is_available()) {
+    throw Error(ErrorKind::Unsupported, "device " + options.device.str() + " requested but CUDA is not available");
+  }
+  llm::LlamaForCausalLM net(llama);
+  auto source = weights::open_tensor_source(dir);
+  weights::load_module(*net, *source, "", options.dtype);
+  net->to(options.device);
+  net->eval();
+  return LanguageModel{dir, std::move(cfg), llama, net, std::move(tokenizer), options.device, options.dtype};
+}
+
+torch::Device parse_device(const std::string& name) {
+  try {
+    return torch::Device(name);
+  } catch (const c10::Error&) {
+    throw Error(ErrorKind::InvalidArgument, "--device '" + name + "': expected cpu, cuda or cuda:N");
+  }
+}
+
+torch::ScalarType parse_dtype(const std::string& name) {
+  if (name == "fp32" || name == "float32") return torch::kFloat32;
+  if (name == "bf16" || name == "bfloat16") return torch::kBFloat16;
+  if (name == "fp16" || name == "float16") return torch::kFloat16;
+  throw Error(ErrorKind::InvalidArgument, "--dtype '" + name + "': expected fp32, bf16 or fp16");
+}
+
+}  // namespace lego

@@ -1,0 +1,198 @@
+// Sharded indexes, PyTorch .bin archives, directory discovery and loading tensors into modules.
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <nlohmann/json.hpp>
+#include <torch/serialize.h>
+
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <unordered_map>
+
+#include "lego/sdk/error.h"
+#include "lego/weights/tensor_source.h"
+
+namespace lego::weights {
+namespace {
+
+std::string shape_str(at::IntArrayRef shape) {
+  std::ostringstream s;
+  s << '[';
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << ']';
+  return s.str();
+}
+
+// A state dict loaded whole from a `torch.save` zip archive.
+class TorchBinSource : public TensorSource {
+ public:
+  explicit TorchBinSource(const std::filesystem::path& file) : file_(file) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw Error(ErrorKind::NotFound, file.string() + ": cannot open");
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    c10::IValue value;
+    try {
+      value = torch::pickle_load(bytes);
+    } catch (const c10::Error& e) {
+      throw Error(ErrorKind::Format, file.string() + ": not a readable PyTorch checkpoint: " +
+                                         e.what_without_backtrace());
+    }
+    if (!value.isGenericDict()) throw Error(ErrorKind::Format, file.string() + ": does not hold a state dict");
+    for (const auto& item : value.toGenericDict()) {
+      if (!item.key().isString() || !item.value().isTensor()) {
+        throw Error(ErrorKind::Format, file.string() + ": state dict entries must map names to tensors");
+      }
+      tensors_.emplace(item.key().toStringRef(), item.value().toTensor());
+    }
+  }
+
+  std::vector<std::string> names() const override {
+    std::vector<std::string> out;
+    for (const auto& [name, t] : tensors_) out.push_back(name);
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+  bool contains(const std::string& name) const override { return tensors_.count(name) != 0; }
+  TensorInfo info(const std::string& name) const override {
+    const auto& t = tensor(name);
+    return {name, t.scalar_type(), t.sizes().vec(), file_};
+  }
+  at::Tensor get(const std::string& name) const override { return tensor(name); }
+  std::string describe() const override { return file_.string(); }
+
+ private:
+  const at::Tensor& tensor(const std::string& name) const {
+    auto it = tensors_.find(name);
+    if (it == tensors_.end()) throw Error(ErrorKind::NotFound, file_.string() + ": no tensor '" + name + "'");
+    return it->second;
+  }
+  std::filesystem::path file_;
+  std::unordered_map<std::string, at::Tensor> tensors_;
+};
+
+// `*.index.json` with {"weight_map": {tensor: shard file}}: each shard opened once.
+class ShardedSource : public TensorSource {
+ public:
+  explicit ShardedSource(const std::filesystem::path& index) : index_(index) {
+    std::ifstream in(index);
+    if (!in) throw Error(ErrorKind::NotFound, index.string() + ": cannot open");
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(ErrorKind::Format, index.string() + ": not valid JSON: " + e.what());
+    }
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
+      throw Error(ErrorKind::Format, index.string() + ": missing the \"weight_map\" object");
+    }
+    const auto dir = index.parent_path();
+    std::unordered_map<std::string, size_t> shard_of_file;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      if (!it.value().is_string()) {
+        throw Error(ErrorKind::Format, index.string() + ": weight_map entry '" + it.key() + "' is not a file name");
+      }
+      const std::string file = it.value().get<std::string>();
+      if (std::filesystem::path(file).is_absolute() || file.find("..") != std::string::npos) {
+        throw Error(ErrorKind::Format, index.string() + ": shard '" + file + "' leaves the model directory");
+      }
+      auto [pos, fresh] = shard_of_file.emplace(file, shards_.size());
+      if (fresh) shards_.push_back(open_tensor_source(dir / file));
+      const auto& shard = shards_[pos->second];
+      if (!shard->contains(it.key())) {
+        throw Error(ErrorKind::NotFound, index.string() + ": tensor '" + it.key() + "' is not in its shard " +
+                                             shard->describe());
+      }
+      where_.emplace(it.key(), pos->second);
+    }
+  }
+
+  std::vector<std::string> names() const override {
+    std::vector<std::string> out;
+    for (const auto& [name, i] : where_) out.push_back(name);
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+  bool contains(const std::string& name) const override { return where_.count(name) != 0; }
+  TensorInfo info(const std::string& name) const override { return shard(name).info(name); }
+  at::Tensor get(const std::string& name) const override { return shard(name).get(name); }
+  std::string describe() const override { return index_.string(); }
+
+ private:
+  const TensorSource& shard(const std::string& name) const {
+    auto it = where_.find(name);
+    if (it == where_.end()) throw Error(ErrorKind::NotFound, index_.string() + ": no tensor '" + name + "'");
+    return *shards_[it->second];
+  }
+  std::filesystem::path index_;
+  std::vector<std::unique_ptr<TensorSource>> shards_;
+  std::unordered_map<std::string, size_t> where_;
+};
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+std::unique_ptr<TensorSource> open_torch_bin(const std::filesystem::path& file) {
+  return std::make_unique<TorchBinSource>(file);
+}
+
+std::unique_ptr<TensorSource> open_tensor_source(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    for (const char* name : {"model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                             "pytorch_model.bin"}) {
+      if (std::filesystem::exists(path / name)) return open_tensor_source(path / name);
+    }
+    throw Error(ErrorKind::NotFound, path.string() +
+                                         ": no weights (model.safetensors[.index.json] or "
+                                         "pytorch_model.bin[.index.json])");
+  }
+  if (!std::filesystem::exists(path, ec)) throw Error(ErrorKind::NotFound, path.string() + ": no such file");
+  const std::string name = path.filename().string();
+  if (ends_with(name, ".index.json")) return std::make_unique<ShardedSource>(path);
+  if (ends_with(name, ".safetensors")) return open_safetensors(path);
+  if (ends_with(name, ".bin") || ends_with(name, ".pt") || ends_with(name, ".pth")) return open_torch_bin(path);
+  throw Error(ErrorKind::Unsupported, path.string() + ": unknown weight file type (want .safetensors, .bin, "
+                                                      ".pt, .pth or *.index.json)");
+}
+
+LoadReport load_module(torch::nn::Module& module, const TensorSource& source, const std::string& prefix,
+                       std::optional<at::ScalarType> dtype) {
+  LoadReport report;
+  torch::NoGradGuard no_grad;
+  auto fill = [&](const std::string& local, at::Tensor& target) {
+    const std::string name = prefix + local;
+    if (!source.contains(name)) {
+      throw Error(ErrorKind::NotFound, source.describe() + ": missing tensor '" + name + "' (expected shape " +
+                                           shape_str(target.sizes()) + ")");
+    }
+    const TensorInfo info = source.info(name);
+    if (at::IntArrayRef(info.shape) != target.sizes()) {
+      throw Error(ErrorKind::Format, info.file.string() + ": tensor '" + name + "' has shape " +
+                                         shape_str(info.shape) + ", the model expects " +
+                                         shape_str(target.sizes()));
+    }
+    const auto want = dtype.value_or(target.scalar_type());
+    at::Tensor value = source.get(name);
+    if (value.scalar_type() != want || value.device() != target.device()) {
+      value = value.to(target.device(), want);
+    }
+    // The module's own (uninitialised) storage is dropped; the source's is adopted as is.
+    target.set_data(value);
+    report.loaded.push_back(name);
+  };
+  for (auto& item : module.named_parameters(/*recurse=*/true)) fill(item.key(), item.value());
+  for (auto& item : module.named_buffers(/*recurse=*/true)) fill(item.key(), item.value());
+  std::sort(report.loaded.begin(), report.loaded.end());
+  for (const auto& name : source.names()) {
+    if (name.rfind(prefix, 0) == 0 && !std::binary_search(report.loaded.begin(), report.loaded.end(), name)) {
+      report.unused.push_back(name);
+    }
+  }
+  return report;
+}
+
+}  // namespace lego::weights

@@ -1,0 +1,59 @@
+// Linear and Embedding layers whose parameters start uninitialised (DESIGN.md, sdk/nn).
+//
+// Checkpoint loading replaces every parameter, so allocating and randomly initialising a 7B model first
+// would waste tens of gigabytes and seconds: `torch::empty` costs nothing until touched. Fresh models
+// (`lego init-model`, new adapters in training) call `init_normal` explicitly. Names of the parameters match
+// torch::nn ("weight", "bias"), so state dicts look the same.
+#pragma once
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+
+namespace lego::nn {
+
+struct LinearOptions {
+  LinearOptions(int64_t in_features, int64_t out_features) : in_features_(in_features), out_features_(out_features) {}
+  TORCH_ARG(int64_t, in_features);
+  TORCH_ARG(int64_t, out_features);
+  TORCH_ARG(bool, bias) = true;
+};
+
+class LinearImpl : public torch::nn::Cloneable<LinearImpl> {
+ public:
+  explicit LinearImpl(const LinearOptions& options);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x);
+
+  LinearOptions options;
+  torch::Tensor weight;  // [out, in]
+  torch::Tensor bias;    // [out] or undefined
+};
+TORCH_MODULE(Linear);
+
+struct EmbeddingOptions {
+  EmbeddingOptions(int64_t num_embeddings, int64_t embedding_dim)
+      : num_embeddings_(num_embeddings), embedding_dim_(embedding_dim) {}
+  TORCH_ARG(int64_t, num_embeddings);
+  TORCH_ARG(int64_t, embedding_dim);
+};
+
+class EmbeddingImpl : public torch::nn::Cloneable<EmbeddingImpl> {
+ public:
+  explicit EmbeddingImpl(const EmbeddingOptions& options);
+  void reset() override;
+  // ids of any shape -> [..., embedding_dim]; ids outside the table throw lego::Error.
+  torch::Tensor forward(const torch::Tensor& ids);
+
+  EmbeddingOptions options;
+  torch::Tensor weight;  // [num_embeddings, embedding_dim]
+};
+TORCH_MODULE(Embedding);
+
+// Gives every Linear and Embedding inside `module` weights drawn from N(0, std) and zero biases (the
+// BERT/LLaMA initialisation, std 0.02), from a generator seeded with `seed`.
+void init_normal(torch::nn::Module& module, double std, uint64_t seed);
+
+}  // namespace lego::nn

@@ -1,0 +1,65 @@
+#include "lego/sdk/nn/linear.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/nn/functional/linear.h>
+
+#include <string>
+
+#include "lego/sdk/error.h"
+
+namespace lego::nn {
+
+LinearImpl::LinearImpl(const LinearOptions& options_) : options(options_) { reset(); }
+
+void LinearImpl::reset() {
+  weight = register_parameter("weight", torch::empty({options.out_features(), options.in_features()}));
+  if (options.bias()) {
+    bias = register_parameter("bias", torch::empty({options.out_features()}));
+  } else {
+    bias = torch::Tensor();
+  }
+}
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return torch::nn::functional::linear(x, weight, bias); }
+
+EmbeddingImpl::EmbeddingImpl(const EmbeddingOptions& options_) : options(options_) { reset(); }
+
+void EmbeddingImpl::reset() {
+  weight = register_parameter("weight", torch::empty({options.num_embeddings(), options.embedding_dim()}));
+}
+
+torch::Tensor EmbeddingImpl::forward(const torch::Tensor& ids) {
+  if (ids.numel() > 0) {
+    const auto lo = ids.min().item<int64_t>();
+    const auto hi = ids.max().item<int64_t>();
+    if (lo < 0 || hi >= options.num_embeddings()) {
+      throw Error(ErrorKind::InvalidArgument, "embedding: token id " + std::to_string(lo < 0 ? lo : hi) +
+                                                  " is outside the table of " +
+                                                  std::to_string(options.num_embeddings()));
+    }
+  }
+  return weight.index_select(0, ids.reshape(-1)).view([&] {
+    auto shape = ids.sizes().vec();
+    shape.push_back(options.embedding_dim());
+    return shape;
+  }());
+}
+
+void init_normal(torch::nn::Module& module, double std, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto fill = [&](torch::Tensor& t) {
+    auto values = torch::empty(t.sizes(), torch::kFloat32).normal_(0.0, std, gen);
+    t.copy_(values);
+  };
+  module.apply([&](torch::nn::Module& m) {
+    if (auto* linear = dynamic_cast<LinearImpl*>(&m)) {
+      fill(linear->weight);
+      if (linear->bias.defined()) linear->bias.zero_();
+    } else if (auto* embedding = dynamic_cast<EmbeddingImpl*>(&m)) {
+      fill(embedding->weight);
+    }
+  });
+}
+
+}  // namespace lego::nn
