@@ -1,0 +1,45 @@
+#include "lego/model/init_model.h"
+
+#include "lego/fs/atomic_file.h"
+#include "lego/model/language_model.h"
+#include "lego/sdk/nn/linear.h"
+#include "lego/weights/tensor_source.h"
+
+namespace lego {
+
+// HF's LlamaConfig.initializer_range.
+constexpr double kInitStd = 0.02;
+
+void init_model(const config::Config& config, const std::filesystem::path& out, uint64_t seed) {
+  auto cfg = config;
+  std::filesystem::create_directories(out);
+  // Tokenizer first: its size fixes the vocabulary.
+  const auto corpus = config.source().parent_path() / cfg.get_string("tokenizer.corpus");
+  text::TrainerOptions trainer;
+  trainer.vocab_size = cfg.get_int("tokenizer.vocab_size", trainer.vocab_size);
+  text::train_sentencepiece(corpus, out / "tokenizer", trainer);
+  std::filesystem::remove(out / "tokenizer.vocab");
+  const auto added = cfg.get_list("tokenizer.added_tokens");
+  const auto tokenizer = text::Tokenizer::from_file(out / "tokenizer.model", added);
+
+  cfg.set("llm.vocab_size", std::to_string(tokenizer.vocab_size()));
+  const auto options = llama_options_from_config(cfg);
+  llm::LlamaForCausalLM net(options);
+  nn::init_normal(*net, kInitStd, seed);
+
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& p : net->named_parameters()) tensors.emplace_back(p.key(), p.value());
+  weights::write_safetensors(out / "model.safetensors", tensors, {{"format", "pt"}, {"producer", "lego init-model"}});
+
+  config::Config model_ini;
+  llama_options_to_config(options, model_ini);
+  model_ini.set("tokenizer.file", "tokenizer.model");
+  if (!added.empty()) {
+    std::string joined;
+    for (const auto& a : added) joined += (joined.empty() ? "" : " ") + a;
+    model_ini.set("tokenizer.added_tokens", joined);
+  }
+  fs::write_file_atomically(out / "model.ini", model_ini.to_ini());
+}
+
+}  // namespace lego

@@ -1,0 +1,130 @@
+// The decoder's cached, batched and padded paths agree with its plain full-sequence forward.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "lego/llm/llama.h"
+#include "lego/sdk/nn/linear.h"
+#include "test_files.h"
+
+namespace lego::llm {
+namespace {
+
+LlamaOptions tiny() {
+  return LlamaOptions(97, 32, 64, 2, 4).num_kv_heads(2).max_position(64);
+}
+
+LlamaForCausalLM make_model(const LlamaOptions& o) {
+  LlamaForCausalLM m(o);
+  nn::init_normal(*m, 0.2, 5);
+  m->eval();
+  return m;
+}
+
+torch::Tensor full_logits(LlamaForCausalLM& m, const torch::Tensor& ids) {
+  AttentionContext ctx;
+  ctx.positions = torch::arange(ids.size(1)).unsqueeze(0).expand({ids.size(0), -1});
+  return m->forward(m->model->embed(ids), ctx);
+}
+
+TEST(Llama, IncrementalDecodingMatchesFullForward) {
+  torch::NoGradGuard ng;
+  auto m = make_model(tiny());
+  auto ids = torch::randint(0, 97, {1, 12}, torch::kInt64);
+  auto full = full_logits(m, ids);
+  KvCache cache(m->options(), 1, 12, torch::kFloat32);
+  AttentionContext ctx;
+  ctx.cache = &cache;
+  ctx.positions = torch::arange(8).unsqueeze(0);
+  auto prefix = m->forward(m->model->embed(ids.narrow(1, 0, 8)), ctx);
+  EXPECT_TRUE(torch::allclose(prefix, full.narrow(1, 0, 8), 1e-5, 1e-5));
+  for (int64_t t = 8; t < 12; ++t) {
+    ctx.positions = torch::full({1, 1}, t, torch::kInt64);
+    auto step = m->forward(m->model->embed(ids.narrow(1, t, 1)), ctx);
+    EXPECT_TRUE(torch::allclose(step.squeeze(1), full.select(1, t), 1e-5, 1e-5)) << "position " << t;
+  }
+  EXPECT_EQ(cache.length(), 12);
+}
+
+TEST(Llama, LeftPaddedRowMatchesTheSameRowAlone) {
+  torch::NoGradGuard ng;
+  auto m = make_model(tiny());
+  auto short_ids = torch::randint(3, 97, {1, 5}, torch::kInt64);
+  auto long_ids = torch::randint(3, 97, {1, 9}, torch::kInt64);
+  auto batch = torch::zeros({2, 9}, torch::kInt64);
+  batch[0].narrow(0, 4, 5).copy_(short_ids[0]);
+  batch[1].copy_(long_ids[0]);
+  auto valid = torch::ones({2, 9}, torch::kBool);
+  valid[0].narrow(0, 0, 4).fill_(false);
+  AttentionContext ctx;
+  ctx.positions = (valid.to(torch::kInt64).cumsum(1) - 1).clamp_min(0);
+  ctx.key_valid = valid;
+  auto out = m->forward(m->model->embed(batch), ctx);
+  EXPECT_FALSE(out.isnan().any().item<bool>()) << "padding rows must stay finite";
+  EXPECT_TRUE(torch::allclose(out[0].narrow(0, 4, 5), full_logits(m, short_ids)[0], 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(out[1], full_logits(m, long_ids)[0], 1e-5, 1e-5));
+}
+
+TEST(Llama, GroupedQueryAttentionEqualsMultiHeadWithRepeatedKeys) {
+  torch::NoGradGuard ng;
+  auto gqa = make_model(tiny());
+  auto mha = make_model(LlamaOptions(97, 32, 64, 2, 4).num_kv_heads(4).max_position(64));
+  auto src = gqa->named_parameters();
+  for (auto& p : mha->named_parameters()) {
+    const auto& w = src[p.key()];
+    if (p.key().find("k_proj") != std::string::npos || p.key().find("v_proj") != std::string::npos) {
+      // kv head h serves query heads 2h and 2h+1: repeat each head's rows twice.
+      p.value().copy_(w.view({2, 1, 8, 32}).expand({2, 2, 8, 32}).reshape({32, 32}));
+    } else {
+      p.value().copy_(w);
+    }
+  }
+  auto ids = torch::randint(0, 97, {2, 7}, torch::kInt64);
+  EXPECT_TRUE(torch::allclose(full_logits(gqa, ids), full_logits(mha, ids), 1e-5, 1e-5));
+}
+
+TEST(Llama, SequenceLongerThanTheContextIsRefused) {
+  torch::NoGradGuard ng;
+  auto m = make_model(tiny());
+  auto ids = torch::zeros({1, 65}, torch::kInt64);
+  lego::testing::expect_error([&] { full_logits(m, ids); }, ErrorKind::InvalidArgument, {"65", "context of 64"});
+}
+
+TEST(Llama, KvCacheOverflowIsRefused) {
+  torch::NoGradGuard ng;
+  auto m = make_model(tiny());
+  KvCache cache(m->options(), 1, 4, torch::kFloat32);
+  AttentionContext ctx;
+  ctx.cache = &cache;
+  ctx.positions = torch::arange(5).unsqueeze(0);
+  lego::testing::expect_error([&] { m->forward(m->model->embed(torch::zeros({1, 5}, torch::kInt64)), ctx); },
+                              ErrorKind::InvalidArgument, {"capacity of 4"});
+}
+
+TEST(Llama, InconsistentOptionsAreRefused) {
+  lego::testing::expect_error([] { LlamaOptions(10, 30, 8, 1, 4).validate(); }, ErrorKind::InvalidArgument,
+                              {"hidden_size (30)", "num_heads (4)"});
+  lego::testing::expect_error([] { LlamaOptions(10, 32, 8, 1, 4).num_kv_heads(3).validate(); },
+                              ErrorKind::InvalidArgument, {"num_kv_heads (3)"});
+}
+
+TEST(Llama, TokenIdOutsideTheVocabularyIsRefused) {
+  torch::NoGradGuard ng;
+  auto m = make_model(tiny());
+  lego::testing::expect_error([&] { m->model->embed(torch::tensor({{5, 97}}, torch::kInt64)); },
+                              ErrorKind::InvalidArgument, {"97"});
+}
+
+TEST(Llama, LinearRopeScalingDividesPositions) {
+  torch::NoGradGuard ng;
+  auto scaled = make_model(LlamaOptions(97, 32, 64, 2, 4).num_kv_heads(2).max_position(64).rope_scaling_factor(2.0));
+  auto plain = make_model(tiny());
+  auto q = torch::randn({1, 4, 1, 8});
+  auto k = torch::randn({1, 2, 1, 8});
+  auto [qs, ks] = scaled->model->rotary_emb->forward(q, k, torch::full({1, 1}, 6, torch::kInt64));
+  auto [qp, kp] = plain->model->rotary_emb->forward(q, k, torch::full({1, 1}, 3, torch::kInt64));
+  EXPECT_TRUE(torch::allclose(qs, qp, 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(ks, kp, 1e-6, 1e-6));
+}
+
+}  // namespace
+}  // namespace lego::llm

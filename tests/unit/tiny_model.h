@@ -1,0 +1,28 @@
+// A tiny model directory made with init_model from configs/models/tiny.ini, shared by the tests.
+#pragma once
+
+#include <filesystem>
+
+#include "lego/config/config.h"
+#include "lego/model/init_model.h"
+#include "test_files.h"
+
+namespace lego::testing {
+
+inline config::Config tiny_config() {
+  return config::Config::from_file(std::filesystem::path(LEGO_SOURCE_DIR) / "configs/models/tiny.ini");
+}
+
+// Makes (once per process) and returns a tiny model directory.
+inline const std::filesystem::path& tiny_model_dir() {
+  static TempDir dir;
+  static const bool made = [] {
+    init_model(tiny_config(), dir / "tiny", 11);
+    return true;
+  }();
+  (void)made;
+  static const std::filesystem::path path = dir / "tiny";
+  return path;
+}
+
+}  // namespace lego::testing
