@@ -18,12 +18,11 @@ nn::Linear make_linear(int64_t in, int64_t out, bool bias) {
   return nn::Linear(nn::LinearOptions(in, out).bias(bias));
 }
 
-// [..., D] -> [..., D] with the halves swapped and the first negated (the HF "rotate_half" layout).
-torch::Tensor rotate_half(const torch::Tensor& x) {
+// [..., D] -> [..., D] with the two halves swapped. HF's rotate_half also negates the first half; that
+// sign lives in the sin table instead, saving a kernel per call.
+torch::Tensor swap_halves(const torch::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
-  auto x1 = x.narrow(-1, 0, half);
-  auto x2 = x.narrow(-1, half, half);
-  return torch::cat({-x2, x1}, -1);
+  return torch::cat({x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
 }  // namespace
@@ -94,6 +93,11 @@ RMSNormImpl::RMSNormImpl(int64_t width, double eps) : width_(width), eps_(eps) {
 void RMSNormImpl::reset() { weight = register_parameter("weight", torch::ones({width_})); }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  // float32: libtorch's fused kernel gives the reference's result exactly (checked by the parity tests).
+  if (x.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32) {
+    return at::rms_norm(x, {width_}, weight, eps_);
+  }
+  // Half precisions: normalise in float32, round, then scale, in the reference's order.
   auto xf = x.to(torch::kFloat32);
   auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps_);
   return weight * normed.to(x.scalar_type());
@@ -110,24 +114,26 @@ void RotaryEmbeddingImpl::reset() {
   auto positions = torch::arange(options_.max_position(), torch::kInt64).to(torch::kFloat32);
   auto freqs = torch::outer(positions, inv_freq);
   auto angles = torch::cat({freqs, freqs}, -1);
-  // Non-persistent: derived from the options, never part of a checkpoint.
   cos_ = angles.cos();
   sin_ = angles.sin();
+  sin_.narrow(1, 0, dim / 2).neg_();
 }
 
-std::pair<torch::Tensor, torch::Tensor> RotaryEmbeddingImpl::forward(const torch::Tensor& q,
-                                                                     const torch::Tensor& k,
-                                                                     const torch::Tensor& positions) {
-  if (cos_.device() != q.device()) {
-    cos_ = cos_.to(q.device());
-    sin_ = sin_.to(q.device());
+std::pair<torch::Tensor, torch::Tensor> RotaryEmbeddingImpl::tables(const torch::Tensor& positions,
+                                                                    torch::ScalarType dtype) {
+  if (cos_.device() != positions.device()) {
+    cos_ = cos_.to(positions.device());
+    sin_ = sin_.to(positions.device());
   }
   // [B, T] -> [B, 1, T, D], cast to the activations' dtype as the reference does.
-  auto cos = cos_.index_select(0, positions.reshape(-1)).view({positions.size(0), 1, positions.size(1), -1});
-  auto sin = sin_.index_select(0, positions.reshape(-1)).view({positions.size(0), 1, positions.size(1), -1});
-  cos = cos.to(q.scalar_type());
-  sin = sin.to(q.scalar_type());
-  return {q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin};
+  const auto flat = positions.reshape(-1);
+  auto cos = cos_.index_select(0, flat).view({positions.size(0), 1, positions.size(1), -1}).to(dtype);
+  auto sin = sin_.index_select(0, flat).view({positions.size(0), 1, positions.size(1), -1}).to(dtype);
+  return {cos, sin};
+}
+
+torch::Tensor RotaryEmbeddingImpl::rotate(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  return x * cos + swap_halves(x) * sin;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -144,19 +150,20 @@ void LlamaAttentionImpl::reset() {
 }
 
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, int64_t layer, const AttentionContext& ctx,
-                                          RotaryEmbedding& rope, const torch::Tensor& mask, bool causal) {
+                                          const LayerInputs& in) {
   const int64_t batch = x.size(0);
   const int64_t steps = x.size(1);
   const int64_t d = options_.head_width();
   auto q = q_proj(x).view({batch, steps, options_.num_heads(), d}).transpose(1, 2);
   auto k = k_proj(x).view({batch, steps, options_.kv_heads(), d}).transpose(1, 2);
   auto v = v_proj(x).view({batch, steps, options_.kv_heads(), d}).transpose(1, 2);
-  std::tie(q, k) = rope->forward(q, k, ctx.positions);
+  q = RotaryEmbeddingImpl::rotate(q, in.cos, in.sin);
+  k = RotaryEmbeddingImpl::rotate(k, in.cos, in.sin);
   if (ctx.cache != nullptr) std::tie(k, v) = ctx.cache->append(layer, k, v);
   const bool gqa = options_.kv_heads() != options_.num_heads();
-  auto out = at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask)
-                                                                      : std::nullopt,
-                                              /*dropout_p=*/0.0, causal, /*scale=*/std::nullopt, gqa);
+  auto out = at::scaled_dot_product_attention(q, k, v, in.mask.defined() ? std::optional<at::Tensor>(in.mask)
+                                                                         : std::nullopt,
+                                              /*dropout_p=*/0.0, in.causal, /*scale=*/std::nullopt, gqa);
   out = out.transpose(1, 2).reshape({batch, steps, options_.num_heads() * d});
   return o_proj(out);
 }
@@ -189,9 +196,8 @@ void LlamaDecoderLayerImpl::reset() {
 }
 
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, int64_t layer,
-                                             const AttentionContext& ctx, RotaryEmbedding& rope,
-                                             const torch::Tensor& mask, bool causal) {
-  auto h = x + self_attn->forward(input_layernorm(x), layer, ctx, rope, mask, causal);
+                                             const AttentionContext& ctx, const LayerInputs& in) {
+  auto h = x + self_attn->forward(input_layernorm(x), layer, ctx, in);
   return h + mlp(post_attention_layernorm(h));
 }
 
@@ -217,14 +223,18 @@ void LlamaModelImpl::reset() {
 
 torch::Tensor LlamaModelImpl::embed(const torch::Tensor& ids) { return embed_tokens(ids); }
 
-std::pair<torch::Tensor, bool> LlamaModelImpl::build_mask(const AttentionContext& ctx,
-                                                          int64_t new_tokens) const {
+LayerInputs LlamaModelImpl::prepare(const AttentionContext& ctx, int64_t new_tokens, torch::ScalarType dtype) {
+  LayerInputs in;
+  std::tie(in.cos, in.sin) = rotary_emb->tables(ctx.positions, dtype);
   const int64_t past = ctx.cache != nullptr ? ctx.cache->length() : 0;
   const int64_t total = past + new_tokens;
   if (!ctx.key_valid.defined()) {
     // No padding: a single new token sees every key; a fresh block is plainly causal.
-    if (new_tokens == 1) return {torch::Tensor(), false};
-    if (past == 0) return {torch::Tensor(), true};
+    if (new_tokens == 1) return in;
+    if (past == 0) {
+      in.causal = true;
+      return in;
+    }
   }
   auto device = ctx.positions.device();
   // Query i (slot past+i) may see key j when j <= past+i.
@@ -238,13 +248,13 @@ std::pair<torch::Tensor, bool> LlamaModelImpl::build_mask(const AttentionContext
     auto self = key_slots.unsqueeze(0) == query_slots.unsqueeze(1);
     mask = (mask & valid) | self.unsqueeze(0).unsqueeze(0);
   }
-  return {mask, false};
+  in.mask = mask;
+  return in;
 }
 
 torch::Tensor LlamaModelImpl::forward_layer(int64_t layer, const torch::Tensor& hidden,
-                                            const AttentionContext& ctx, const torch::Tensor& mask,
-                                            bool causal) {
-  return layer_list_.at(layer)->forward(hidden, layer, ctx, rotary_emb, mask, causal);
+                                            const AttentionContext& ctx, const LayerInputs& in) {
+  return layer_list_.at(layer)->forward(hidden, layer, ctx, in);
 }
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_embeds, const AttentionContext& ctx) {
@@ -255,9 +265,9 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_embeds, const A
                 "sequence of " + std::to_string(past + steps) + " tokens exceeds the model context of " +
                     std::to_string(options_.max_position()));
   }
-  auto [mask, causal] = build_mask(ctx, steps);
+  const auto in = prepare(ctx, steps, input_embeds.scalar_type());
   auto hidden = input_embeds;
-  for (int64_t i = 0; i < options_.num_layers(); ++i) hidden = forward_layer(i, hidden, ctx, mask, causal);
+  for (int64_t i = 0; i < options_.num_layers(); ++i) hidden = forward_layer(i, hidden, ctx, in);
   if (ctx.cache != nullptr) ctx.cache->advance(steps);
   return norm(hidden);
 }

@@ -85,6 +85,14 @@ struct AttentionContext {
   KvCache* cache = nullptr;
 };
 
+// What every layer of one forward call shares, prepared once per call by LlamaModelImpl::prepare.
+struct LayerInputs {
+  torch::Tensor mask;  // [B, 1, T, S] bool (true = attend), or undefined
+  bool causal = false; // with an undefined mask: apply the plain causal pattern
+  torch::Tensor cos;   // [B, 1, T, D] rotary tables at ctx.positions, in the activations' dtype
+  torch::Tensor sin;   // [B, 1, T, D], sign folded in for the rotate-half layout
+};
+
 // y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 as the reference does.
 class RMSNormImpl : public torch::nn::Cloneable<RMSNormImpl> {
  public:
@@ -105,14 +113,15 @@ class RotaryEmbeddingImpl : public torch::nn::Cloneable<RotaryEmbeddingImpl> {
  public:
   explicit RotaryEmbeddingImpl(const LlamaOptions& options);
   void reset() override;
-  // Rotates q [B, H, T, D] and k [B, Hkv, T, D] by the angles of `positions` [B, T].
-  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& q, const torch::Tensor& k,
-                                                  const torch::Tensor& positions);
+  // cos and signed sin [B, 1, T, D] for `positions` [B, T], cast to `dtype`.
+  std::pair<torch::Tensor, torch::Tensor> tables(const torch::Tensor& positions, torch::ScalarType dtype);
+  // Rotates x [B, heads, T, D] by the angles whose tables() are given.
+  static torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 
  private:
   LlamaOptions options_;
-  torch::Tensor cos_;  // [max_position, D] float32 (non-persistent buffer: not in the state dict)
-  torch::Tensor sin_;
+  torch::Tensor cos_;  // [max_position, D] float32; derived from the options, never in a checkpoint
+  torch::Tensor sin_;  // [max_position, D] float32, first half negated (see rotate)
 };
 TORCH_MODULE(RotaryEmbedding);
 
@@ -120,10 +129,7 @@ class LlamaAttentionImpl : public torch::nn::Cloneable<LlamaAttentionImpl> {
  public:
   explicit LlamaAttentionImpl(const LlamaOptions& options);
   void reset() override;
-  // `mask` is [B, 1, T, S] bool (true = attend) or undefined with `causal` saying whether to apply the
-  // plain causal pattern.
-  torch::Tensor forward(const torch::Tensor& x, int64_t layer, const AttentionContext& ctx,
-                        RotaryEmbedding& rope, const torch::Tensor& mask, bool causal);
+  torch::Tensor forward(const torch::Tensor& x, int64_t layer, const AttentionContext& ctx, const LayerInputs& in);
 
   nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
@@ -150,8 +156,7 @@ class LlamaDecoderLayerImpl : public torch::nn::Cloneable<LlamaDecoderLayerImpl>
  public:
   explicit LlamaDecoderLayerImpl(const LlamaOptions& options);
   void reset() override;
-  torch::Tensor forward(const torch::Tensor& x, int64_t layer, const AttentionContext& ctx,
-                        RotaryEmbedding& rope, const torch::Tensor& mask, bool causal);
+  torch::Tensor forward(const torch::Tensor& x, int64_t layer, const AttentionContext& ctx, const LayerInputs& in);
 
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};
@@ -172,11 +177,11 @@ class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl> {
   torch::Tensor embed(const torch::Tensor& ids);
   // Runs every layer and the final norm on input embeddings [B, T, hidden]; returns [B, T, hidden].
   torch::Tensor forward(const torch::Tensor& input_embeds, const AttentionContext& ctx);
+  // What `forward` shares among the layers for T new tokens of `dtype`: mask and rotary tables.
+  LayerInputs prepare(const AttentionContext& ctx, int64_t new_tokens, torch::ScalarType dtype);
   // One decoder layer on its own: the seam for activation checkpointing in training.
   torch::Tensor forward_layer(int64_t layer, const torch::Tensor& hidden, const AttentionContext& ctx,
-                              const torch::Tensor& mask, bool causal);
-  // The attention mask `forward` builds from `ctx` for T new tokens: ([B,1,T,S] bool or undefined, causal).
-  std::pair<torch::Tensor, bool> build_mask(const AttentionContext& ctx, int64_t new_tokens) const;
+                              const LayerInputs& in);
 
   const LlamaOptions& options() const { return options_; }
 
