@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "lego/host/plugin_host.h"
 #include "lego/model/init_model.h"
 
 namespace lego::cli {
@@ -14,16 +15,19 @@ int run_init_model(const Args& args) {
   std::string out_dir;
   uint64_t seed = 0;
   std::vector<std::string> overrides;
+  std::vector<std::string> plugin_dirs;
   po::options_description d("init-model");
   d.add_options()
       ("config", po::value(&config_file)->required(), "model config (e.g. configs/models/tiny.ini)")
       ("out", po::value(&out_dir)->required(), "model directory to create")
       ("seed", po::value(&seed)->default_value(0), "seed of the random weights")
-      ("set", po::value(&overrides)->composing(), "override a config key: section.key=value (repeatable)");
+      ("set", po::value(&overrides)->composing(), "override a config key: section.key=value (repeatable)")
+      ("plugin-dir", po::value(&plugin_dirs)->composing(), "where to look for modality plugins first (repeatable)");
   if (!parse_args(args, d, "lego init-model --config FILE --out DIR [--seed N] [--set section.key=value ...]")) return 0;
   auto cfg = config::Config::from_file(config_file);
   for (const auto& o : overrides) cfg.set(o);
-  init_model(cfg, out_dir, seed);
+  host::PluginHost host({plugin_dirs.begin(), plugin_dirs.end()});
+  init_model(cfg, out_dir, seed, host);
   std::cout << "wrote " << out_dir << '\n';
   return 0;
 }

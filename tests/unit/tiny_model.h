@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "lego/config/config.h"
+#include "lego/host/plugin_host.h"
 #include "lego/model/init_model.h"
 #include "test_files.h"
 
@@ -17,7 +18,9 @@ inline config::Config tiny_config() {
 inline const std::filesystem::path& tiny_model_dir() {
   static TempDir dir;
   static const bool made = [] {
-    init_model(tiny_config(), dir / "tiny", 11);
+    // The plugin host finds the image plugin beside the test binary (build/lib/lego/plugins).
+    const host::PluginHost host;
+    init_model(tiny_config(), dir / "tiny", 11, host);
     return true;
   }();
   (void)made;

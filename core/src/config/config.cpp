@@ -116,6 +116,15 @@ std::vector<std::string> Config::get_list(const std::string& key, const std::vec
   return out;
 }
 
+std::vector<std::string> Config::sections() const {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : values_) {
+    auto s = k.substr(0, k.find('.'));
+    if (out.empty() || out.back() != s) out.push_back(s);
+  }
+  return out;
+}
+
 std::vector<std::string> Config::section_keys(const std::string& section) const {
   std::vector<std::string> out;
   const std::string prefix = section + ".";

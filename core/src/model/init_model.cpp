@@ -1,6 +1,8 @@
 #include "lego/model/init_model.h"
 
 #include "lego/fs/atomic_file.h"
+#include "lego/host/multimodal_model.h"
+#include "lego/host/plugin_host.h"
 #include "lego/model/language_model.h"
 #include "lego/sdk/nn/linear.h"
 #include "lego/weights/tensor_source.h"
@@ -10,7 +12,8 @@ namespace lego {
 // HF's LlamaConfig.initializer_range.
 constexpr double kInitStd = 0.02;
 
-void init_model(const config::Config& config, const std::filesystem::path& out, uint64_t seed) {
+void init_model(const config::Config& config, const std::filesystem::path& out, uint64_t seed,
+                const host::PluginHost& host) {
   auto cfg = config;
   std::filesystem::create_directories(out);
   // Tokenizer first: its size fixes the vocabulary.
@@ -29,9 +32,28 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
 
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (const auto& p : net->named_parameters()) tensors.emplace_back(p.key(), p.value());
+
+  // Modalities: every parameter of each, encoder and adapter, drawn the same way.
+  config::Config model_ini;
+  uint64_t branch_seed = seed;
+  for (auto& [section, spec] : host::modality_sections(cfg, out)) {
+    auto modality = host.create(spec.first, spec.second);
+    torch::nn::Module holder;
+    auto params = modality->encoder_parameters();
+    auto adapter = modality->adapter_parameters();
+    params.insert(params.end(), adapter.begin(), adapter.end());
+    for (size_t i = 0; i < params.size(); ++i) {
+      // Dots are not allowed in registered names; the index keeps them apart.
+      holder.register_parameter(std::to_string(i) + "_" + params[i].first.substr(params[i].first.rfind('.') + 1),
+                                params[i].second);
+    }
+    nn::init_normal(holder, kInitStd, ++branch_seed);
+    tensors.insert(tensors.end(), params.begin(), params.end());
+    model_ini.set(section + ".plugin", spec.first);
+    for (const auto& [k, v] : spec.second.options) model_ini.set(section + "." + k, v);
+  }
   weights::write_safetensors(out / "model.safetensors", tensors, {{"format", "pt"}, {"producer", "lego init-model"}});
 
-  config::Config model_ini;
   llama_options_to_config(options, model_ini);
   model_ini.set("tokenizer.file", "tokenizer.model");
   if (!added.empty()) {

@@ -16,14 +16,6 @@
 namespace lego::weights {
 namespace {
 
-std::string shape_str(at::IntArrayRef shape) {
-  std::ostringstream s;
-  s << '[';
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
-  s << ']';
-  return s.str();
-}
-
 // A state dict loaded whole from a `torch.save` zip archive.
 class TorchBinSource : public TensorSource {
  public:
@@ -157,42 +149,6 @@ std::unique_ptr<TensorSource> open_tensor_source(const std::filesystem::path& pa
   if (ends_with(name, ".bin") || ends_with(name, ".pt") || ends_with(name, ".pth")) return open_torch_bin(path);
   throw Error(ErrorKind::Unsupported, path.string() + ": unknown weight file type (want .safetensors, .bin, "
                                                       ".pt, .pth or *.index.json)");
-}
-
-LoadReport load_module(torch::nn::Module& module, const TensorSource& source, const std::string& prefix,
-                       std::optional<at::ScalarType> dtype) {
-  LoadReport report;
-  torch::NoGradGuard no_grad;
-  auto fill = [&](const std::string& local, at::Tensor& target) {
-    const std::string name = prefix + local;
-    if (!source.contains(name)) {
-      throw Error(ErrorKind::NotFound, source.describe() + ": missing tensor '" + name + "' (expected shape " +
-                                           shape_str(target.sizes()) + ")");
-    }
-    const TensorInfo info = source.info(name);
-    if (at::IntArrayRef(info.shape) != target.sizes()) {
-      throw Error(ErrorKind::Format, info.file.string() + ": tensor '" + name + "' has shape " +
-                                         shape_str(info.shape) + ", the model expects " +
-                                         shape_str(target.sizes()));
-    }
-    const auto want = dtype.value_or(target.scalar_type());
-    at::Tensor value = source.get(name);
-    if (value.scalar_type() != want || value.device() != target.device()) {
-      value = value.to(target.device(), want);
-    }
-    // The module's own (uninitialised) storage is dropped; the source's is adopted as is.
-    target.set_data(value);
-    report.loaded.push_back(name);
-  };
-  for (auto& item : module.named_parameters(/*recurse=*/true)) fill(item.key(), item.value());
-  for (auto& item : module.named_buffers(/*recurse=*/true)) fill(item.key(), item.value());
-  std::sort(report.loaded.begin(), report.loaded.end());
-  for (const auto& name : source.names()) {
-    if (name.rfind(prefix, 0) == 0 && !std::binary_search(report.loaded.begin(), report.loaded.end(), name)) {
-      report.unused.push_back(name);
-    }
-  }
-  return report;
 }
 
 }  // namespace lego::weights

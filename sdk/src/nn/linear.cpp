@@ -48,18 +48,20 @@ torch::Tensor EmbeddingImpl::forward(const torch::Tensor& ids) {
 void init_normal(torch::nn::Module& module, double std, uint64_t seed) {
   torch::NoGradGuard no_grad;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  auto fill = [&](torch::Tensor& t) {
-    auto values = torch::empty(t.sizes(), torch::kFloat32).normal_(0.0, std, gen);
-    t.copy_(values);
-  };
-  module.apply([&](torch::nn::Module& m) {
-    if (auto* linear = dynamic_cast<LinearImpl*>(&m)) {
-      fill(linear->weight);
-      if (linear->bias.defined()) linear->bias.zero_();
-    } else if (auto* embedding = dynamic_cast<EmbeddingImpl*>(&m)) {
-      fill(embedding->weight);
+  for (auto& p : module.named_parameters(/*recurse=*/true)) {
+    const std::string& name = p.key();
+    auto& t = p.value();
+    auto ends_with = [&](const std::string& suffix) {
+      return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    if (ends_with("bias")) {
+      t.zero_();
+    } else if (ends_with("weight") && t.dim() == 1) {
+      t.fill_(1.0);  // normalisation scales
+    } else {
+      t.copy_(torch::empty(t.sizes(), torch::kFloat32).normal_(0.0, std, gen));
     }
-  });
+  }
 }
 
 }  // namespace lego::nn

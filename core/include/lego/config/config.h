@@ -34,6 +34,8 @@ class Config {
   // Whitespace-separated list ("" -> empty).
   std::vector<std::string> get_list(const std::string& key, const std::vector<std::string>& fallback = {}) const;
 
+  // Section names, sorted.
+  std::vector<std::string> sections() const;
   // Keys of one section, without the section prefix, sorted.
   std::vector<std::string> section_keys(const std::string& section) const;
   // INI text, sections in sorted order.

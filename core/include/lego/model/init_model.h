@@ -9,9 +9,14 @@
 #include "lego/config/config.h"
 
 namespace lego {
+namespace host {
+class PluginHost;
+}
 
-// `config` has [llm] (architecture without vocab_size) and [tokenizer] (corpus relative to the config
-// file, vocab_size, added_tokens). Writes model.ini, tokenizer.model and model.safetensors into `out`.
-void init_model(const config::Config& config, const std::filesystem::path& out, uint64_t seed);
+// `config` has [llm] (architecture without vocab_size), [tokenizer] (corpus relative to the config file,
+// vocab_size, added_tokens) and one section per modality (`plugin = NAME` plus the plugin's keys), whose
+// modalities `host` makes. Writes model.ini, tokenizer.model and model.safetensors into `out`.
+void init_model(const config::Config& config, const std::filesystem::path& out, uint64_t seed,
+                const host::PluginHost& host);
 
 }  // namespace lego

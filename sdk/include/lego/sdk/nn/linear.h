@@ -52,8 +52,8 @@ class EmbeddingImpl : public torch::nn::Cloneable<EmbeddingImpl> {
 };
 TORCH_MODULE(Embedding);
 
-// Gives every Linear and Embedding inside `module` weights drawn from N(0, std) and zero biases (the
-// BERT/LLaMA initialisation, std 0.02), from a generator seeded with `seed`.
+// Fresh weights for every parameter of `module`, from a generator seeded with `seed`: biases 0, 1-D
+// `weight`s (normalisation scales) 1, everything else N(0, std) (the BERT/LLaMA initialisation, std 0.02).
 void init_normal(torch::nn::Module& module, double std, uint64_t seed);
 
 }  // namespace lego::nn

@@ -1,0 +1,151 @@
+#include "lego/host/plugin_host.h"
+
+#include <boost/dll/runtime_symbol_info.hpp>
+#include <boost/dll/shared_library.hpp>
+#include <torch/version.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <set>
+#include <sstream>
+
+#include "lego/sdk/abi.h"
+#include "lego/sdk/error.h"
+
+namespace lego::host {
+namespace {
+
+using Library = std::shared_ptr<boost::dll::shared_library>;
+
+struct Loaded {
+  std::filesystem::path file;
+  std::string modality;
+  Library library;
+  const LegoPluginDescriptor* descriptor;
+};
+
+bool is_shared_library(const std::filesystem::path& p) {
+  return p.extension() == ".so" && std::filesystem::is_regular_file(p);
+}
+
+// Makes a modality that keeps its library alive and is destroyed by the plugin that made it.
+std::shared_ptr<Modality> make(const Loaded& l, const ModalityConfig& config) {
+  char error[1024] = {0};
+  Modality* raw = l.descriptor->create(&config, error, sizeof error);
+  if (raw == nullptr) {
+    throw Error(ErrorKind::Plugin, l.file.string() + ": the " + l.modality + " factory failed: " + error);
+  }
+  auto library = l.library;
+  auto destroy = l.descriptor->destroy;
+  return std::shared_ptr<Modality>(raw, [library, destroy](Modality* m) { destroy(m); });
+}
+
+}  // namespace
+
+struct PluginHost::Impl {
+  std::vector<PluginRecord> records;
+  std::vector<Loaded> loaded;
+
+  void open(const std::filesystem::path& file) {
+    records.push_back({});
+    PluginRecord& r = records.back();
+    r.file = file;
+    auto refuse = [&](const std::string& why) { r.reason = why; };
+    Library lib;
+    try {
+      lib = std::make_shared<boost::dll::shared_library>(file.string(), boost::dll::load_mode::rtld_lazy |
+                                                                            boost::dll::load_mode::rtld_local);
+    } catch (const std::exception& e) {
+      return refuse(std::string("cannot load: ") + e.what());
+    }
+    if (!lib->has(LEGO_PLUGIN_ENTRY_NAME)) return refuse("no " LEGO_PLUGIN_ENTRY_NAME " symbol: not a lego plugin");
+    const LegoPluginDescriptor* d = lib->get<const LegoPluginDescriptor*()>(LEGO_PLUGIN_ENTRY_NAME)();
+    if (d == nullptr) return refuse("its descriptor is null");
+    // The ABI version is read alone first: past a mismatch the layout of the rest is unknown.
+    r.abi_version = *reinterpret_cast<const uint32_t*>(d);
+    if (r.abi_version != LEGO_PLUGIN_ABI_VERSION) {
+      return refuse("plugin ABI version " + std::to_string(r.abi_version) + ", host expects " +
+                    std::to_string(LEGO_PLUGIN_ABI_VERSION));
+    }
+    r.sdk_version = d->sdk_version ? d->sdk_version : "";
+    r.torch_version = d->torch_version ? d->torch_version : "";
+    r.modality = d->modality ? d->modality : "";
+    if (r.sdk_version != LEGO_SDK_VERSION) {
+      return refuse("built with SDK " + r.sdk_version + ", host has SDK " LEGO_SDK_VERSION);
+    }
+    if (r.torch_version != TORCH_VERSION) {
+      return refuse("built with libtorch " + r.torch_version + ", host has libtorch " TORCH_VERSION);
+    }
+    if (d->cxx11_abi != _GLIBCXX_USE_CXX11_ABI) {
+      return refuse("built with _GLIBCXX_USE_CXX11_ABI=" + std::to_string(d->cxx11_abi) + ", host has " +
+                    std::to_string(_GLIBCXX_USE_CXX11_ABI));
+    }
+    if (r.modality.empty() || d->create == nullptr || d->destroy == nullptr) {
+      return refuse("descriptor lacks a modality name or factory");
+    }
+    Loaded l{file, r.modality, lib, d};
+    // A probe with default options tells the placeholder and token count, and proves the factory works.
+    try {
+      ModalityConfig probe;
+      probe.llm_hidden_size = 4096;
+      auto m = make(l, probe);
+      r.placeholder = m->placeholder();
+      r.tokens = m->tokens();
+    } catch (const Error& e) {
+      return refuse(std::string("probe failed: ") + e.what());
+    }
+    r.loaded = true;
+    loaded.push_back(l);
+  }
+};
+
+std::vector<std::filesystem::path> PluginHost::search_path(const std::vector<std::filesystem::path>& plugin_dirs) {
+  std::vector<std::filesystem::path> out = plugin_dirs;
+  if (const char* env = std::getenv("LEGO_PLUGIN_PATH")) {
+    std::stringstream in(env);
+    for (std::string dir; std::getline(in, dir, ':');) {
+      if (!dir.empty()) out.emplace_back(dir);
+    }
+  }
+  std::error_code ec;
+  const auto exe = std::filesystem::path(boost::dll::program_location(ec).string());
+  if (!ec) out.push_back(exe.parent_path().parent_path() / "lib" / "lego" / "plugins");
+  return out;
+}
+
+PluginHost::PluginHost(const std::vector<std::filesystem::path>& plugin_dirs) : impl_(std::make_unique<Impl>()) {
+  std::set<std::filesystem::path> seen;
+  for (const auto& dir : search_path(plugin_dirs)) {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(dir, ec)) continue;
+    std::vector<std::filesystem::path> files;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      if (is_shared_library(e.path())) files.push_back(e.path());
+    }
+    std::sort(files.begin(), files.end());
+    for (const auto& f : files) {
+      const auto canonical = std::filesystem::weakly_canonical(f, ec);
+      if (!seen.insert(canonical).second) continue;
+      impl_->open(f);
+    }
+  }
+}
+
+PluginHost::~PluginHost() = default;
+
+const std::vector<PluginRecord>& PluginHost::records() const { return impl_->records; }
+
+std::shared_ptr<Modality> PluginHost::create(const std::string& modality, const ModalityConfig& config) const {
+  for (const auto& l : impl_->loaded) {
+    if (l.modality == modality) return make(l, config);
+  }
+  std::string found;
+  for (const auto& r : impl_->records) {
+    found += (found.empty() ? " " : "; ") + r.file.string() + ": " + (r.loaded ? "provides " + r.modality : "refused: " + r.reason);
+  }
+  throw Error(ErrorKind::NotFound, "no plugin provides the '" + modality + "' modality" +
+                                       (found.empty() ? " (no plugins found; see --plugin-dir, LEGO_PLUGIN_PATH)"
+                                                      : "; found:" + found));
+}
+
+}  // namespace lego::host

@@ -1,0 +1,54 @@
+// Read-only named tensors handed to modules, and loading them into a module (DESIGN.md, sdk/weights.h).
+//
+// TensorSource is what the core's checkpoint readers (core/weights) implement and what a plugin receives
+// to fill its parameters: one interface and one loader for the LLM and every modality.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace lego {
+
+struct TensorInfo {
+  std::string name;
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+  std::filesystem::path file;  // the file that holds it (for error messages)
+};
+
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  // Every tensor name, sorted.
+  virtual std::vector<std::string> names() const = 0;
+  virtual bool contains(const std::string& name) const = 0;
+  // Throws lego::Error(NotFound) naming the source and the tensor when absent.
+  virtual TensorInfo info(const std::string& name) const = 0;
+  // A CPU tensor; it may alias a private file mapping (writes stay private to the process).
+  virtual at::Tensor get(const std::string& name) const = 0;
+  // Where the tensors come from, for messages.
+  virtual std::string describe() const = 0;
+};
+
+struct LoadReport {
+  std::vector<std::string> loaded;  // source names that filled a parameter or buffer
+  std::vector<std::string> unused;  // source names under the prefix that nothing took
+};
+
+// Fills every parameter and persistent buffer of `module` from `source` (name = prefix + module name).
+// Each tensor's shape is checked against the module's. Parameters take `dtype` (default: the module's
+// current dtype) and adopt the source tensor's storage when no conversion is needed: a mapped
+// safetensors file is then used in place, without a second copy. Missing tensors or shape mismatches
+// throw lego::Error naming the file, the tensor and both shapes.
+LoadReport load_module(torch::nn::Module& module, const TensorSource& source, const std::string& prefix = "",
+                       std::optional<at::ScalarType> dtype = std::nullopt);
+
+// "[2, 3]" for messages.
+std::string shape_string(at::IntArrayRef shape);
+
+}  // namespace lego

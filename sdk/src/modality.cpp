@@ -1,0 +1,53 @@
+#include "lego/sdk/modality.h"
+
+#include "lego/sdk/error.h"
+
+namespace lego {
+
+std::string ModalityConfig::get(const std::string& key) const {
+  auto it = options.find(key);
+  if (it == options.end()) throw Error(ErrorKind::NotFound, "modality config: missing key '" + key + "'");
+  return it->second;
+}
+
+std::string ModalityConfig::get(const std::string& key, const std::string& fallback) const {
+  auto it = options.find(key);
+  return it == options.end() ? fallback : it->second;
+}
+
+int64_t ModalityConfig::get_int(const std::string& key) const {
+  const std::string v = get(key);
+  try {
+    size_t used = 0;
+    const int64_t out = std::stoll(v, &used);
+    if (used == v.size()) return out;
+  } catch (const std::logic_error&) {
+  }
+  throw Error(ErrorKind::Format, "modality config: key '" + key + "' = '" + v + "' is not an integer");
+}
+
+int64_t ModalityConfig::get_int(const std::string& key, int64_t fallback) const {
+  return options.count(key) ? get_int(key) : fallback;
+}
+
+double ModalityConfig::get_double(const std::string& key, double fallback) const {
+  if (!options.count(key)) return fallback;
+  const std::string v = get(key);
+  try {
+    size_t used = 0;
+    const double out = std::stod(v, &used);
+    if (used == v.size()) return out;
+  } catch (const std::logic_error&) {
+  }
+  throw Error(ErrorKind::Format, "modality config: key '" + key + "' = '" + v + "' is not a number");
+}
+
+bool ModalityConfig::get_bool(const std::string& key, bool fallback) const {
+  if (!options.count(key)) return fallback;
+  const std::string v = get(key);
+  if (v == "true" || v == "1") return true;
+  if (v == "false" || v == "0") return false;
+  throw Error(ErrorKind::Format, "modality config: key '" + key + "' = '" + v + "' is not true/false");
+}
+
+}  // namespace lego

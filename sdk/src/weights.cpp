@@ -1,0 +1,56 @@
+#include "lego/sdk/weights.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <sstream>
+
+#include "lego/sdk/error.h"
+
+namespace lego {
+
+std::string shape_string(at::IntArrayRef shape) {
+  std::ostringstream s;
+  s << '[';
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << ']';
+  return s.str();
+}
+
+LoadReport load_module(torch::nn::Module& module, const TensorSource& source, const std::string& prefix,
+                       std::optional<at::ScalarType> dtype) {
+  LoadReport report;
+  torch::NoGradGuard no_grad;
+  auto fill = [&](const std::string& local, at::Tensor& target) {
+    const std::string name = prefix + local;
+    if (!source.contains(name)) {
+      throw Error(ErrorKind::NotFound, source.describe() + ": missing tensor '" + name + "' (expected shape " +
+                                           shape_string(target.sizes()) + ")");
+    }
+    const TensorInfo info = source.info(name);
+    if (at::IntArrayRef(info.shape) != target.sizes()) {
+      throw Error(ErrorKind::Format, info.file.string() + ": tensor '" + name + "' has shape " +
+                                         shape_string(info.shape) + ", the model expects " +
+                                         shape_string(target.sizes()));
+    }
+    const auto want = dtype.value_or(target.scalar_type());
+    at::Tensor value = source.get(name);
+    if (value.scalar_type() != want || value.device() != target.device()) {
+      value = value.to(target.device(), want);
+    }
+    // The module's own (uninitialised) storage is dropped; the source's is adopted as is.
+    target.set_data(value);
+    report.loaded.push_back(name);
+  };
+  for (auto& item : module.named_parameters(/*recurse=*/true)) fill(item.key(), item.value());
+  for (auto& item : module.named_buffers(/*recurse=*/true)) fill(item.key(), item.value());
+  std::sort(report.loaded.begin(), report.loaded.end());
+  for (const auto& name : source.names()) {
+    if (name.rfind(prefix, 0) == 0 && !std::binary_search(report.loaded.begin(), report.loaded.end(), name)) {
+      report.unused.push_back(name);
+    }
+  }
+  return report;
+}
+
+}  // namespace lego
