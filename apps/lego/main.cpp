@@ -22,6 +22,10 @@ constexpr Entry kCommands[] = {
     {"generate", "continue text prompts with a model directory", lego::cli::run_generate},
     {"import", "turn a released checkpoint (HF LLaMA/Vicuna) into a lego model directory", lego::cli::run_import},
     {"tokenize", "print the token ids of texts", lego::cli::run_tokenize},
+    {"infer", "answer a question about images, videos or sounds, with grounding", lego::cli::run_infer},
+    {"chat", "talk with a model interactively, attaching media", lego::cli::run_chat},
+    {"encode", "run one medium through its modality and write every stage", lego::cli::run_encode},
+    {"plugins", "list the modality plugins found, loaded or refused", lego::cli::run_plugins},
 };
 
 void print_help() {

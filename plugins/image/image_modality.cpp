@@ -87,7 +87,7 @@ class ImageModality : public Modality {
 
   at::Tensor encode_features(const at::Tensor& batch) override {
     torch::NoGradGuard no_grad;
-    const auto& w = projector_->parameters().front();
+    const at::Tensor w = projector_->parameters().front();
     auto hidden = clip_->hidden_state(batch.to(w.device(), w.scalar_type()), feature_layer_);
     return hidden.narrow(1, 1, hidden.size(1) - 1);  // drop CLS
   }

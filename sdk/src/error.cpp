@@ -16,4 +16,6 @@ std::string_view error_kind_name(ErrorKind kind) {
 
 Error::Error(ErrorKind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
 
+Error::~Error() = default;
+
 }  // namespace lego

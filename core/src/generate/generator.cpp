@@ -106,11 +106,7 @@ std::vector<GenerationOutput> Generator::generate(const std::vector<std::vector<
   auto [ids, valid] = pad_batch(prompts);
   torch::NoGradGuard no_grad;
   const auto device = model_->model->embed_tokens->weight.device();
-  if (ids.size(1) > model_->options().max_position()) {
-    throw Error(ErrorKind::InvalidArgument, "prompt of " + std::to_string(ids.size(1)) +
-                                                " tokens is longer than the model context of " +
-                                                std::to_string(model_->options().max_position()));
-  }
+  check_context(ids.size(1));
   auto embeds = model_->model->embed(ids.to(device));
   return generate_from_embeddings(embeds, valid, ids, options, stream, timings);
 }
@@ -119,18 +115,28 @@ torch::Tensor Generator::last_logits(const std::vector<std::vector<int64_t>>& pr
   auto [ids, valid] = pad_batch(prompts);
   torch::NoGradGuard no_grad;
   const auto device = model_->model->embed_tokens->weight.device();
-  const int64_t steps = ids.size(1);
-  if (steps > model_->options().max_position()) {
-    throw Error(ErrorKind::InvalidArgument, "prompt of " + std::to_string(steps) +
+  check_context(ids.size(1));
+  return last_logits(model_->model->embed(ids.to(device)), valid);
+}
+
+torch::Tensor Generator::last_logits(const torch::Tensor& embeds, const torch::Tensor& valid_in) {
+  torch::NoGradGuard no_grad;
+  const int64_t steps = embeds.size(1);
+  check_context(steps);
+  auto valid = valid_in.to(torch::kBool).cpu();
+  llm::AttentionContext ctx;
+  ctx.positions = (valid.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).to(embeds.device());
+  if (!valid.all().item<bool>()) ctx.key_valid = valid.to(embeds.device());
+  auto hidden = model_->model->forward(embeds, ctx);
+  return model_->logits(hidden.narrow(1, steps - 1, 1)).squeeze(1).to(torch::kCPU, torch::kFloat32);
+}
+
+void Generator::check_context(int64_t prompt_tokens) const {
+  if (prompt_tokens > model_->options().max_position()) {
+    throw Error(ErrorKind::InvalidArgument, "prompt of " + std::to_string(prompt_tokens) +
                                                 " tokens is longer than the model context of " +
                                                 std::to_string(model_->options().max_position()));
   }
-  auto positions = (valid.to(torch::kInt64).cumsum(1) - 1).clamp_min(0);
-  llm::AttentionContext ctx;
-  ctx.positions = positions.to(device);
-  if (!valid.all().item<bool>()) ctx.key_valid = valid.to(device);
-  auto hidden = model_->model->forward(model_->model->embed(ids.to(device)), ctx);
-  return model_->logits(hidden.narrow(1, steps - 1, 1)).squeeze(1).to(torch::kCPU, torch::kFloat32);
 }
 
 std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::Tensor& embeds,
@@ -145,10 +151,7 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
   const int64_t batch = embeds.size(0);
   const int64_t prompt_len = embeds.size(1);
   const int64_t context = model_->options().max_position();
-  if (prompt_len > context) {
-    throw Error(ErrorKind::InvalidArgument, "prompt of " + std::to_string(prompt_len) +
-                                                " tokens is longer than the model context of " + std::to_string(context));
-  }
+  check_context(prompt_len);
   const int64_t max_new = std::min(options.max_new_tokens, context - prompt_len);
   const bool context_bound = max_new < options.max_new_tokens;
 

@@ -72,11 +72,15 @@ class Generator {
   // Logits [B, vocab] (float32, CPU) at the last real position of each prompt, computed exactly as the
   // first decoding step does.
   torch::Tensor last_logits(const std::vector<std::vector<int64_t>>& prompts);
+  // The same from left-padded prompt embeddings [B, T, hidden] and `valid` [B, T].
+  torch::Tensor last_logits(const torch::Tensor& embeds, const torch::Tensor& valid);
 
   // Left-pads prompts to one length: ids [B, T] (pad id), valid [B, T] bool.
   std::pair<torch::Tensor, torch::Tensor> pad_batch(const std::vector<std::vector<int64_t>>& prompts) const;
 
  private:
+  void check_context(int64_t prompt_tokens) const;  // throws InvalidArgument past the model's context
+
   llm::LlamaForCausalLM model_;
   const text::Tokenizer& tokenizer_;
 };

@@ -26,6 +26,9 @@ std::string_view error_kind_name(ErrorKind kind);
 class Error : public std::runtime_error {
  public:
   Error(ErrorKind kind, const std::string& message);
+  // Out of line on purpose: it anchors the vtable and type info in liblego_sdk, so an Error thrown from a
+  // plugin stays valid after that plugin is unloaded.
+  ~Error() override;
 
   ErrorKind kind() const noexcept { return kind_; }
 
