@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "lego/host/plugin_host.h"
 #include "lego/model/import.h"
 #include "lego/sdk/error.h"
 
@@ -11,19 +12,24 @@ namespace lego::cli {
 namespace po = boost::program_options;
 
 int run_import(const Args& args) {
-  std::string from;
-  std::string in;
-  std::string out;
+  ImportOptions o;
+  std::vector<std::string> plugin_dirs;
   po::options_description d("import");
   d.add_options()
-      ("from", po::value(&from)->required(), "checkpoint kind: hf-llama")
-      ("in", po::value(&in)->required(), "checkpoint directory")
-      ("out", po::value(&out)->required(), "model directory to write");
-  if (!parse_args(args, d, "lego import --from hf-llama --in DIR --out MODEL_DIR")) return 0;
-  if (from != "hf-llama") throw Error(ErrorKind::InvalidArgument, "--from '" + from + "': supported kinds are hf-llama");
-  const auto report = import_hf_llama(in, out);
-  std::cout << "imported " << report.imported.size() << " tensors into " << out;
-  if (!report.skipped.empty()) std::cout << " (skipped " << report.skipped.size() << " derived buffers)";
+      ("from", po::value(&o.kind)->required(), "checkpoint kind: hf-llama or groundinggpt")
+      ("in", po::value(&o.in)->required(), "checkpoint directory")
+      ("clip", po::value(&o.clip), "HF CLIP directory for the image branch (groundinggpt)")
+      ("out", po::value(&o.out)->required(), "model directory to write")
+      ("plugin-dir", po::value(&plugin_dirs)->composing(), "where to look for modality plugins first (repeatable)");
+  if (!parse_args(args, d, "lego import --from hf-llama|groundinggpt --in DIR [--clip DIR] --out MODEL_DIR")) return 0;
+  if (o.kind != "hf-llama" && o.kind != "groundinggpt") {
+    throw Error(ErrorKind::InvalidArgument, "--from '" + o.kind + "': supported kinds are hf-llama and groundinggpt");
+  }
+  std::unique_ptr<host::PluginHost> host;
+  if (o.kind == "groundinggpt") host = std::make_unique<host::PluginHost>(std::vector<std::filesystem::path>(plugin_dirs.begin(), plugin_dirs.end()));
+  const auto report = import_checkpoint(o, host.get());
+  std::cout << "imported " << report.imported.size() << " tensors into " << o.out.string();
+  if (!report.skipped.empty()) std::cout << " (skipped " << report.skipped.size() << " unused: rotary buffers, CLIP text tower)";
   std::cout << '\n';
   return 0;
 }

@@ -50,7 +50,7 @@ def hf_tokenizer(model_file: Path):
     return tok
 
 
-def save_hf_llama(dst: Path, sp_file: Path, seed: int = 0, **save_kwargs):
+def save_hf_llama(dst: Path, sp_file: Path, seed: int = 0, max_position_embeddings: int = 256, **save_kwargs):
     """A tiny random LlamaForCausalLM (GQA, 2 layers) saved with transformers, plus its tokenizer."""
     import shutil
 
@@ -60,7 +60,7 @@ def save_hf_llama(dst: Path, sp_file: Path, seed: int = 0, **save_kwargs):
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=512 + len(ADDED_TOKENS), hidden_size=64, intermediate_size=176,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,
+                      max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-5, rope_theta=10000.0,
                       tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     model = LlamaForCausalLM(cfg).eval()
     # Give the norms non-trivial weights so that they are really tested.

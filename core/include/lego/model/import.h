@@ -11,13 +11,26 @@
 
 namespace lego {
 
+namespace host {
+class PluginHost;
+}
+
 struct ImportReport {
   std::vector<std::string> imported;  // tensor names written
-  std::vector<std::string> skipped;   // names known to be derivable (e.g. rotary inv_freq buffers)
+  std::vector<std::string> skipped;   // names known not to matter (rotary inv_freq buffers, CLIP's text tower)
 };
 
-// A Hugging Face LLaMA / Vicuna directory (config.json, tokenizer.model, safetensors or .bin weights,
-// optionally sharded, optionally added tokens) -> `out` (model.ini, tokenizer.model, model.safetensors).
-ImportReport import_hf_llama(const std::filesystem::path& in, const std::filesystem::path& out);
+struct ImportOptions {
+  // "hf-llama": a Hugging Face LLaMA / Vicuna directory. "groundinggpt": the released LEGO checkpoint
+  // (the same layout plus the modality branches) with the CLIP tower from `clip`.
+  std::string kind = "hf-llama";
+  std::filesystem::path in;    // config.json, tokenizer.model, weights (safetensors or .bin, maybe sharded)
+  std::filesystem::path clip;  // an HF CLIP or CLIPVisionModel directory (groundinggpt with an image branch)
+  std::filesystem::path out;   // model directory to write: model.ini, tokenizer.model, model.safetensors
+};
+
+// Imports a checkpoint. Modality branches are checked against the weights their plugin (made by `host`)
+// declares; missing tensors and tensors nothing uses are listed in the error that refuses them.
+ImportReport import_checkpoint(const ImportOptions& options, const host::PluginHost* host);
 
 }  // namespace lego

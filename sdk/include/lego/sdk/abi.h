@@ -14,6 +14,7 @@
 #pragma once
 
 #include <c10/util/Exception.h>
+#include <dlfcn.h>
 #include <torch/version.h>
 
 #include <cstddef>
@@ -51,6 +52,15 @@ typedef const LegoPluginDescriptor* (*LegoPluginEntry)();
 
 namespace lego::detail {
 
+// The file of the shared library holding this code (the plugin), for messages.
+inline std::string this_library_file() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<const void*>(&this_library_file), &info) != 0 && info.dli_fname != nullptr) {
+    return info.dli_fname;
+  }
+  return "unknown library";
+}
+
 // Runs `fn`, turning anything it throws into lego::Error (kind kept for lego::Error, Plugin otherwise)
 // whose message starts with the modality's name.
 template <typename Fn>
@@ -73,7 +83,7 @@ template <typename T>
 class GuardedModality final : public Modality {
  public:
   explicit GuardedModality(const ModalityConfig& config)
-      : impl_(std::make_unique<T>(config)), who_("plugin " + impl_->name()) {}
+      : impl_(std::make_unique<T>(config)), who_("plugin " + impl_->name() + " (" + this_library_file() + ")") {}
 
   std::string name() const override { return guarded(who_, [&] { return impl_->name(); }); }
   std::string placeholder() const override { return guarded(who_, [&] { return impl_->placeholder(); }); }
