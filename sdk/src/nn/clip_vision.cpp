@@ -9,14 +9,6 @@
 #include "lego/sdk/weights.h"
 
 namespace lego::nn {
-namespace {
-
-torch::nn::LayerNorm layer_norm(int64_t width, double eps) {
-  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({width}).eps(eps));
-}
-
-}  // namespace
-
 void ClipVisionOptions::validate() const {
   auto bad = [](const std::string& what) { throw Error(ErrorKind::InvalidArgument, "clip vision options: " + what); };
   if (image_size_ <= 0 || patch_size_ <= 0 || image_size_ % patch_size_ != 0) {
@@ -81,9 +73,9 @@ ClipEncoderLayerImpl::ClipEncoderLayerImpl(const ClipVisionOptions& o) : options
 
 void ClipEncoderLayerImpl::reset() {
   self_attn = register_module("self_attn", ClipAttention(options_));
-  layer_norm1 = register_module("layer_norm1", layer_norm(options_.width(), options_.layer_norm_eps()));
+  layer_norm1 = register_module("layer_norm1", make_layer_norm(options_.width(), options_.layer_norm_eps()));
   mlp = register_module("mlp", ClipMlp(options_));
-  layer_norm2 = register_module("layer_norm2", layer_norm(options_.width(), options_.layer_norm_eps()));
+  layer_norm2 = register_module("layer_norm2", make_layer_norm(options_.width(), options_.layer_norm_eps()));
 }
 
 torch::Tensor ClipEncoderLayerImpl::forward(const torch::Tensor& x) {
@@ -109,9 +101,9 @@ ClipVisionTransformerImpl::ClipVisionTransformerImpl(const ClipVisionOptions& o)
 
 void ClipVisionTransformerImpl::reset() {
   embeddings = register_module("embeddings", ClipEmbeddings(options_));
-  pre_layrnorm = register_module("pre_layrnorm", layer_norm(options_.width(), options_.layer_norm_eps()));
+  pre_layrnorm = register_module("pre_layrnorm", make_layer_norm(options_.width(), options_.layer_norm_eps()));
   encoder = register_module("encoder", ClipEncoder(options_));
-  post_layernorm = register_module("post_layernorm", layer_norm(options_.width(), options_.layer_norm_eps()));
+  post_layernorm = register_module("post_layernorm", make_layer_norm(options_.width(), options_.layer_norm_eps()));
 }
 
 torch::Tensor ClipVisionTransformerImpl::hidden_state(const torch::Tensor& pixels, int64_t index) {

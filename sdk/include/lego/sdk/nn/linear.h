@@ -8,6 +8,7 @@
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/module.h>
+#include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
@@ -51,6 +52,13 @@ class EmbeddingImpl : public torch::nn::Cloneable<EmbeddingImpl> {
   torch::Tensor weight;  // [num_embeddings, embedding_dim]
 };
 TORCH_MODULE(Embedding);
+
+// LayerNorm over the last dimension of `width` (weight 1, bias 0).
+torch::nn::LayerNorm make_layer_norm(int64_t width, double eps);
+
+// A plain module that only nests others, so that registered names match a checkpoint's
+// ("bert.encoder.layer.0...").
+std::shared_ptr<torch::nn::Module> make_holder();
 
 // Fresh weights for every parameter of `module`, from a generator seeded with `seed`: biases 0, 1-D
 // `weight`s (normalisation scales) 1, everything else N(0, std) (the BERT/LLaMA initialisation, std 0.02).

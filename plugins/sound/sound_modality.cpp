@@ -1,0 +1,136 @@
+// The sound modality (`<sound>`, 8 tokens) as the released code builds it (shared/reference/
+// lego-original.md section 4): 16 kHz mono -> 3 clips of 2 s -> Kaldi fbank (128 x 204, normalised) ->
+// ImageBind-huge audio encoder -> [3, 1024] -> + audio position embedding -> audio Q-Former (8 queries,
+// 2 layers) -> audio_llama_proj.
+//
+// model.ini [sound]: plugin = sound; clips (3), clip_seconds (2); imagebind_width, imagebind_layers,
+// imagebind_heads, imagebind_mlp_dim, imagebind_out_dim; qformer_hidden, qformer_heads,
+// qformer_intermediate, audio_qformer_layers (2), queries (8), positions (8).
+#include <ATen/ATen.h>
+
+#include "lego/sdk/abi.h"
+#include "lego/sdk/audio/fbank.h"
+#include "lego/sdk/io/av_readers.h"
+#include "lego/sdk/nn/imagebind_audio.h"
+#include "lego/sdk/nn/linear.h"
+#include "lego/sdk/nn/qformer.h"
+
+namespace lego::plugins {
+namespace {
+
+std::vector<std::pair<std::string, at::Tensor>> prefixed(torch::nn::Module& m, const std::string& prefix) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : m.named_parameters()) out.emplace_back(prefix + p.key(), p.value());
+  return out;
+}
+
+struct SoundEncoder : torch::nn::Module {
+  explicit SoundEncoder(const nn::ImageBindAudioOptions& o) {
+    audio_encoder = register_module("audio_encoder", nn::ImageBindAudioEncoder(o));
+  }
+  nn::ImageBindAudioEncoder audio_encoder{nullptr};
+};
+
+struct SoundAdapter : torch::nn::Module {
+  SoundAdapter(int64_t positions, int64_t width, const nn::QFormerOptions& q, int64_t queries, int64_t llm) {
+    position_embedding = register_module("audio_position_embedding", nn::Embedding(nn::EmbeddingOptions(positions, width)));
+    qformer = register_module("audio_Qformer", nn::QFormer(q));
+    query_tokens = register_parameter("audio_query_tokens", torch::empty({1, queries, q.hidden()}));
+    llama_proj = register_module("audio_llama_proj", nn::Linear(nn::LinearOptions(q.hidden(), llm)));
+  }
+  nn::Embedding position_embedding{nullptr};
+  nn::QFormer qformer{nullptr};
+  torch::Tensor query_tokens;
+  nn::Linear llama_proj{nullptr};
+};
+
+nn::ImageBindAudioOptions imagebind_options(const ModalityConfig& c) {
+  nn::ImageBindAudioOptions o;
+  o.width(c.get_int("imagebind_width", o.width()))
+      .layers(c.get_int("imagebind_layers", o.layers()))
+      .heads(c.get_int("imagebind_heads", o.heads()))
+      .mlp_dim(c.get_int("imagebind_mlp_dim", o.mlp_dim()))
+      .out_dim(c.get_int("imagebind_out_dim", o.out_dim()));
+  return o;
+}
+
+class SoundModality : public Modality {
+ public:
+  explicit SoundModality(const ModalityConfig& c) : encoder_(std::make_shared<SoundEncoder>(imagebind_options(c))) {
+    if (c.llm_hidden_size <= 0) throw Error(ErrorKind::InvalidArgument, "sound: llm_hidden_size must be positive");
+    clips_.clips = c.get_int("clips", clips_.clips);
+    clips_.clip_seconds = c.get_double("clip_seconds", clips_.clip_seconds);
+    const int64_t out_dim = encoder_->audio_encoder->options().out_dim();
+    nn::QFormerOptions q;
+    q.hidden(c.get_int("qformer_hidden", q.hidden()))
+        .heads(c.get_int("qformer_heads", q.heads()))
+        .intermediate(c.get_int("qformer_intermediate", q.intermediate()))
+        .layers(c.get_int("audio_qformer_layers", 2))
+        .encoder_width(out_dim)
+        .cross_attention_freq(1);
+    adapter_ = std::make_shared<SoundAdapter>(c.get_int("positions", 8), out_dim, q, c.get_int("queries", 8), c.llm_hidden_size);
+    if (clips_.clips > adapter_->position_embedding->options.num_embeddings()) {
+      throw Error(ErrorKind::InvalidArgument, "sound: clips exceed the audio position embedding");
+    }
+    encoder_->eval();
+    adapter_->eval();
+  }
+
+  std::string name() const override { return "sound"; }
+  std::string placeholder() const override { return "<sound>"; }
+  std::vector<std::string> frame_tokens() const override { return {"<so_start>", "<so_patch>", "<so_end>"}; }
+  int64_t tokens() const override { return adapter_->query_tokens.size(1); }
+  std::vector<std::string> file_types() const override { return io::AudioReader::extensions(); }
+
+  std::vector<WeightSpec> weights() const override {
+    std::vector<WeightSpec> out;
+    for (const auto& p : encoder_->named_parameters()) out.push_back({kPrefix + p.key(), p.value().sizes().vec()});
+    for (const auto& p : adapter_->named_parameters()) out.push_back({kPrefix + p.key(), p.value().sizes().vec()});
+    return out;
+  }
+  void load_weights(const TensorSource& source, at::ScalarType dtype, c10::Device device) override {
+    load_module(*encoder_, source, kPrefix, dtype);
+    load_module(*adapter_, source, kPrefix, dtype);
+    encoder_->to(device);
+    adapter_->to(device);
+  }
+  std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override { return prefixed(*encoder_, kPrefix); }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_parameters() override { return prefixed(*adapter_, kPrefix); }
+
+  Media load(const std::filesystem::path& file) const override {
+    const auto audio = io::AudioReader::read(file, static_cast<int64_t>(clips_.fbank.sample_rate));
+    Media m;
+    m.tensor = audio::imagebind_clips(audio.samples, clips_);  // [clips, 1, 128, 204]
+    m.duration_s = audio.duration_s;
+    m.path = file;
+    return m;
+  }
+
+  // [B, clips, 1, 128, 204] -> ImageBind embeddings [B, clips, 1024]
+  at::Tensor encode_features(const at::Tensor& batch) override {
+    const at::Tensor w = adapter_->query_tokens;
+    const int64_t b = batch.size(0), clips = batch.size(1);
+    torch::NoGradGuard frozen;  // ImageBind is always frozen
+    auto flat = batch.to(w.device(), w.scalar_type()).reshape({b * clips, batch.size(2), batch.size(3), batch.size(4)});
+    return encoder_->audio_encoder(flat).view({b, clips, -1});
+  }
+
+  at::Tensor encode(const at::Tensor& batch) override {
+    auto features = encode_features(batch);
+    const auto device = features.device();
+    features = features + adapter_->position_embedding(at::arange(features.size(1), at::TensorOptions().dtype(at::kLong).device(device)));
+    auto queries = adapter_->query_tokens.expand({features.size(0), -1, -1});
+    return adapter_->llama_proj(adapter_->qformer(queries, features));
+  }
+
+ private:
+  static constexpr const char* kPrefix = "model.";
+  audio::ClipOptions clips_;
+  std::shared_ptr<SoundEncoder> encoder_;
+  std::shared_ptr<SoundAdapter> adapter_;
+};
+
+}  // namespace
+}  // namespace lego::plugins
+
+LEGO_PLUGIN(lego::plugins::SoundModality, "sound")

@@ -1,0 +1,202 @@
+// The video modality (`<video>`, 64 tokens), Video-LLaMA style as the released code builds it
+// (shared/reference/lego-original.md section 3): 64 uniformly sampled frames resized to 224 x 224 ->
+// EVA ViT-g/14 -> ln_vision -> BLIP-2 Q-Former (32 queries) -> + frame position embedding -> video
+// Q-Former (64 queries, 2 layers) -> llama_proj. (The paper says CLIP encodes frames; the code uses EVA.)
+//
+// model.ini [video]: plugin = video; frames (64); eva_image_size, eva_patch_size, eva_width, eva_layers,
+// eva_heads, eva_mlp_dim; qformer_layers, qformer_heads, qformer_hidden, qformer_intermediate,
+// qformer_cross_freq, queries (32); frame_positions (64); video_qformer_layers (2), video_queries (64);
+// random_crop (false: the deterministic identity crop; true: training's RandomResizedCrop).
+#include <ATen/ATen.h>
+
+#include <random>
+
+#include "lego/sdk/abi.h"
+#include "lego/sdk/io/av_readers.h"
+#include "lego/sdk/nn/eva_vit.h"
+#include "lego/sdk/nn/linear.h"
+#include "lego/sdk/nn/qformer.h"
+
+namespace lego::plugins {
+namespace {
+
+// CLIP's normalisation, which the released video transform uses.
+constexpr double kMean[3] = {0.48145466, 0.4578275, 0.40821073};
+constexpr double kStd[3] = {0.26862954, 0.26130258, 0.27577711};
+
+nn::EvaVisionOptions eva_options(const ModalityConfig& c) {
+  nn::EvaVisionOptions o;
+  o.image_size(c.get_int("eva_image_size", o.image_size()))
+      .patch_size(c.get_int("eva_patch_size", o.patch_size()))
+      .width(c.get_int("eva_width", o.width()))
+      .layers(c.get_int("eva_layers", o.layers()))
+      .heads(c.get_int("eva_heads", o.heads()))
+      .mlp_dim(c.get_int("eva_mlp_dim", o.mlp_dim()));
+  return o;
+}
+
+nn::QFormerOptions qformer_options(const ModalityConfig& c, int64_t encoder_width, const std::string& layers_key,
+                                   int64_t layers, int64_t cross_freq) {
+  nn::QFormerOptions o;
+  o.hidden(c.get_int("qformer_hidden", o.hidden()))
+      .heads(c.get_int("qformer_heads", o.heads()))
+      .intermediate(c.get_int("qformer_intermediate", o.intermediate()))
+      .layers(c.get_int(layers_key, layers))
+      .encoder_width(encoder_width)
+      .cross_attention_freq(cross_freq);
+  return o;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> prefixed(torch::nn::Module& m, const std::string& prefix) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : m.named_parameters()) out.emplace_back(prefix + p.key(), p.value());
+  return out;
+}
+
+// The adapter's loose parameters, registered under their released names.
+struct VideoAdapter : torch::nn::Module {
+  VideoAdapter(int64_t positions, int64_t queries, int64_t hidden, int64_t llm) {
+    frame_positions = register_module("video_frame_position_embedding", nn::Embedding(nn::EmbeddingOptions(positions, hidden)));
+    video_query_tokens = register_parameter("video_query_tokens", torch::empty({1, queries, hidden}));
+    llama_proj = register_module("llama_proj", nn::Linear(nn::LinearOptions(hidden, llm)));
+  }
+  nn::Embedding frame_positions{nullptr};
+  torch::Tensor video_query_tokens;
+  nn::Linear llama_proj{nullptr};
+};
+
+struct FrameEncoder : torch::nn::Module {
+  FrameEncoder(const nn::EvaVisionOptions& eva, const nn::QFormerOptions& q, int64_t queries) {
+    visual_encoder = register_module("visual_encoder", nn::EvaVisionTransformer(eva));
+    ln_vision = register_module("ln_vision", nn::make_layer_norm(eva.width(), 1e-5));
+    qformer = register_module("Qformer", nn::QFormer(q));
+    query_tokens = register_parameter("query_tokens", torch::empty({1, queries, q.hidden()}));
+  }
+  nn::EvaVisionTransformer visual_encoder{nullptr};
+  torch::nn::LayerNorm ln_vision{nullptr};
+  nn::QFormer qformer{nullptr};
+  torch::Tensor query_tokens;
+};
+
+class VideoModality : public Modality {
+ public:
+  explicit VideoModality(const ModalityConfig& c)
+      : frames_(c.get_int("frames", 64)),
+        random_crop_(c.get_bool("random_crop", false)),
+        encoder_(std::make_shared<FrameEncoder>(eva_options(c), qformer_options(c, c.get_int("eva_width", 1408), "qformer_layers", 12,
+                                                                                c.get_int("qformer_cross_freq", 2)),
+                                                c.get_int("queries", 32))),
+        video_qformer_(qformer_options(c, c.get_int("qformer_hidden", 768), "video_qformer_layers", 2, 1)) {
+    if (c.llm_hidden_size <= 0) throw Error(ErrorKind::InvalidArgument, "video: llm_hidden_size must be positive");
+    adapter_ = std::make_shared<VideoAdapter>(c.get_int("frame_positions", 64), c.get_int("video_queries", 64),
+                                              video_qformer_->options().hidden(), c.llm_hidden_size);
+    adapter_->register_module("video_Qformer", video_qformer_);
+    if (frames_ > adapter_->frame_positions->options.num_embeddings()) {
+      // The released model would index past Embedding(64) here (a pitfall of the original).
+      throw Error(ErrorKind::InvalidArgument, "video: frames (" + std::to_string(frames_) + ") exceeds frame_positions (" +
+                                                  std::to_string(adapter_->frame_positions->options.num_embeddings()) + ")");
+    }
+    encoder_->eval();
+    adapter_->eval();
+  }
+
+  std::string name() const override { return "video"; }
+  std::string placeholder() const override { return "<video>"; }
+  std::vector<std::string> frame_tokens() const override { return {"<vi_start>", "<vi_patch>", "<vi_end>"}; }
+  int64_t tokens() const override { return adapter_->video_query_tokens.size(1); }
+  std::vector<std::string> file_types() const override { return io::VideoReader::extensions(); }
+
+  std::vector<WeightSpec> weights() const override {
+    std::vector<WeightSpec> out;
+    for (const auto& p : encoder_->named_parameters()) out.push_back({kPrefix + p.key(), p.value().sizes().vec()});
+    for (const auto& p : adapter_->named_parameters()) out.push_back({kPrefix + p.key(), p.value().sizes().vec()});
+    return out;
+  }
+  void load_weights(const TensorSource& source, at::ScalarType dtype, c10::Device device) override {
+    load_module(*encoder_, source, kPrefix, dtype);
+    load_module(*adapter_, source, kPrefix, dtype);
+    encoder_->to(device);
+    adapter_->to(device);
+  }
+  std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override { return prefixed(*encoder_, kPrefix); }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_parameters() override { return prefixed(*adapter_, kPrefix); }
+
+  Media load(const std::filesystem::path& file) const override {
+    const int64_t size = encoder_->visual_encoder->options().image_size();
+    auto video = io::VideoReader::sample_uniform(file, frames_, size, size);
+    auto x = video.frames.permute({3, 0, 1, 2}).to(at::kFloat);  // [3, T, H, W] in 0..255
+    if (random_crop_) x = random_resized_crop(x, size);
+    auto mean = at::tensor({kMean[0], kMean[1], kMean[2]}, at::kFloat).view({3, 1, 1, 1});
+    auto std = at::tensor({kStd[0], kStd[1], kStd[2]}, at::kFloat).view({3, 1, 1, 1});
+    Media m;
+    m.tensor = ((x / 255.0 - mean) / std).contiguous();
+    m.width = video.info.width;
+    m.height = video.info.height;
+    m.duration_s = video.info.duration_s;
+    m.path = file;
+    return m;
+  }
+
+  // [B, 3, T, S, S] -> per frame EVA + ln_vision + BLIP-2 Q-Former: [B, T * queries, hidden] with frame positions.
+  at::Tensor encode_features(const at::Tensor& batch) override {
+    const at::Tensor w = encoder_->query_tokens;
+    const int64_t b = batch.size(0), t = batch.size(2);
+    if (t > adapter_->frame_positions->options.num_embeddings()) {
+      throw Error(ErrorKind::InvalidArgument, "video: " + std::to_string(t) + " frames exceed the frame positions");
+    }
+    auto frames = batch.to(w.device(), w.scalar_type()).permute({0, 2, 1, 3, 4}).reshape({b * t, 3, batch.size(3), batch.size(4)});
+    at::Tensor q;
+    {
+      torch::NoGradGuard frozen;  // EVA and the BLIP-2 Q-Former are always frozen
+      auto image_embeds = encoder_->ln_vision(encoder_->visual_encoder(frames));
+      q = encoder_->qformer(w.expand({b * t, -1, -1}), image_embeds);  // [(b t), queries, hidden]
+    }
+    const int64_t queries = q.size(1), hidden = q.size(2);
+    auto positions = adapter_->frame_positions(at::arange(t, at::TensorOptions().dtype(at::kLong).device(w.device())));
+    q = q.view({b, t, queries, hidden}) + positions.unsqueeze(1).unsqueeze(0);
+    return q.reshape({b, t * queries, hidden});
+  }
+
+  at::Tensor encode(const at::Tensor& batch) override {
+    auto frames = encode_features(batch);
+    auto queries = adapter_->video_query_tokens.expand({frames.size(0), -1, -1});
+    return adapter_->llama_proj(video_qformer_(queries, frames));
+  }
+
+ private:
+  static constexpr const char* kPrefix = "model.";
+
+  // torchvision's RandomResizedCrop(size, scale (0.5, 1), ratio (3/4, 4/3), bicubic) on all frames alike.
+  static at::Tensor random_resized_crop(const at::Tensor& x, int64_t size) {
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    const int64_t h = x.size(2), w = x.size(3);
+    const double area = static_cast<double>(h * w);
+    std::uniform_real_distribution<double> scale(0.5, 1.0), log_ratio(std::log(3.0 / 4.0), std::log(4.0 / 3.0));
+    for (int attempt = 0; attempt < 10; ++attempt) {
+      const double target = area * scale(rng), ratio = std::exp(log_ratio(rng));
+      const auto cw = static_cast<int64_t>(std::round(std::sqrt(target * ratio)));
+      const auto ch = static_cast<int64_t>(std::round(std::sqrt(target / ratio)));
+      if (cw > 0 && ch > 0 && cw <= w && ch <= h) {
+        const int64_t top = std::uniform_int_distribution<int64_t>(0, h - ch)(rng);
+        const int64_t left = std::uniform_int_distribution<int64_t>(0, w - cw)(rng);
+        auto crop = x.narrow(2, top, ch).narrow(3, left, cw);
+        // [3, T, h, w]: the frames are the batch of the resize.
+        return at::upsample_bicubic2d(crop.transpose(0, 1), {size, size}, /*align_corners=*/false)
+            .transpose(0, 1)
+            .clamp(0, 255);
+      }
+    }
+    return x;
+  }
+
+  int64_t frames_;
+  bool random_crop_;
+  std::shared_ptr<FrameEncoder> encoder_;
+  nn::QFormer video_qformer_;
+  std::shared_ptr<VideoAdapter> adapter_;
+};
+
+}  // namespace
+}  // namespace lego::plugins
+
+LEGO_PLUGIN(lego::plugins::VideoModality, "video")

@@ -1,0 +1,64 @@
+// VideoReader and AudioReader on FFmpeg (libavformat, libavcodec, libswscale, libswresample)
+// (DESIGN.md, sdk/io; shared/reference/lego-original.md sections 3 and 4).
+//
+// VideoReader samples n frames uniformly with the released code's index formula, seeking to the keyframe
+// before each target and decoding forward only as far as needed, so a long file costs about n short
+// decodes. Frames come back resized (bicubic, aspect not kept) and rotated upright by the stream's display
+// matrix. AudioReader decodes any FFmpeg-readable audio (or a video's audio track) to mono float at a
+// chosen rate. Every failure is a lego::Error naming the file; reading stops at a bounded number of
+// packets, so corrupt input ends in an error rather than a hang.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace lego::io {
+
+struct VideoInfo {
+  int64_t frames = 0;       // from the container, else estimated from duration x frame rate
+  double duration_s = 0;    // from the stream or container, else frames / fps
+  double fps = 0;           // average frame rate
+  int64_t width = 0;        // as displayed (after rotation)
+  int64_t height = 0;
+  int rotation = 0;         // degrees clockwise applied to the decoded frames: 0, 90, 180, 270
+  std::string codec;
+};
+
+struct VideoFrames {
+  at::Tensor frames;                // [T, height, width, 3] uint8 RGB
+  std::vector<int64_t> indices;     // the frame indices sampled
+  std::vector<double> timestamps;   // seconds of each returned frame
+  VideoInfo info;
+};
+
+class VideoReader {
+ public:
+  static VideoInfo probe(const std::filesystem::path& file);
+  // The released code's sampling: n = min(wanted, frames); indices = arange(0, frames, frames / n) as int.
+  static std::vector<int64_t> uniform_indices(int64_t frames, int64_t wanted);
+  // Samples `wanted` frames (fewer when the video has fewer) resized to width x height.
+  static VideoFrames sample_uniform(const std::filesystem::path& file, int64_t wanted, int64_t width, int64_t height,
+                                    int threads = 0);
+  static const std::vector<std::string>& extensions();
+};
+
+struct Audio {
+  at::Tensor samples;         // [N] float32 mono at `rate`
+  int64_t rate = 0;
+  double duration_s = 0;
+  int64_t source_rate = 0;
+  int64_t source_channels = 0;
+};
+
+class AudioReader {
+ public:
+  // Decodes the best audio stream of `file`, down-mixed to mono, resampled to `rate`.
+  static Audio read(const std::filesystem::path& file, int64_t rate = 16000);
+  static const std::vector<std::string>& extensions();
+};
+
+}  // namespace lego::io

@@ -1,0 +1,332 @@
+#include "lego/sdk/io/av_readers.h"
+
+extern "C" {
+#include <libavcodec/avcodec.h>
+#include <libavformat/avformat.h>
+#include <libavutil/display.h>
+#include <libavutil/imgutils.h>
+#include <libavutil/opt.h>
+#include <libswresample/swresample.h>
+#include <libswscale/swscale.h>
+}
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <mutex>
+
+#include "lego/sdk/error.h"
+
+namespace lego::io {
+namespace {
+
+std::string av_error(int code) {
+  char buf[AV_ERROR_MAX_STRING_SIZE] = {0};
+  av_strerror(code, buf, sizeof buf);
+  return buf;
+}
+
+[[noreturn]] void fail(const std::filesystem::path& file, const std::string& what, ErrorKind kind = ErrorKind::Format) {
+  throw Error(kind, file.string() + ": " + what);
+}
+
+void quiet_ffmpeg_once() {
+  static std::once_flag once;
+  std::call_once(once, [] { av_log_set_level(AV_LOG_QUIET); });
+}
+
+struct FormatDeleter {
+  void operator()(AVFormatContext* f) const { avformat_close_input(&f); }
+};
+struct CodecDeleter {
+  void operator()(AVCodecContext* c) const { avcodec_free_context(&c); }
+};
+struct FrameDeleter {
+  void operator()(AVFrame* f) const { av_frame_free(&f); }
+};
+struct PacketDeleter {
+  void operator()(AVPacket* p) const { av_packet_free(&p); }
+};
+struct SwsDeleter {
+  void operator()(SwsContext* s) const { sws_freeContext(s); }
+};
+struct SwrDeleter {
+  void operator()(SwrContext* s) const { swr_free(&s); }
+};
+
+// An opened stream of one media type with its decoder.
+struct Opened {
+  std::unique_ptr<AVFormatContext, FormatDeleter> format;
+  std::unique_ptr<AVCodecContext, CodecDeleter> codec;
+  AVStream* stream = nullptr;
+  int index = -1;
+};
+
+Opened open_stream(const std::filesystem::path& file, AVMediaType type, int threads) {
+  quiet_ffmpeg_once();
+  std::error_code ec;
+  if (!std::filesystem::exists(file, ec)) fail(file, "no such file", ErrorKind::NotFound);
+  if (std::filesystem::is_directory(file, ec)) fail(file, "is a directory", ErrorKind::InvalidArgument);
+  if (std::filesystem::file_size(file, ec) == 0) fail(file, "empty file");
+  Opened o;
+  AVFormatContext* raw = nullptr;
+  int rc = avformat_open_input(&raw, file.c_str(), nullptr, nullptr);
+  if (rc < 0) fail(file, "cannot open as media: " + av_error(rc));
+  o.format.reset(raw);
+  rc = avformat_find_stream_info(raw, nullptr);
+  if (rc < 0) fail(file, "cannot read stream info: " + av_error(rc));
+  const AVCodec* decoder = nullptr;
+  o.index = av_find_best_stream(raw, type, -1, -1, &decoder, 0);
+  if (o.index < 0) {
+    fail(file, std::string("has no ") + (type == AVMEDIA_TYPE_VIDEO ? "video" : "audio") + " stream" +
+                   (o.index == AVERROR_DECODER_NOT_FOUND ? " with a known decoder" : ""));
+  }
+  o.stream = raw->streams[o.index];
+  o.codec.reset(avcodec_alloc_context3(decoder));
+  if (!o.codec) fail(file, "cannot allocate a decoder", ErrorKind::Io);
+  rc = avcodec_parameters_to_context(o.codec.get(), o.stream->codecpar);
+  if (rc < 0) fail(file, "bad codec parameters: " + av_error(rc));
+  o.codec->thread_count = threads;  // 0: FFmpeg picks
+  rc = avcodec_open2(o.codec.get(), decoder, nullptr);
+  if (rc < 0) fail(file, "cannot open the decoder: " + av_error(rc));
+  return o;
+}
+
+double seconds(int64_t ts, AVRational tb) { return static_cast<double>(ts) * av_q2d(tb); }
+
+int rotation_of(const AVStream* st) {
+  size_t size = 0;
+  const uint8_t* matrix = av_stream_get_side_data(st, AV_PKT_DATA_DISPLAYMATRIX, &size);
+  if (matrix == nullptr || size < 9 * sizeof(int32_t)) return 0;
+  const double ccw = av_display_rotation_get(reinterpret_cast<const int32_t*>(matrix));
+  if (std::isnan(ccw)) return 0;
+  int clockwise = static_cast<int>(std::lround(-ccw)) % 360;
+  if (clockwise < 0) clockwise += 360;
+  return (clockwise + 45) / 90 * 90 % 360;
+}
+
+VideoInfo info_of(const Opened& o) {
+  VideoInfo v;
+  const AVStream* st = o.stream;
+  const AVRational rate = av_guess_frame_rate(o.format.get(), const_cast<AVStream*>(st), nullptr);
+  v.fps = rate.num > 0 && rate.den > 0 ? av_q2d(rate) : 0.0;
+  if (st->duration != AV_NOPTS_VALUE && st->duration > 0) {
+    v.duration_s = seconds(st->duration, st->time_base);
+  } else if (o.format->duration != AV_NOPTS_VALUE && o.format->duration > 0) {
+    v.duration_s = static_cast<double>(o.format->duration) / AV_TIME_BASE;
+  }
+  v.frames = st->nb_frames;
+  if (v.frames <= 0 && v.fps > 0 && v.duration_s > 0) v.frames = std::llround(v.duration_s * v.fps);
+  if (v.duration_s <= 0 && v.fps > 0 && v.frames > 0) v.duration_s = static_cast<double>(v.frames) / v.fps;
+  v.rotation = rotation_of(st);
+  const bool swap = v.rotation == 90 || v.rotation == 270;
+  v.width = swap ? o.codec->height : o.codec->width;
+  v.height = swap ? o.codec->width : o.codec->height;
+  v.codec = o.codec->codec ? o.codec->codec->name : "";
+  return v;
+}
+
+}  // namespace
+
+const std::vector<std::string>& VideoReader::extensions() {
+  static const std::vector<std::string> ext{"mp4", "mkv", "webm", "avi", "mov", "m4v", "mpg", "mpeg", "flv", "wmv", "gif"};
+  return ext;
+}
+
+const std::vector<std::string>& AudioReader::extensions() {
+  static const std::vector<std::string> ext{"wav", "mp3", "flac", "ogg", "opus", "m4a", "aac", "wma", "mp4", "mkv", "webm"};
+  return ext;
+}
+
+VideoInfo VideoReader::probe(const std::filesystem::path& file) { return info_of(open_stream(file, AVMEDIA_TYPE_VIDEO, 1)); }
+
+std::vector<int64_t> VideoReader::uniform_indices(int64_t frames, int64_t wanted) {
+  std::vector<int64_t> out;
+  if (frames <= 0 || wanted <= 0) return out;
+  const int64_t n = std::min(wanted, frames);
+  // numpy: arange(0, frames, frames / n) in float64, then astype(int).
+  const double step = static_cast<double>(frames) / static_cast<double>(n);
+  for (int64_t i = 0;; ++i) {
+    const double v = static_cast<double>(i) * step;
+    if (v >= static_cast<double>(frames)) break;
+    out.push_back(static_cast<int64_t>(v));
+  }
+  return out;
+}
+
+VideoFrames VideoReader::sample_uniform(const std::filesystem::path& file, int64_t wanted, int64_t width, int64_t height,
+                                        int threads) {
+  if (wanted <= 0 || width <= 0 || height <= 0) {
+    throw Error(ErrorKind::InvalidArgument, "video: frame count and size must be positive");
+  }
+  Opened o = open_stream(file, AVMEDIA_TYPE_VIDEO, threads);
+  VideoFrames out;
+  out.info = info_of(o);
+  if (out.info.frames <= 0) fail(file, "has no frame count and no duration to sample by");
+  const double fps = out.info.fps > 0 ? out.info.fps : static_cast<double>(out.info.frames) / std::max(out.info.duration_s, 1e-9);
+  const double start = o.stream->start_time != AV_NOPTS_VALUE ? seconds(o.stream->start_time, o.stream->time_base) : 0.0;
+  out.indices = uniform_indices(out.info.frames, wanted);
+
+  const bool swap = out.info.rotation == 90 || out.info.rotation == 270;
+  const int64_t scaled_w = swap ? height : width;
+  const int64_t scaled_h = swap ? width : height;
+  std::unique_ptr<SwsContext, SwsDeleter> sws;
+  std::unique_ptr<AVFrame, FrameDeleter> frame(av_frame_alloc());
+  std::unique_ptr<AVPacket, PacketDeleter> packet(av_packet_alloc());
+  std::vector<at::Tensor> frames;
+  at::Tensor last;  // the newest converted frame, for targets past the real end
+  double last_converted_time = -1e300;
+  double last_time = -1e300;  // the newest decoded frame, converted or not
+  bool eof = false, flushed = false;
+
+  auto convert = [&](const AVFrame* f) {
+    sws.reset(sws_getCachedContext(sws.release(), f->width, f->height, static_cast<AVPixelFormat>(f->format),
+                                   static_cast<int>(scaled_w), static_cast<int>(scaled_h), AV_PIX_FMT_RGB24, SWS_BICUBIC,
+                                   nullptr, nullptr, nullptr));
+    if (!sws) fail(file, "cannot convert its pixel format");
+    auto rgb = at::empty({scaled_h, scaled_w, 3}, at::kByte);
+    uint8_t* dst[4] = {rgb.data_ptr<uint8_t>(), nullptr, nullptr, nullptr};
+    int dst_stride[4] = {static_cast<int>(scaled_w * 3), 0, 0, 0};
+    sws_scale(sws.get(), f->data, f->linesize, 0, f->height, dst, dst_stride);
+    switch (out.info.rotation) {
+      case 90: return rgb.transpose(0, 1).flip({1}).contiguous();
+      case 180: return rgb.flip({0, 1}).contiguous();
+      case 270: return rgb.transpose(0, 1).flip({0}).contiguous();
+      default: return rgb;
+    }
+  };
+  // Decodes the next frame; false at the end of the stream.
+  auto next_frame = [&]() -> bool {
+    while (true) {
+      const int rc = avcodec_receive_frame(o.codec.get(), frame.get());
+      if (rc == 0) return true;
+      if (rc == AVERROR_EOF) return false;
+      if (rc != AVERROR(EAGAIN)) fail(file, "decoding failed: " + av_error(rc));
+      if (eof) {
+        if (flushed) return false;
+        avcodec_send_packet(o.codec.get(), nullptr);
+        flushed = true;
+        continue;
+      }
+      const int read = av_read_frame(o.format.get(), packet.get());
+      if (read < 0) {
+        eof = true;
+        continue;
+      }
+      if (packet->stream_index == o.index) {
+        const int sent = avcodec_send_packet(o.codec.get(), packet.get());
+        // A corrupt packet is skipped; a stream that never yields a frame ends in "no decodable frames".
+        (void)sent;
+      }
+      av_packet_unref(packet.get());
+    }
+  };
+
+  // Seeking pays off only for targets far ahead; nearer ones are reached by decoding on.
+  constexpr double kSeekAheadSeconds = 2.0;
+  for (int64_t index : out.indices) {
+    const double target = start + static_cast<double>(index) / fps;
+    const double tolerance = 0.5 / fps;
+    if (target - last_time > kSeekAheadSeconds && !eof) {
+      const int64_t ts = static_cast<int64_t>(target / av_q2d(o.stream->time_base));
+      if (av_seek_frame(o.format.get(), o.index, ts, AVSEEK_FLAG_BACKWARD) >= 0) {
+        avcodec_flush_buffers(o.codec.get());
+        eof = flushed = false;
+      }
+    }
+    at::Tensor chosen;
+    double chosen_time = last_converted_time;
+    if (last.defined() && last_converted_time >= target - tolerance) {
+      chosen = last;  // already decoded past it (duplicate index or dense sampling)
+    }
+    while (!chosen.defined()) {
+      if (!next_frame()) break;
+      const int64_t pts = frame->best_effort_timestamp != AV_NOPTS_VALUE ? frame->best_effort_timestamp : frame->pts;
+      const double t = pts != AV_NOPTS_VALUE ? seconds(pts, o.stream->time_base) : last_time + 1.0 / fps;
+      if (t < target - tolerance) {
+        last_time = t;
+        continue;  // before the target: skip without converting
+      }
+      last = convert(frame.get());
+      last_time = last_converted_time = t;
+      chosen = last;
+      chosen_time = t;
+      av_frame_unref(frame.get());
+    }
+    if (!chosen.defined()) {
+      if (!last.defined()) {
+        // The stream ended before the target: take the newest frame there is, decoding from the start.
+        if (frames.empty()) break;
+        chosen = frames.back();
+        chosen_time = out.timestamps.back();
+      } else {
+        chosen = last;
+        chosen_time = last_converted_time;
+      }
+    }
+    frames.push_back(chosen);
+    out.timestamps.push_back(chosen_time - start);
+  }
+  if (frames.empty()) fail(file, "no decodable video frames");
+  out.indices.resize(frames.size());
+  out.frames = at::stack(frames, 0);
+  return out;
+}
+
+Audio AudioReader::read(const std::filesystem::path& file, int64_t rate) {
+  if (rate <= 0) throw Error(ErrorKind::InvalidArgument, "audio: sample rate must be positive");
+  Opened o = open_stream(file, AVMEDIA_TYPE_AUDIO, 1);
+  AVCodecContext* c = o.codec.get();
+  if (c->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC || c->ch_layout.nb_channels <= 0) {
+    const int channels = std::max(1, c->ch_layout.nb_channels);
+    av_channel_layout_uninit(&c->ch_layout);
+    av_channel_layout_default(&c->ch_layout, channels);
+  }
+  if (c->sample_rate <= 0) fail(file, "has no sample rate");
+  Audio out;
+  out.rate = rate;
+  out.source_rate = c->sample_rate;
+  out.source_channels = c->ch_layout.nb_channels;
+  AVChannelLayout mono = AV_CHANNEL_LAYOUT_MONO;
+  SwrContext* raw_swr = nullptr;
+  int rc = swr_alloc_set_opts2(&raw_swr, &mono, AV_SAMPLE_FMT_FLT, static_cast<int>(rate), &c->ch_layout, c->sample_fmt,
+                               c->sample_rate, 0, nullptr);
+  std::unique_ptr<SwrContext, SwrDeleter> swr(raw_swr);
+  if (rc < 0 || swr_init(swr.get()) < 0) fail(file, "cannot set up resampling to mono " + std::to_string(rate) + " Hz");
+
+  std::vector<float> samples;
+  std::unique_ptr<AVFrame, FrameDeleter> frame(av_frame_alloc());
+  std::unique_ptr<AVPacket, PacketDeleter> packet(av_packet_alloc());
+  auto drain = [&](const AVFrame* f) {
+    const int in_count = f ? f->nb_samples : 0;
+    const int room = swr_get_out_samples(swr.get(), in_count);
+    if (room <= 0) return;
+    const size_t at = samples.size();
+    samples.resize(at + static_cast<size_t>(room));
+    uint8_t* dst = reinterpret_cast<uint8_t*>(samples.data() + at);
+    const int got = swr_convert(swr.get(), &dst, room, f ? const_cast<const uint8_t**>(f->extended_data) : nullptr, in_count);
+    if (got < 0) fail(file, "resampling failed: " + av_error(got));
+    samples.resize(at + static_cast<size_t>(got));
+  };
+  auto receive_all = [&]() {
+    while (avcodec_receive_frame(c, frame.get()) == 0) {
+      drain(frame.get());
+      av_frame_unref(frame.get());
+    }
+  };
+  while (av_read_frame(o.format.get(), packet.get()) >= 0) {
+    if (packet->stream_index == o.index && avcodec_send_packet(c, packet.get()) >= 0) receive_all();
+    av_packet_unref(packet.get());
+  }
+  avcodec_send_packet(c, nullptr);
+  receive_all();
+  drain(nullptr);  // the resampler's tail
+  if (samples.empty()) fail(file, "no decodable audio samples");
+  out.samples = at::from_blob(samples.data(), {static_cast<int64_t>(samples.size())}, at::kFloat).clone();
+  out.duration_s = static_cast<double>(samples.size()) / static_cast<double>(rate);
+  return out;
+}
+
+}  // namespace lego::io

@@ -1,0 +1,101 @@
+#include "lego/sdk/nn/imagebind_audio.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/functional/linear.h>
+#include <torch/nn/functional/normalization.h>
+#include <torch/nn/modules/container/modulelist.h>
+
+#include <cmath>
+#include <string>
+
+#include "lego/sdk/error.h"
+#include "lego/sdk/weights.h"
+
+namespace lego::nn {
+
+
+void ImageBindAudioOptions::validate() const {
+  if (width_ <= 0 || heads_ <= 0 || width_ % heads_ != 0 || layers_ <= 0 || out_dim_ <= 0 || mlp_dim_ <= 0) {
+    throw Error(ErrorKind::InvalidArgument, "imagebind audio options: width must be a positive multiple of heads; "
+                                            "layers, mlp_dim and out_dim positive");
+  }
+  if (kernel_ <= 0 || stride_ <= 0 || mel_bins_ < kernel_ || target_length_ < kernel_) {
+    throw Error(ErrorKind::InvalidArgument, "imagebind audio options: the stem kernel must fit the fbank");
+  }
+}
+
+ImageBindBlockImpl::ImageBindBlockImpl(const ImageBindAudioOptions& o) : options_(o) { reset(); }
+
+void ImageBindBlockImpl::reset() {
+  const int64_t w = options_.width();
+  auto attn = register_module("attn", make_holder());
+  in_proj_weight = attn->register_parameter("in_proj_weight", torch::empty({3 * w, w}));
+  in_proj_bias = attn->register_parameter("in_proj_bias", torch::empty({3 * w}));
+  bias_k = attn->register_parameter("bias_k", torch::empty({1, 1, w}));
+  bias_v = attn->register_parameter("bias_v", torch::empty({1, 1, w}));
+  out_proj = attn->register_module("out_proj", Linear(LinearOptions(w, w)));
+  norm_1 = register_module("norm_1", make_layer_norm(w, options_.layer_norm_eps()));
+  auto mlp = register_module("mlp", make_holder());
+  fc1 = mlp->register_module("fc1", Linear(LinearOptions(w, options_.mlp_dim())));
+  fc2 = mlp->register_module("fc2", Linear(LinearOptions(options_.mlp_dim(), w)));
+  norm_2 = register_module("norm_2", make_layer_norm(w, options_.layer_norm_eps()));
+}
+
+torch::Tensor ImageBindBlockImpl::forward(const torch::Tensor& x) {
+  const int64_t b = x.size(0), t = x.size(1), h = options_.heads(), d = options_.width() / h;
+  auto y = norm_1(x);
+  auto qkv = torch::nn::functional::linear(y, in_proj_weight, in_proj_bias).chunk(3, -1);
+  // add_bias_kv: one more key and value, the learned biases, appended after the sequence.
+  auto k = torch::cat({qkv[1], bias_k.expand({b, 1, -1})}, 1);
+  auto v = torch::cat({qkv[2], bias_v.expand({b, 1, -1})}, 1);
+  auto split = [&](const torch::Tensor& z) { return z.view({b, z.size(1), h, d}).transpose(1, 2); };
+  auto out = at::scaled_dot_product_attention(split(qkv[0]), split(k), split(v));
+  auto h1 = x + out_proj(out.transpose(1, 2).reshape({b, t, options_.width()}));
+  return h1 + fc2(torch::gelu(fc1(norm_2(h1))));
+}
+
+ImageBindAudioEncoderImpl::ImageBindAudioEncoderImpl(const ImageBindAudioOptions& o) : options_(o) {
+  options_.validate();
+  reset();
+}
+
+void ImageBindAudioEncoderImpl::reset() {
+  const int64_t w = options_.width();
+  auto pre = register_module("modality_preprocessors", make_holder())->register_module("audio", make_holder());
+  cls_token = pre->register_parameter("cls_token", torch::empty({1, 1, w}));
+  auto rgbt_stem = pre->register_module("rgbt_stem", make_holder());
+  stem = rgbt_stem->register_module("proj", make_holder())
+             ->register_module("0", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, w, options_.kernel())
+                                                          .stride(options_.stride())
+                                                          .bias(false)));
+  stem_norm = rgbt_stem->register_module("norm_layer", make_layer_norm(w, 1e-5));  // nn.LayerNorm's default eps
+  pos_embed = pre->register_module("pos_embedding_helper", make_holder())
+                  ->register_parameter("pos_embed", torch::empty({1, options_.patches() + 1, w}));
+  auto trunk = register_module("modality_trunks", make_holder())->register_module("audio", make_holder());
+  auto list = trunk->register_module("blocks", torch::nn::ModuleList());
+  blocks.clear();
+  for (int64_t i = 0; i < options_.layers(); ++i) {
+    blocks.emplace_back(options_);
+    list->push_back(blocks.back());
+  }
+  auto heads = register_module("modality_heads", make_holder())->register_module("audio", make_holder());
+  head_norm = heads->register_module("0", make_layer_norm(w, options_.layer_norm_eps()));
+  head = heads->register_module("2", Linear(LinearOptions(w, options_.out_dim()).bias(false)));
+}
+
+torch::Tensor ImageBindAudioEncoderImpl::forward(const torch::Tensor& fbank) {
+  if (fbank.dim() != 4 || fbank.size(1) != 1 || fbank.size(2) != options_.mel_bins() ||
+      fbank.size(3) != options_.target_length()) {
+    throw Error(ErrorKind::InvalidArgument, "imagebind audio: expected fbank [B, 1, " + std::to_string(options_.mel_bins()) +
+                                                ", " + std::to_string(options_.target_length()) + "], got " +
+                                                shape_string(fbank.sizes()));
+  }
+  auto x = stem_norm(stem(fbank.to(cls_token.scalar_type())).flatten(2).transpose(1, 2));
+  x = torch::cat({cls_token.expand({x.size(0), 1, -1}), x}, 1) + pos_embed;
+  for (auto& block : blocks) x = block(x);
+  auto cls = head(head_norm(x).select(1, 0));
+  auto normed = torch::nn::functional::normalize(cls, torch::nn::functional::NormalizeFuncOptions().dim(-1));
+  return normed * kAudioLogitScale;
+}
+
+}  // namespace lego::nn
