@@ -21,6 +21,7 @@ int run_infer(const Args& args);
 int run_chat(const Args& args);
 int run_encode(const Args& args);
 int run_plugins(const Args& args);
+int run_probe(const Args& args);
 
 // Parses `args` against `options`; prints `usage` + options and returns false on --help.
 bool parse_args(const Args& args, const boost::program_options::options_description& options, const std::string& usage);

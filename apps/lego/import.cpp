@@ -20,6 +20,7 @@ int run_import(const Args& args) {
       ("in", po::value(&o.in)->required(), "checkpoint directory")
       ("clip", po::value(&o.clip), "HF CLIP directory for the image branch (groundinggpt)")
       ("out", po::value(&o.out)->required(), "model directory to write")
+      ("set", po::value(&o.overrides)->composing(), "section.key=value the tensors cannot tell (head counts: video.eva_heads, video.qformer_heads, sound.imagebind_heads, sound.qformer_heads)")
       ("plugin-dir", po::value(&plugin_dirs)->composing(), "where to look for modality plugins first (repeatable)");
   if (!parse_args(args, d, "lego import --from hf-llama|groundinggpt --in DIR [--clip DIR] --out MODEL_DIR")) return 0;
   if (o.kind != "hf-llama" && o.kind != "groundinggpt") {

@@ -26,6 +26,7 @@ constexpr Entry kCommands[] = {
     {"chat", "talk with a model interactively, attaching media", lego::cli::run_chat},
     {"encode", "run one medium through its modality and write every stage", lego::cli::run_encode},
     {"plugins", "list the modality plugins found, loaded or refused", lego::cli::run_plugins},
+    {"probe", "show what lego reads from a video or audio file", lego::cli::run_probe},
 };
 
 void print_help() {

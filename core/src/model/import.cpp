@@ -1,6 +1,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <set>
@@ -195,6 +196,75 @@ std::map<std::string, std::string> image_section(const std::filesystem::path& cl
   return o;
 }
 
+// Dimension `dim` of a tensor's shape, naming the tensor when it is absent.
+int64_t dim_of(const TensorSource& s, const std::string& name, size_t dim) {
+  const auto info = s.info(name);
+  if (info.shape.size() <= dim) {
+    throw Error(ErrorKind::Format, s.describe() + ": tensor '" + name + "' has too few dimensions");
+  }
+  return info.shape[dim];
+}
+
+// How many numbered blocks `prefix`N. the source holds.
+int64_t count_blocks(const std::vector<std::string>& names, const std::string& prefix) {
+  int64_t n = 0;
+  for (const auto& name : names) {
+    if (name.rfind(prefix, 0) != 0) continue;
+    const auto rest = name.substr(prefix.size());
+    const auto dot = rest.find('.');
+    try {
+      n = std::max<int64_t>(n, std::stoll(rest.substr(0, dot)) + 1);
+    } catch (const std::logic_error&) {
+    }
+  }
+  return n;
+}
+
+// [video] from the released tensors' shapes (the release hard-codes the sizes). Head counts do not show
+// in shapes: they keep the release's values (EVA 16, Q-Former 12) unless --set changes them.
+std::map<std::string, std::string> video_section(const TensorSource& s) {
+  const auto names = s.names();
+  std::map<std::string, std::string> o;
+  auto put = [&](const char* k, int64_t v) { o[k] = std::to_string(v); };
+  const int64_t patch = dim_of(s, "model.visual_encoder.patch_embed.proj.weight", 2);
+  const int64_t positions = dim_of(s, "model.visual_encoder.pos_embed", 1) - 1;
+  const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(positions))));
+  put("eva_patch_size", patch);
+  put("eva_image_size", side * patch);
+  put("eva_width", dim_of(s, "model.visual_encoder.cls_token", 2));
+  put("eva_layers", count_blocks(names, "model.visual_encoder.blocks."));
+  put("eva_mlp_dim", dim_of(s, "model.visual_encoder.blocks.0.mlp.fc1.weight", 0));
+  put("queries", dim_of(s, "model.query_tokens", 1));
+  put("qformer_hidden", dim_of(s, "model.query_tokens", 2));
+  put("qformer_intermediate", dim_of(s, "model.Qformer.bert.encoder.layer.0.intermediate_query.dense.weight", 0));
+  const int64_t layers = count_blocks(names, "model.Qformer.bert.encoder.layer.");
+  put("qformer_layers", layers);
+  put("qformer_cross_freq", layers > 1 && s.contains("model.Qformer.bert.encoder.layer.1.crossattention.self.key.weight") ? 1 : 2);
+  put("frame_positions", dim_of(s, "model.video_frame_position_embedding.weight", 0));
+  put("frames", dim_of(s, "model.video_frame_position_embedding.weight", 0));
+  put("video_queries", dim_of(s, "model.video_query_tokens", 1));
+  put("video_qformer_layers", count_blocks(names, "model.video_Qformer.bert.encoder.layer."));
+  return o;
+}
+
+// [sound] likewise (ImageBind heads default to 12, the Q-Former's to 12).
+std::map<std::string, std::string> sound_section(const TensorSource& s) {
+  const auto names = s.names();
+  const std::string ib = "model.audio_encoder.";
+  std::map<std::string, std::string> o;
+  auto put = [&](const char* k, int64_t v) { o[k] = std::to_string(v); };
+  put("imagebind_width", dim_of(s, ib + "modality_preprocessors.audio.cls_token", 2));
+  put("imagebind_layers", count_blocks(names, ib + "modality_trunks.audio.blocks."));
+  put("imagebind_mlp_dim", dim_of(s, ib + "modality_trunks.audio.blocks.0.mlp.fc1.weight", 0));
+  put("imagebind_out_dim", dim_of(s, ib + "modality_heads.audio.2.weight", 0));
+  put("queries", dim_of(s, "model.audio_query_tokens", 1));
+  put("qformer_hidden", dim_of(s, "model.audio_query_tokens", 2));
+  put("qformer_intermediate", dim_of(s, "model.audio_Qformer.bert.encoder.layer.0.intermediate_query.dense.weight", 0));
+  put("audio_qformer_layers", count_blocks(names, "model.audio_Qformer.bert.encoder.layer."));
+  put("positions", dim_of(s, "model.audio_position_embedding.weight", 0));
+  return o;
+}
+
 bool has_prefix(const std::vector<std::string>& names, const std::string& prefix) {
   return std::any_of(names.begin(), names.end(), [&](const std::string& n) { return n.rfind(prefix, 0) == 0; });
 }
@@ -252,11 +322,39 @@ ImportReport import_checkpoint(const ImportOptions& options, const host::PluginH
     // The CLIP directory's text tower and heads are not part of LEGO.
     for (const auto& n : collect.unused(*clip_source)) report.skipped.push_back(options.clip.string() + ":" + n);
   }
+  // Video and sound branches: sizes from the tensors, heads from --set, checked against the plugins.
+  const auto source_names = source->names();
+  struct Branch {
+    const char* section;
+    const char* marker;
+    std::map<std::string, std::string> (*options)(const TensorSource&);
+  };
+  for (const Branch& b : {Branch{"video", "model.video_Qformer.", &video_section},
+                          Branch{"sound", "model.audio_Qformer.", &sound_section}}) {
+    if (options.kind != "groundinggpt" || !has_prefix(source_names, b.marker)) continue;
+    if (host == nullptr) throw Error(ErrorKind::InvalidArgument, std::string("importing the ") + b.section + " branch needs the plugin host");
+    ModalityConfig mc;
+    mc.options = b.options(*source);
+    for (const auto& assignment : options.overrides) {
+      const auto eq = assignment.find('=');
+      const auto key = assignment.substr(0, eq);
+      const std::string prefix = std::string(b.section) + ".";
+      if (eq != std::string::npos && key.rfind(prefix, 0) == 0) mc.options[key.substr(prefix.size())] = assignment.substr(eq + 1);
+    }
+    mc.llm_hidden_size = llama.hidden_size();
+    auto modality = host->create(b.section, mc);
+    for (const auto& w : modality->weights()) collect.take(*source, w.name, w.shape, w.name, std::string("the ") + b.section + " section");
+    ini.set(std::string(b.section) + ".plugin", b.section);
+    for (const auto& [k, v] : mc.options) ini.set(std::string(b.section) + "." + k, v);
+  }
   collect.check_missing();
 
   std::vector<std::string> unknown;
   for (const auto& name : collect.unused(*source)) {
-    if (is_derived_buffer(name) || (llama.tie_word_embeddings() && name == "lm_head.weight")) {
+    // ImageBind-huge is kept whole in the release; only its audio path is used, and its fixed logit scale
+    // is a constant of the encoder.
+    const bool imagebind_rest = name.rfind("model.audio_encoder.", 0) == 0;
+    if (is_derived_buffer(name) || imagebind_rest || (llama.tie_word_embeddings() && name == "lm_head.weight")) {
       report.skipped.push_back(name);
     } else {
       unknown.push_back(name);

@@ -64,10 +64,9 @@ void ImageBindAudioEncoderImpl::reset() {
   auto pre = register_module("modality_preprocessors", make_holder())->register_module("audio", make_holder());
   cls_token = pre->register_parameter("cls_token", torch::empty({1, 1, w}));
   auto rgbt_stem = pre->register_module("rgbt_stem", make_holder());
-  stem = rgbt_stem->register_module("proj", make_holder())
-             ->register_module("0", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, w, options_.kernel())
-                                                          .stride(options_.stride())
-                                                          .bias(false)));
+  // A single-layer stem: ImageBind's PatchEmbedGeneric stores it as `proj` itself, not `proj.0`.
+  stem = rgbt_stem->register_module(
+      "proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, w, options_.kernel()).stride(options_.stride()).bias(false)));
   stem_norm = rgbt_stem->register_module("norm_layer", make_layer_norm(w, 1e-5));  // nn.LayerNorm's default eps
   pos_embed = pre->register_module("pos_embedding_helper", make_holder())
                   ->register_parameter("pos_embed", torch::empty({1, options_.patches() + 1, w}));

@@ -27,6 +27,8 @@ struct ImportOptions {
   std::filesystem::path in;    // config.json, tokenizer.model, weights (safetensors or .bin, maybe sharded)
   std::filesystem::path clip;  // an HF CLIP or CLIPVisionModel directory (groundinggpt with an image branch)
   std::filesystem::path out;   // model directory to write: model.ini, tokenizer.model, model.safetensors
+  // "section.key=value" for what the tensors cannot tell (head counts), e.g. video.eva_heads=16.
+  std::vector<std::string> overrides;
 };
 
 // Imports a checkpoint. Modality branches are checked against the weights their plugin (made by `host`)
