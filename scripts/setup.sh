@@ -9,6 +9,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${LEGO_VENV:-$HOME/.cache/lego/venv}
 req=$root/python/requirements.txt
+req_nodeps=$root/python/requirements-nodeps.txt
 
 debs=(build-essential cmake ninja-build ccache pkg-config git python3-venv
       libboost-dev libboost-program-options-dev libopencv-dev
@@ -28,7 +29,7 @@ fi
 # The venv's python must be able to create venvs; Debian's python3 needs python3-venv (installed above).
 py=${LEGO_PYTHON:-python3}
 stamp=$venv/.lego-requirements.sha256
-want=$(sha256sum "$req" | cut -d' ' -f1)
+want=$(cat "$req" "$req_nodeps" | sha256sum | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: preparing the Python environment in $venv"
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
@@ -39,5 +40,6 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   else
     "$venv/bin/python" -m pip install -q -r "$req"
   fi
+  "$venv/bin/python" -m pip install -q --no-deps -r "$req_nodeps"
   echo "$want" >"$stamp"
 fi

@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/io/av_readers.h"
 #include "lego/sdk/io/image_reader.h"
 
 namespace lego::cli {
@@ -58,6 +59,53 @@ nlohmann::json grounding_json(const grounding::Mentions& mentions, const std::ve
   return {{"boxes", boxes}, {"spans", spans}};
 }
 
+namespace {
+
+void write_image(const cv::Mat& bgr, const std::filesystem::path& out) {
+  bool ok = false;
+  try {
+    ok = cv::imwrite(out.string(), bgr);
+  } catch (const cv::Exception& e) {
+    throw Error(ErrorKind::Io, out.string() + ": cannot write: " + e.what());
+  }
+  if (!ok) throw Error(ErrorKind::Io, out.string() + ": cannot write (unknown image extension?)");
+}
+
+}  // namespace
+
+void render_video_strip(const std::filesystem::path& video, const grounding::Mentions& mentions,
+                        const std::filesystem::path& out, int64_t frames) {
+  constexpr int kW = 192, kH = 108, kBorder = 4, kCaption = 22;
+  const auto sampled = io::VideoReader::sample_uniform(video, frames, kW, kH);
+  const int n = static_cast<int>(sampled.frames.size(0));
+  cv::Mat strip(kH + 2 * kBorder + kCaption, n * (kW + 2 * kBorder), CV_8UC3, cv::Scalar(30, 30, 30));
+  const double duration = std::max(sampled.info.duration_s, 1e-9);
+  for (int i = 0; i < n; ++i) {
+    auto frame = sampled.frames[i].contiguous();
+    cv::Mat rgb(kH, kW, CV_8UC3, frame.data_ptr());
+    cv::Mat bgr;
+    cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+    const double t = sampled.timestamps[i];
+    const grounding::SpanMention* inside = nullptr;
+    for (const auto& m : mentions.spans) {
+      if (t >= m.span.t1 * duration && t <= m.span.t2 * duration) inside = &m;
+    }
+    const int x = i * (kW + 2 * kBorder);
+    cv::rectangle(strip, cv::Rect(x, 0, kW + 2 * kBorder, kH + 2 * kBorder),
+                  inside ? cv::Scalar(0, 0, 255) : cv::Scalar(90, 90, 90), cv::FILLED);
+    bgr.copyTo(strip(cv::Rect(x + kBorder, kBorder, kW, kH)));
+    char label[64];
+    std::snprintf(label, sizeof label, "%.1fs", t);
+    cv::putText(strip, label, cv::Point(x + kBorder, kH + 2 * kBorder + 16), cv::FONT_HERSHEY_SIMPLEX, 0.45,
+                cv::Scalar(230, 230, 230), 1);
+    if (inside != nullptr && !inside->phrase.empty()) {
+      cv::putText(strip, inside->phrase.substr(0, 24), cv::Point(x + kBorder + 2, kBorder + 14), cv::FONT_HERSHEY_SIMPLEX,
+                  0.4, cv::Scalar(0, 0, 255), 1);
+    }
+  }
+  write_image(strip, out);
+}
+
 void render_boxes(const std::filesystem::path& image, const grounding::Mentions& mentions,
                   const std::filesystem::path& out) {
   const auto img = io::ImageReader::read(image);
@@ -79,13 +127,7 @@ void render_boxes(const std::filesystem::path& image, const grounding::Mentions&
                 cv::Point(static_cast<int>(px.x1) + 2, std::max(12, static_cast<int>(px.y1) - 4)), cv::FONT_HERSHEY_SIMPLEX,
                 scale, colour, std::max(1, thickness / 2));
   }
-  bool ok = false;
-  try {
-    ok = cv::imwrite(out.string(), canvas);
-  } catch (const cv::Exception& e) {
-    throw Error(ErrorKind::Io, out.string() + ": cannot write: " + e.what());
-  }
-  if (!ok) throw Error(ErrorKind::Io, out.string() + ": cannot write (unknown image extension?)");
+  write_image(canvas, out);
 }
 
 }  // namespace lego::cli

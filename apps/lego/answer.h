@@ -32,4 +32,9 @@ nlohmann::json grounding_json(const grounding::Mentions& mentions, const std::ve
 void render_boxes(const std::filesystem::path& image, const grounding::Mentions& mentions,
                   const std::filesystem::path& out);
 
+// Writes a strip of `frames` uniformly sampled frames of `video`, those inside any of the answer's spans
+// framed in red and labelled with the span's phrase.
+void render_video_strip(const std::filesystem::path& video, const grounding::Mentions& mentions,
+                        const std::filesystem::path& out, int64_t frames = 8);
+
 }  // namespace lego::cli

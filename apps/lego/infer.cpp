@@ -32,12 +32,14 @@ int run_infer(const Args& args) {
       ("system", po::value(&system), "system prompt of the template")
       ("raw", po::bool_switch(&raw), "send the prompt as is: no chat template, no '###' stop")
       ("json", po::bool_switch(&json), "print {text, boxes, spans, timings} as JSON")
-      ("render", po::value(&render), "draw the answer's boxes on the first image into this file")
+      ("render", po::value(&render), "draw the answer's boxes on the first image, or (video only) a strip of frames with its spans marked, into this file")
       ("dump-logits", po::value(&dump_logits), "write the prompt's last-position logits [1, vocab] as safetensors ('logits')");
   d.add(model_flags(model_flags_)).add(sampling_flags(sampling));
   if (!parse_args(args, d, "lego infer --model DIR [--image P] [--video P] [--sound P] --prompt TEXT [options]")) return 0;
   sampling.validate();
-  if (!render.empty() && images.empty()) throw Error(ErrorKind::InvalidArgument, "--render needs an --image");
+  if (!render.empty() && images.empty() && videos.empty()) {
+    throw Error(ErrorKind::InvalidArgument, "--render needs an --image or a --video");
+  }
 
   auto loaded = load_model(model_flags_);
   auto& model = *loaded.model;
@@ -61,7 +63,13 @@ int run_infer(const Args& args) {
   generate::StreamCallback stream;
   if (!json) stream = [](int64_t, std::string_view piece) { std::cout << piece << std::flush; };
   auto a = answer(model, full, encoded, sampling, stream);
-  if (!render.empty()) render_boxes(images.front(), a.mentions, render);
+  if (!render.empty()) {
+    if (!images.empty()) {
+      render_boxes(images.front(), a.mentions, render);
+    } else {
+      render_video_strip(videos.front(), a.mentions, render);
+    }
+  }
   if (!json) {
     std::cout << '\n';
     return 0;
