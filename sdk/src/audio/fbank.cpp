@@ -4,6 +4,9 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "lego/sdk/error.h"
 
@@ -37,6 +40,25 @@ at::Tensor mel_banks(const FbankOptions& o, int64_t padded_window) {
   return at::constant_pad_nd(banks, {0, 1}, 0.0);
 }
 
+// The filters and the window depend only on the options: built once per distinct setting.
+struct Tables {
+  at::Tensor banks_t;  // [fft_bins / 2 + 1, mel_bins]
+  at::Tensor window;   // [window]
+};
+
+const Tables& tables_for(const FbankOptions& o, int64_t window, int64_t padded) {
+  static std::mutex mutex;
+  static std::map<std::tuple<double, int64_t, int64_t, int64_t, double, double>, Tables> cache;
+  const auto key = std::make_tuple(o.sample_rate, o.mel_bins, window, padded, o.low_freq, o.high_freq);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    Tables t{mel_banks(o, padded).t().contiguous(), at::hann_window(window, /*periodic=*/false, at::kFloat)};
+    it = cache.emplace(key, std::move(t)).first;
+  }
+  return it->second;
+}
+
 }  // namespace
 
 at::Tensor kaldi_fbank(const at::Tensor& waveform_in, const FbankOptions& o) {
@@ -60,10 +82,11 @@ at::Tensor kaldi_fbank(const at::Tensor& waveform_in, const FbankOptions& o) {
     auto previous = at::cat({x.narrow(1, 0, 1), x.narrow(1, 0, window - 1)}, 1);
     x = x - o.preemphasis * previous;
   }
-  x = x * at::hann_window(window, /*periodic=*/false, at::kFloat);
+  const auto& tables = tables_for(o, window, padded);
+  x = x * tables.window;
   if (padded > window) x = at::constant_pad_nd(x, {0, padded - window}, 0.0);
   auto power = at::fft_rfft(x).abs().pow(2.0);
-  auto mel = at::mm(power, mel_banks(o, padded).t());
+  auto mel = at::mm(power, tables.banks_t);
   return at::clamp_min(mel, std::numeric_limits<float>::epsilon()).log();
 }
 
