@@ -100,15 +100,21 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--short", action="store_true")
+    ap.add_argument("--media-dir", type=Path, help="keep the made media here and reuse them on later runs")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     scale = 6 if args.short else 1
     with tempfile.TemporaryDirectory(prefix="lego-av-bench-") as tmp:
-        files = [(Path(tmp) / "h264_720p.mp4", 60 // scale, 1280, 720, "libx264"),
-                 (Path(tmp) / "hevc_1080p.mp4", 30 // scale, 1920, 1080, "libx265")]
+        media = args.media_dir or Path(tmp)
+        media.mkdir(parents=True, exist_ok=True)
+        tag = "short" if args.short else "full"
+        files = [(media / f"h264_720p_{tag}.mp4", 60 // scale, 1280, 720, "libx264"),
+                 (media / f"hevc_1080p_{tag}.mp4", 30 // scale, 1920, 1080, "libx265")]
         for path, seconds, w, h, codec in files:
+            if path.exists():
+                continue
             t0 = time.perf_counter()
             make_video(path, seconds, w, h, codec)
             print(f"made {path.name}: {seconds} s {w}x{h} {codec} in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -24,20 +24,13 @@ class PooledImage : public lego::Modality {
   std::vector<std::string> frame_tokens() const override { return {"<im_start>", "<im_patch>", "<im_end>"}; }
   int64_t tokens() const override { return grid_ * grid_; }
   std::vector<std::string> file_types() const override { return lego::io::ImageReader::extensions(); }
-  std::vector<lego::WeightSpec> weights() const override {
-    std::vector<lego::WeightSpec> out;
-    for (const auto& p : projector_->named_parameters()) out.push_back({kPrefix + p.key(), p.value().sizes().vec()});
-    return out;
-  }
   void load_weights(const lego::TensorSource& s, at::ScalarType dtype, c10::Device device) override {
     lego::load_module(*projector_, s, kPrefix, dtype);
     projector_->to(device);
   }
   std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override { return {}; }
   std::vector<std::pair<std::string, at::Tensor>> adapter_parameters() override {
-    std::vector<std::pair<std::string, at::Tensor>> out;
-    for (const auto& p : projector_->named_parameters()) out.emplace_back(kPrefix + p.key(), p.value());
-    return out;
+    return lego::prefixed_parameters(*projector_, kPrefix);
   }
   lego::Media load(const std::filesystem::path& file) const override {
     const auto image = lego::io::ImageReader::read(file);

@@ -31,12 +31,6 @@ nn::ClipVisionOptions clip_options(const ModalityConfig& c) {
   return o;
 }
 
-std::vector<std::pair<std::string, at::Tensor>> prefixed(torch::nn::Module& m, const std::string& prefix) {
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& p : m.named_parameters()) out.emplace_back(prefix + p.key(), p.value());
-  return out;
-}
-
 class ImageModality : public Modality {
  public:
   explicit ImageModality(const ModalityConfig& config)
@@ -57,11 +51,6 @@ class ImageModality : public Modality {
   int64_t tokens() const override { return clip_->options().patches(); }
   std::vector<std::string> file_types() const override { return io::ImageReader::extensions(); }
 
-  std::vector<WeightSpec> weights() const override {
-    std::vector<WeightSpec> out;
-    for (auto& [name, t] : const_cast<ImageModality*>(this)->all_parameters()) out.push_back({name, t.sizes().vec()});
-    return out;
-  }
 
   void load_weights(const TensorSource& source, at::ScalarType dtype, c10::Device device) override {
     load_module(*clip_, source, kClipPrefix, dtype);
@@ -70,9 +59,9 @@ class ImageModality : public Modality {
     projector_->to(device);
   }
 
-  std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override { return prefixed(*clip_, kClipPrefix); }
+  std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override { return prefixed_parameters(*clip_, kClipPrefix); }
   std::vector<std::pair<std::string, at::Tensor>> adapter_parameters() override {
-    return prefixed(*projector_, kProjectorPrefix);
+    return prefixed_parameters(*projector_, kProjectorPrefix);
   }
 
   Media load(const std::filesystem::path& file) const override {
@@ -95,13 +84,6 @@ class ImageModality : public Modality {
   at::Tensor encode(const at::Tensor& batch) override { return projector_(encode_features(batch)); }
 
  private:
-  std::vector<std::pair<std::string, at::Tensor>> all_parameters() {
-    auto out = encoder_parameters();
-    auto adapter = adapter_parameters();
-    out.insert(out.end(), adapter.begin(), adapter.end());
-    return out;
-  }
-
   nn::ClipVisionTransformer clip_;
   nn::Projector projector_;
   int64_t feature_layer_;

@@ -14,15 +14,10 @@
 #include "lego/sdk/nn/imagebind_audio.h"
 #include "lego/sdk/nn/linear.h"
 #include "lego/sdk/nn/qformer.h"
+#include "lego/sdk/nn/temporal_position.h"
 
 namespace lego::plugins {
 namespace {
-
-std::vector<std::pair<std::string, at::Tensor>> prefixed(torch::nn::Module& m, const std::string& prefix) {
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& p : m.named_parameters()) out.emplace_back(prefix + p.key(), p.value());
-  return out;
-}
 
 struct SoundEncoder : torch::nn::Module {
   explicit SoundEncoder(const nn::ImageBindAudioOptions& o) {
@@ -33,12 +28,12 @@ struct SoundEncoder : torch::nn::Module {
 
 struct SoundAdapter : torch::nn::Module {
   SoundAdapter(int64_t positions, int64_t width, const nn::QFormerOptions& q, int64_t queries, int64_t llm) {
-    position_embedding = register_module("audio_position_embedding", nn::Embedding(nn::EmbeddingOptions(positions, width)));
+    position_embedding = register_module("audio_position_embedding", nn::TemporalPositionEmbedding(positions, width));
     qformer = register_module("audio_Qformer", nn::QFormer(q));
     query_tokens = register_parameter("audio_query_tokens", torch::empty({1, queries, q.hidden()}));
     llama_proj = register_module("audio_llama_proj", nn::Linear(nn::LinearOptions(q.hidden(), llm)));
   }
-  nn::Embedding position_embedding{nullptr};
+  nn::TemporalPositionEmbedding position_embedding{nullptr};
   nn::QFormer qformer{nullptr};
   torch::Tensor query_tokens;
   nn::Linear llama_proj{nullptr};
@@ -69,7 +64,7 @@ class SoundModality : public Modality {
         .encoder_width(out_dim)
         .cross_attention_freq(1);
     adapter_ = std::make_shared<SoundAdapter>(c.get_int("positions", 8), out_dim, q, c.get_int("queries", 8), c.llm_hidden_size);
-    if (clips_.clips > adapter_->position_embedding->options.num_embeddings()) {
+    if (clips_.clips > adapter_->position_embedding->positions()) {
       throw Error(ErrorKind::InvalidArgument, "sound: clips exceed the audio position embedding");
     }
     encoder_->eval();
@@ -82,20 +77,14 @@ class SoundModality : public Modality {
   int64_t tokens() const override { return adapter_->query_tokens.size(1); }
   std::vector<std::string> file_types() const override { return io::AudioReader::extensions(); }
 
-  std::vector<WeightSpec> weights() const override {
-    std::vector<WeightSpec> out;
-    for (const auto& p : encoder_->named_parameters()) out.push_back({kPrefix + p.key(), p.value().sizes().vec()});
-    for (const auto& p : adapter_->named_parameters()) out.push_back({kPrefix + p.key(), p.value().sizes().vec()});
-    return out;
-  }
   void load_weights(const TensorSource& source, at::ScalarType dtype, c10::Device device) override {
     load_module(*encoder_, source, kPrefix, dtype);
     load_module(*adapter_, source, kPrefix, dtype);
     encoder_->to(device);
     adapter_->to(device);
   }
-  std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override { return prefixed(*encoder_, kPrefix); }
-  std::vector<std::pair<std::string, at::Tensor>> adapter_parameters() override { return prefixed(*adapter_, kPrefix); }
+  std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override { return prefixed_parameters(*encoder_, kPrefix); }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_parameters() override { return prefixed_parameters(*adapter_, kPrefix); }
 
   Media load(const std::filesystem::path& file) const override {
     const auto audio = io::AudioReader::read(file, static_cast<int64_t>(clips_.fbank.sample_rate));
@@ -116,9 +105,7 @@ class SoundModality : public Modality {
   }
 
   at::Tensor encode(const at::Tensor& batch) override {
-    auto features = encode_features(batch);
-    const auto device = features.device();
-    features = features + adapter_->position_embedding(at::arange(features.size(1), at::TensorOptions().dtype(at::kLong).device(device)));
+    auto features = adapter_->position_embedding(encode_features(batch));  // one position per clip
     auto queries = adapter_->query_tokens.expand({features.size(0), -1, -1});
     return adapter_->llama_proj(adapter_->qformer(queries, features));
   }

@@ -16,6 +16,7 @@
 #include "lego/sdk/nn/eva_vit.h"
 #include "lego/sdk/nn/linear.h"
 #include "lego/sdk/nn/qformer.h"
+#include "lego/sdk/nn/temporal_position.h"
 
 namespace lego::plugins {
 namespace {
@@ -47,20 +48,14 @@ nn::QFormerOptions qformer_options(const ModalityConfig& c, int64_t encoder_widt
   return o;
 }
 
-std::vector<std::pair<std::string, at::Tensor>> prefixed(torch::nn::Module& m, const std::string& prefix) {
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& p : m.named_parameters()) out.emplace_back(prefix + p.key(), p.value());
-  return out;
-}
-
 // The adapter's loose parameters, registered under their released names.
 struct VideoAdapter : torch::nn::Module {
   VideoAdapter(int64_t positions, int64_t queries, int64_t hidden, int64_t llm) {
-    frame_positions = register_module("video_frame_position_embedding", nn::Embedding(nn::EmbeddingOptions(positions, hidden)));
+    frame_positions = register_module("video_frame_position_embedding", nn::TemporalPositionEmbedding(positions, hidden));
     video_query_tokens = register_parameter("video_query_tokens", torch::empty({1, queries, hidden}));
     llama_proj = register_module("llama_proj", nn::Linear(nn::LinearOptions(hidden, llm)));
   }
-  nn::Embedding frame_positions{nullptr};
+  nn::TemporalPositionEmbedding frame_positions{nullptr};
   torch::Tensor video_query_tokens;
   nn::Linear llama_proj{nullptr};
 };
@@ -91,10 +86,10 @@ class VideoModality : public Modality {
     adapter_ = std::make_shared<VideoAdapter>(c.get_int("frame_positions", 64), c.get_int("video_queries", 64),
                                               video_qformer_->options().hidden(), c.llm_hidden_size);
     adapter_->register_module("video_Qformer", video_qformer_);
-    if (frames_ > adapter_->frame_positions->options.num_embeddings()) {
+    if (frames_ > adapter_->frame_positions->positions()) {
       // The released model would index past Embedding(64) here (a pitfall of the original).
       throw Error(ErrorKind::InvalidArgument, "video: frames (" + std::to_string(frames_) + ") exceeds frame_positions (" +
-                                                  std::to_string(adapter_->frame_positions->options.num_embeddings()) + ")");
+                                                  std::to_string(adapter_->frame_positions->positions()) + ")");
     }
     encoder_->eval();
     adapter_->eval();
@@ -106,20 +101,14 @@ class VideoModality : public Modality {
   int64_t tokens() const override { return adapter_->video_query_tokens.size(1); }
   std::vector<std::string> file_types() const override { return io::VideoReader::extensions(); }
 
-  std::vector<WeightSpec> weights() const override {
-    std::vector<WeightSpec> out;
-    for (const auto& p : encoder_->named_parameters()) out.push_back({kPrefix + p.key(), p.value().sizes().vec()});
-    for (const auto& p : adapter_->named_parameters()) out.push_back({kPrefix + p.key(), p.value().sizes().vec()});
-    return out;
-  }
   void load_weights(const TensorSource& source, at::ScalarType dtype, c10::Device device) override {
     load_module(*encoder_, source, kPrefix, dtype);
     load_module(*adapter_, source, kPrefix, dtype);
     encoder_->to(device);
     adapter_->to(device);
   }
-  std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override { return prefixed(*encoder_, kPrefix); }
-  std::vector<std::pair<std::string, at::Tensor>> adapter_parameters() override { return prefixed(*adapter_, kPrefix); }
+  std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override { return prefixed_parameters(*encoder_, kPrefix); }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_parameters() override { return prefixed_parameters(*adapter_, kPrefix); }
 
   Media load(const std::filesystem::path& file) const override {
     const int64_t size = encoder_->visual_encoder->options().image_size();
@@ -141,9 +130,6 @@ class VideoModality : public Modality {
   at::Tensor encode_features(const at::Tensor& batch) override {
     const at::Tensor w = encoder_->query_tokens;
     const int64_t b = batch.size(0), t = batch.size(2);
-    if (t > adapter_->frame_positions->options.num_embeddings()) {
-      throw Error(ErrorKind::InvalidArgument, "video: " + std::to_string(t) + " frames exceed the frame positions");
-    }
     auto frames = batch.to(w.device(), w.scalar_type()).permute({0, 2, 1, 3, 4}).reshape({b * t, 3, batch.size(3), batch.size(4)});
     at::Tensor q;
     {
@@ -152,8 +138,7 @@ class VideoModality : public Modality {
       q = encoder_->qformer(w.expand({b * t, -1, -1}), image_embeds);  // [(b t), queries, hidden]
     }
     const int64_t queries = q.size(1), hidden = q.size(2);
-    auto positions = adapter_->frame_positions(at::arange(t, at::TensorOptions().dtype(at::kLong).device(w.device())));
-    q = q.view({b, t, queries, hidden}) + positions.unsqueeze(1).unsqueeze(0);
+    q = adapter_->frame_positions(q.view({b, t, queries, hidden}));  // one position per frame, over its queries
     return q.reshape({b, t * queries, hidden});
   }
 

@@ -4,6 +4,17 @@
 
 namespace lego {
 
+std::vector<WeightSpec> Modality::weights() const {
+  // The parameter lists are made by non-const accessors; listing them changes nothing.
+  auto* self = const_cast<Modality*>(this);
+  auto params = self->encoder_parameters();
+  auto adapter = self->adapter_parameters();
+  params.insert(params.end(), adapter.begin(), adapter.end());
+  std::vector<WeightSpec> out;
+  for (const auto& p : params) out.push_back(WeightSpec{p.first, p.second.sizes().vec()});
+  return out;
+}
+
 std::string ModalityConfig::get(const std::string& key) const {
   auto it = options.find(key);
   if (it == options.end()) throw Error(ErrorKind::NotFound, "modality config: missing key '" + key + "'");

@@ -9,6 +9,12 @@
 
 namespace lego {
 
+std::vector<std::pair<std::string, at::Tensor>> prefixed_parameters(torch::nn::Module& module, const std::string& prefix) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : module.named_parameters()) out.emplace_back(prefix + p.key(), p.value());
+  return out;
+}
+
 std::string shape_string(at::IntArrayRef shape) {
   std::ostringstream s;
   s << '[';

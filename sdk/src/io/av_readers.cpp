@@ -224,13 +224,22 @@ VideoFrames VideoReader::sample_uniform(const std::filesystem::path& file, int64
     }
   };
 
-  // Seeking pays off only for targets far ahead; nearer ones are reached by decoding on.
+  // Seek only when it skips work: when the keyframe before the target lies ahead of what was decoded.
+  // Without an index (some containers), seek for targets far ahead and decode on to near ones.
   constexpr double kSeekAheadSeconds = 2.0;
   for (int64_t index : out.indices) {
     const double target = start + static_cast<double>(index) / fps;
     const double tolerance = 0.5 / fps;
-    if (target - last_time > kSeekAheadSeconds && !eof) {
-      const int64_t ts = static_cast<int64_t>(target / av_q2d(o.stream->time_base));
+    const int64_t ts = static_cast<int64_t>(target / av_q2d(o.stream->time_base));
+    bool seek = false;
+    const int entry = av_index_search_timestamp(o.stream, ts, AVSEEK_FLAG_BACKWARD);
+    if (entry >= 0) {
+      const AVIndexEntry* key = avformat_index_get_entry(o.stream, entry);
+      seek = key != nullptr && seconds(key->timestamp, o.stream->time_base) > last_time + tolerance;
+    } else {
+      seek = target - last_time > kSeekAheadSeconds;
+    }
+    if (seek) {
       if (av_seek_frame(o.format.get(), o.index, ts, AVSEEK_FLAG_BACKWARD) >= 0) {
         avcodec_flush_buffers(o.codec.get());
         eof = flushed = false;

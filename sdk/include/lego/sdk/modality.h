@@ -64,8 +64,9 @@ class Modality {
   virtual int64_t tokens() const = 0;  // LLM tokens per medium (576 for the image branch)
   virtual std::vector<std::string> file_types() const = 0;  // lower-case extensions without the dot
 
-  // Every weight, with its shape: what import and init-model write and the loader checks.
-  virtual std::vector<WeightSpec> weights() const = 0;
+  // Every weight, with its shape: what import and init-model write and the loader checks. By default the
+  // encoder's and the adapter's parameters.
+  virtual std::vector<WeightSpec> weights() const;
   // Fills the weights from `source`, converted to `dtype` and moved to `device`.
   virtual void load_weights(const TensorSource& source, at::ScalarType dtype, c10::Device device) = 0;
   // The modules, for init-model (random weights) and training: frozen encoder, trainable adapter.

@@ -48,6 +48,9 @@ struct LoadReport {
 LoadReport load_module(torch::nn::Module& module, const TensorSource& source, const std::string& prefix = "",
                        std::optional<at::ScalarType> dtype = std::nullopt);
 
+// A module's parameters named as a checkpoint holds them: `prefix` + the module's own names.
+std::vector<std::pair<std::string, at::Tensor>> prefixed_parameters(torch::nn::Module& module, const std::string& prefix);
+
 // "[2, 3]" for messages.
 std::string shape_string(at::IntArrayRef shape);
 
