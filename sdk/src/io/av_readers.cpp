@@ -224,9 +224,11 @@ VideoFrames VideoReader::sample_uniform(const std::filesystem::path& file, int64
     }
   };
 
-  // Seek only when it skips work: when the keyframe before the target lies ahead of what was decoded.
+  // Seek only when it skips enough work: when the keyframe before the target lies well past what was
+  // decoded (a seek flushes the decoder's threads, which costs about as much as decoding a few frames).
   // Without an index (some containers), seek for targets far ahead and decode on to near ones.
   constexpr double kSeekAheadSeconds = 2.0;
+  constexpr double kMinSkipSeconds = 1.0;
   for (int64_t index : out.indices) {
     const double target = start + static_cast<double>(index) / fps;
     const double tolerance = 0.5 / fps;
@@ -235,7 +237,7 @@ VideoFrames VideoReader::sample_uniform(const std::filesystem::path& file, int64
     const int entry = av_index_search_timestamp(o.stream, ts, AVSEEK_FLAG_BACKWARD);
     if (entry >= 0) {
       const AVIndexEntry* key = avformat_index_get_entry(o.stream, entry);
-      seek = key != nullptr && seconds(key->timestamp, o.stream->time_base) > last_time + tolerance;
+      seek = key != nullptr && seconds(key->timestamp, o.stream->time_base) > last_time + kMinSkipSeconds;
     } else {
       seek = target - last_time > kSeekAheadSeconds;
     }
