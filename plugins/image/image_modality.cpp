@@ -31,7 +31,7 @@ nn::ClipVisionOptions clip_options(const ModalityConfig& c) {
   return o;
 }
 
-class ImageModality : public Modality {
+class ImageModality : public EncoderAdapterModality {
  public:
   explicit ImageModality(const ModalityConfig& config)
       : clip_(clip_options(config)),
@@ -41,8 +41,7 @@ class ImageModality : public Modality {
     if (config.llm_hidden_size <= 0) throw Error(ErrorKind::InvalidArgument, "image: llm_hidden_size must be positive");
     preprocess_.size = clip_->options().image_size();
     preprocess_.pad_to_square = config.get_bool("pad_to_square", true);
-    clip_->eval();
-    projector_->eval();
+    set_parts(clip_.ptr(), kClipPrefix, projector_.ptr(), kProjectorPrefix);
   }
 
   std::string name() const override { return "image"; }
@@ -52,17 +51,6 @@ class ImageModality : public Modality {
   std::vector<std::string> file_types() const override { return io::ImageReader::extensions(); }
 
 
-  void load_weights(const TensorSource& source, at::ScalarType dtype, c10::Device device) override {
-    load_module(*clip_, source, kClipPrefix, dtype);
-    load_module(*projector_, source, kProjectorPrefix, dtype);
-    clip_->to(device);
-    projector_->to(device);
-  }
-
-  std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override { return prefixed_parameters(*clip_, kClipPrefix); }
-  std::vector<std::pair<std::string, at::Tensor>> adapter_parameters() override {
-    return prefixed_parameters(*projector_, kProjectorPrefix);
-  }
 
   Media load(const std::filesystem::path& file) const override {
     const auto image = io::ImageReader::read(file);
@@ -76,8 +64,7 @@ class ImageModality : public Modality {
 
   at::Tensor encode_features(const at::Tensor& batch) override {
     torch::NoGradGuard no_grad;
-    const at::Tensor w = projector_->parameters().front();
-    auto hidden = clip_->hidden_state(batch.to(w.device(), w.scalar_type()), feature_layer_);
+    auto hidden = clip_->hidden_state(batch.to(weight_options()), feature_layer_);
     return hidden.narrow(1, 1, hidden.size(1) - 1);  // drop CLS
   }
 

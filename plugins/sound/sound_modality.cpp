@@ -49,7 +49,7 @@ nn::ImageBindAudioOptions imagebind_options(const ModalityConfig& c) {
   return o;
 }
 
-class SoundModality : public Modality {
+class SoundModality : public EncoderAdapterModality {
  public:
   explicit SoundModality(const ModalityConfig& c) : encoder_(std::make_shared<SoundEncoder>(imagebind_options(c))) {
     if (c.llm_hidden_size <= 0) throw Error(ErrorKind::InvalidArgument, "sound: llm_hidden_size must be positive");
@@ -67,8 +67,7 @@ class SoundModality : public Modality {
     if (clips_.clips > adapter_->position_embedding->positions()) {
       throw Error(ErrorKind::InvalidArgument, "sound: clips exceed the audio position embedding");
     }
-    encoder_->eval();
-    adapter_->eval();
+    set_parts(encoder_, kPrefix, adapter_, kPrefix);
   }
 
   std::string name() const override { return "sound"; }
@@ -77,14 +76,6 @@ class SoundModality : public Modality {
   int64_t tokens() const override { return adapter_->query_tokens.size(1); }
   std::vector<std::string> file_types() const override { return io::AudioReader::extensions(); }
 
-  void load_weights(const TensorSource& source, at::ScalarType dtype, c10::Device device) override {
-    load_module(*encoder_, source, kPrefix, dtype);
-    load_module(*adapter_, source, kPrefix, dtype);
-    encoder_->to(device);
-    adapter_->to(device);
-  }
-  std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override { return prefixed_parameters(*encoder_, kPrefix); }
-  std::vector<std::pair<std::string, at::Tensor>> adapter_parameters() override { return prefixed_parameters(*adapter_, kPrefix); }
 
   Media load(const std::filesystem::path& file) const override {
     const auto audio = io::AudioReader::read(file, static_cast<int64_t>(clips_.fbank.sample_rate));

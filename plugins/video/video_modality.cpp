@@ -73,7 +73,7 @@ struct FrameEncoder : torch::nn::Module {
   torch::Tensor query_tokens;
 };
 
-class VideoModality : public Modality {
+class VideoModality : public EncoderAdapterModality {
  public:
   explicit VideoModality(const ModalityConfig& c)
       : frames_(c.get_int("frames", 64)),
@@ -91,8 +91,7 @@ class VideoModality : public Modality {
       throw Error(ErrorKind::InvalidArgument, "video: frames (" + std::to_string(frames_) + ") exceeds frame_positions (" +
                                                   std::to_string(adapter_->frame_positions->positions()) + ")");
     }
-    encoder_->eval();
-    adapter_->eval();
+    set_parts(encoder_, kPrefix, adapter_, kPrefix);
   }
 
   std::string name() const override { return "video"; }
@@ -101,14 +100,6 @@ class VideoModality : public Modality {
   int64_t tokens() const override { return adapter_->video_query_tokens.size(1); }
   std::vector<std::string> file_types() const override { return io::VideoReader::extensions(); }
 
-  void load_weights(const TensorSource& source, at::ScalarType dtype, c10::Device device) override {
-    load_module(*encoder_, source, kPrefix, dtype);
-    load_module(*adapter_, source, kPrefix, dtype);
-    encoder_->to(device);
-    adapter_->to(device);
-  }
-  std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override { return prefixed_parameters(*encoder_, kPrefix); }
-  std::vector<std::pair<std::string, at::Tensor>> adapter_parameters() override { return prefixed_parameters(*adapter_, kPrefix); }
 
   Media load(const std::filesystem::path& file) const override {
     const int64_t size = encoder_->visual_encoder->options().image_size();

@@ -15,6 +15,36 @@ std::vector<WeightSpec> Modality::weights() const {
   return out;
 }
 
+void EncoderAdapterModality::set_parts(std::shared_ptr<torch::nn::Module> encoder, std::string encoder_prefix,
+                                       std::shared_ptr<torch::nn::Module> adapter, std::string adapter_prefix) {
+  encoder_ = std::move(encoder);
+  adapter_ = std::move(adapter);
+  encoder_prefix_ = std::move(encoder_prefix);
+  adapter_prefix_ = std::move(adapter_prefix);
+  encoder_->eval();
+  adapter_->eval();
+}
+
+void EncoderAdapterModality::load_weights(const TensorSource& source, at::ScalarType dtype, c10::Device device) {
+  load_module(*encoder_, source, encoder_prefix_, dtype);
+  load_module(*adapter_, source, adapter_prefix_, dtype);
+  encoder_->to(device);
+  adapter_->to(device);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> EncoderAdapterModality::encoder_parameters() {
+  return prefixed_parameters(*encoder_, encoder_prefix_);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> EncoderAdapterModality::adapter_parameters() {
+  return prefixed_parameters(*adapter_, adapter_prefix_);
+}
+
+at::TensorOptions EncoderAdapterModality::weight_options() {
+  const at::Tensor w = adapter_->parameters().front();
+  return w.options();
+}
+
 std::string ModalityConfig::get(const std::string& key) const {
   auto it = options.find(key);
   if (it == options.end()) throw Error(ErrorKind::NotFound, "modality config: missing key '" + key + "'");

@@ -81,4 +81,24 @@ class Modality {
   virtual at::Tensor encode_features(const at::Tensor& batch) = 0;
 };
 
+// The common shape of a modality: a frozen encoder module and a trainable adapter module, each stored
+// under a name prefix. load_weights, encoder_parameters and adapter_parameters follow from the two.
+class EncoderAdapterModality : public Modality {
+ public:
+  void load_weights(const TensorSource& source, at::ScalarType dtype, c10::Device device) override;
+  std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override;
+  std::vector<std::pair<std::string, at::Tensor>> adapter_parameters() override;
+
+ protected:
+  // Called by the constructor of the derived modality once both modules exist; puts them in eval mode.
+  void set_parts(std::shared_ptr<torch::nn::Module> encoder, std::string encoder_prefix,
+                 std::shared_ptr<torch::nn::Module> adapter, std::string adapter_prefix);
+  // The device and dtype the weights were loaded to (of the adapter's first parameter).
+  at::TensorOptions weight_options();
+
+ private:
+  std::shared_ptr<torch::nn::Module> encoder_, adapter_;
+  std::string encoder_prefix_, adapter_prefix_;
+};
+
 }  // namespace lego
