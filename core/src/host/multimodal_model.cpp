@@ -136,41 +136,50 @@ SplicedPrompt MultimodalModel::splice(const std::string& text, const std::vector
   const auto device = llm_.net->model->embed_tokens->weight.device();
   auto ids = torch::tensor(out.ids, torch::kInt64).to(device).unsqueeze(0);
   out.embeds = llm_.net->model->embed(ids);
-  // Media of each modality fill that modality's start tokens in order.
-  std::map<std::string, size_t> next;
-  std::map<std::string, size_t> available;
-  for (const auto& e : media) ++available[e.modality];
-  for (size_t p = 0; p < out.ids.size(); ++p) {
-    for (const auto& [name, m] : modalities_) {
-      const auto frame = m->frame_tokens();
-      if (out.ids[p] != llm_.tokenizer.token_id(frame[0])) continue;
-      const int64_t n = m->tokens();
-      const size_t k = next[name]++;
-      size_t seen = 0;
-      const EncodedMedia* e = nullptr;
-      for (const auto& cand : media) {
-        if (cand.modality == name && seen++ == k) e = &cand;
-      }
-      if (e == nullptr) {
-        throw Error(ErrorKind::InvalidArgument, "the prompt has more " + frame[0] + " tokens than " + name + " media (" +
-                                                    std::to_string(available[name]) + ")");
-      }
-      const size_t end = p + static_cast<size_t>(n) + 1;
-      if (end >= out.ids.size() || out.ids[end] != llm_.tokenizer.token_id(frame[2])) {
-        throw Error(ErrorKind::InvalidArgument, "a " + frame[0] + " in the prompt is not followed by " +
-                                                    std::to_string(n) + " " + frame[1] + " tokens and " + frame[2]);
-      }
-      if (e->features.size(0) != n) {
-        throw Error(ErrorKind::Plugin, name + " features have " + std::to_string(e->features.size(0)) +
-                                           " rows, the modality promised " + std::to_string(n));
-      }
-      out.embeds[0].narrow(0, static_cast<int64_t>(p) + 1, n).copy_(e->features);
+  // Media of each modality fill that modality's start tokens in order. The frame tokens and their ids are
+  // looked up once, not per prompt position.
+  struct Slot {
+    std::string name;
+    std::vector<std::string> frame;
+    int64_t end_id = 0;
+    int64_t tokens = 0;
+    std::vector<const EncodedMedia*> media;
+    size_t used = 0;
+  };
+  std::map<int64_t, Slot> by_start;
+  for (const auto& [name, m] : modalities_) {
+    Slot slot{name, m->frame_tokens(), 0, m->tokens(), {}, 0};
+    slot.end_id = llm_.tokenizer.token_id(slot.frame.at(2));
+    for (const auto& e : media) {
+      if (e.modality == name) slot.media.push_back(&e);
     }
+    by_start.emplace(llm_.tokenizer.token_id(slot.frame.at(0)), std::move(slot));
   }
-  for (const auto& [name, count] : available) {
-    if (next[name] != count) {
-      throw Error(ErrorKind::InvalidArgument, std::to_string(count) + " " + name + " media but " +
-                                                  std::to_string(next[name]) + " places for them in the prompt");
+  for (size_t p = 0; p < out.ids.size(); ++p) {
+    auto it = by_start.find(out.ids[p]);
+    if (it == by_start.end()) continue;
+    Slot& slot = it->second;
+    const int64_t n = slot.tokens;
+    if (slot.used == slot.media.size()) {
+      throw Error(ErrorKind::InvalidArgument, "the prompt has more " + slot.frame[0] + " tokens than " + slot.name +
+                                                  " media (" + std::to_string(slot.media.size()) + ")");
+    }
+    const EncodedMedia* e = slot.media[slot.used++];
+    const size_t end = p + static_cast<size_t>(n) + 1;
+    if (end >= out.ids.size() || out.ids[end] != slot.end_id) {
+      throw Error(ErrorKind::InvalidArgument, "a " + slot.frame[0] + " in the prompt is not followed by " +
+                                                  std::to_string(n) + " " + slot.frame[1] + " tokens and " + slot.frame[2]);
+    }
+    if (e->features.size(0) != n) {
+      throw Error(ErrorKind::Plugin, slot.name + " features have " + std::to_string(e->features.size(0)) +
+                                         " rows, the modality promised " + std::to_string(n));
+    }
+    out.embeds[0].narrow(0, static_cast<int64_t>(p) + 1, n).copy_(e->features);
+  }
+  for (const auto& [id, slot] : by_start) {
+    if (slot.used != slot.media.size()) {
+      throw Error(ErrorKind::InvalidArgument, std::to_string(slot.media.size()) + " " + slot.name + " media but " +
+                                                  std::to_string(slot.used) + " places for them in the prompt");
     }
   }
   return out;
