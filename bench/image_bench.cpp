@@ -54,17 +54,20 @@ int preprocess(const std::filesystem::path& dir, int runs) {
 
 int encode(const std::string& which, int runs) {
   lego::host::PluginHost host;
-  lego::ModalityConfig c;
-  c.llm_hidden_size = 4096;
+  auto config = std::make_shared<lego::config::Config>();
+  lego::ModalityConfig c{lego::config::ConfigSection(config, "image"), 4096, {}};
   if (which == "tiny") {
     c.llm_hidden_size = 64;
-    c.options = {{"image_size", "336"}, {"patch_size", "14"}, {"width", "32"}, {"layers", "3"}, {"heads", "4"}, {"mlp_dim", "64"}};
+    for (const char* kv : {"image.image_size=336", "image.patch_size=14", "image.width=32", "image.layers=3",
+                           "image.heads=4", "image.mlp_dim=64"}) {
+      config->set(std::string_view(kv));
+    }
   }
   auto m = host.create("image", c);
   torch::NoGradGuard ng;
   for (auto& [n, t] : m->encoder_parameters()) t.normal_(0, 0.02);
   for (auto& [n, t] : m->adapter_parameters()) t.normal_(0, 0.02);
-  auto pixels = torch::randn({1, 3, 336, 336});
+  const lego::MediaBatch pixels{1, {{"input", torch::randn({1, 3, 336, 336})}}};
   std::vector<double> times;
   for (int r = 0; r < runs + 1; ++r) {
     const auto t0 = Clock::now();

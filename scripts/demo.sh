@@ -59,7 +59,7 @@ with av.open(sys.argv[2], "w") as c:
     for p in s.encode():
         c.mux(p)
 PY
-"$lego" probe --video "$out/clip.mp4" --frames 8
+"$lego" probe --in "$out/clip.mp4" --frames 8
 "$lego" infer --model "$out/tiny" --video "$out/clip.mp4" --prompt "When does the red box cross the middle?" \
   --max-new-tokens 16 --json --render "$out/clip-answer.png"
 "$lego" infer --model "$out/tiny" --image "$out/scene.png" --sound "$out/bell.wav" \

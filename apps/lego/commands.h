@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include <boost/program_options/option.hpp>
 #include <boost/program_options/options_description.hpp>
 
 #include "lego/generate/generator.h"
@@ -23,8 +24,10 @@ int run_encode(const Args& args);
 int run_plugins(const Args& args);
 int run_probe(const Args& args);
 
-// Parses `args` against `options`; prints `usage` + options and returns false on --help.
-bool parse_args(const Args& args, const boost::program_options::options_description& options, const std::string& usage);
+// Parses `args` against `options`; prints `usage` + options and returns false on --help. `parsed`, when
+// given, receives the options in command-line order.
+bool parse_args(const Args& args, const boost::program_options::options_description& options, const std::string& usage,
+                std::vector<boost::program_options::option>* parsed = nullptr);
 
 // The sampling flags shared by generate (and later infer/chat): --max-new-tokens, --temperature, ...
 boost::program_options::options_description sampling_flags(generate::SamplingOptions& out);

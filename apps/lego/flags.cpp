@@ -10,12 +10,15 @@
 namespace lego::cli {
 namespace po = boost::program_options;
 
-bool parse_args(const Args& args, const po::options_description& options, const std::string& usage) {
+bool parse_args(const Args& args, const po::options_description& options, const std::string& usage,
+                std::vector<po::option>* parsed) {
   po::options_description all;
   all.add(options);
   all.add_options()("help,h", "show this help");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(all).run(), vm);
+  const auto result = po::command_line_parser(args).options(all).run();
+  if (parsed != nullptr) *parsed = result.options;
+  po::store(result, vm);
   if (vm.count("help")) {
     std::cout << "usage: " << usage << "\n\n" << all << '\n';
     return false;

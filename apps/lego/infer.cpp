@@ -3,13 +3,11 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include <chrono>
 #include <iostream>
 
 #include "answer.h"
 #include "commands.h"
 #include "lego/sdk/error.h"
-#include "lego/text/chat_template.h"
 #include "lego/weights/tensor_source.h"
 #include "multimodal_flags.h"
 
@@ -18,68 +16,54 @@ namespace po = boost::program_options;
 
 int run_infer(const Args& args) {
   ModelFlags model_flags_;
-  std::vector<std::string> images, videos, sounds;
-  std::string prompt, render, dump_logits, system = text::kLegoSystemPrompt;
-  bool json = false, raw = false;
-  generate::SamplingOptions sampling;
-  sampling.max_new_tokens = 512;  // the released CLI's default
+  Request request;
+  std::string render, dump_logits;
+  bool json = false;
+  request.sampling.max_new_tokens = 512;  // the released CLI's default
   po::options_description d("infer");
   d.add_options()
-      ("image", po::value(&images)->composing(), "an image file (repeatable)")
-      ("video", po::value(&videos)->composing(), "a video file (repeatable)")
-      ("sound", po::value(&sounds)->composing(), "a sound file (repeatable)")
-      ("prompt", po::value(&prompt)->required(), "the question; <image>/<video>/<sound> mark where media go (default: in front)")
-      ("system", po::value(&system), "system prompt of the template")
-      ("raw", po::bool_switch(&raw), "send the prompt as is: no chat template, no '###' stop")
+      ("prompt", po::value(&request.message)->required(), "the question; placeholders (<NAME>) mark where media go (default: in front)")
+      ("system", po::value(&request.system), "system prompt of the template")
+      ("raw", po::bool_switch(&request.raw), "send the prompt as is: no chat template, no '###' stop")
+      ("media-seed", po::value(&request.media_seed)->default_value(0), "seed of any randomness in reading media")
       ("json", po::bool_switch(&json), "print {text, boxes, spans, timings} as JSON")
-      ("render", po::value(&render), "draw the answer's boxes on the first image, or (video only) a strip of frames with its spans marked, into this file")
+      ("render", po::value(&render), "draw the answer onto the first medium whose modality can draw (boxes on a picture, spans on a strip of frames), into this file")
       ("dump-logits", po::value(&dump_logits), "write the prompt's last-position logits [1, vocab] as safetensors ('logits')");
-  d.add(model_flags(model_flags_)).add(sampling_flags(sampling));
-  if (!parse_args(args, d, "lego infer --model DIR [--image P] [--video P] [--sound P] --prompt TEXT [options]")) return 0;
-  sampling.validate();
-  if (!render.empty() && images.empty() && videos.empty()) {
-    throw Error(ErrorKind::InvalidArgument, "--render needs an --image or a --video");
-  }
+  d.add(model_flags(model_flags_)).add(sampling_flags(request.sampling));
+  const auto host = host_for(args);
+  std::vector<std::string> shorthands;
+  d.add(media_flags(*host, d, shorthands));
+  std::vector<po::option> parsed;
+  if (!parse_args(args, d, "lego infer --model DIR [--media [NAME=]PATH ...] --prompt TEXT [options]", &parsed)) return 0;
+  request.sampling.validate();
+  request.media = media_of(parsed, shorthands);
+  if (!render.empty() && request.media.empty()) throw Error(ErrorKind::InvalidArgument, "--render needs a medium");
 
-  auto loaded = load_model(model_flags_);
-  auto& model = *loaded.model;
-  std::vector<host::MediaInput> media;
-  for (const auto& p : images) media.push_back({"image", p});
-  for (const auto& p : videos) media.push_back({"video", p});
-  for (const auto& p : sounds) media.push_back({"sound", p});
-  const std::string message = model.place_media(prompt, media);
-  const std::string full = raw ? message : text::render_inference_prompt({}, message, system);
-  if (!raw) sampling.stop.push_back(text::kLegoStop);
-
-  const auto t0 = std::chrono::steady_clock::now();
-  const auto encoded = model.encode_media(media);
-  const double encode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  auto pipeline = load_pipeline(model_flags_, host);
   if (!dump_logits.empty()) {
-    auto spliced = model.splice(full, encoded);
-    generate::Generator g(model.llm().net, model.llm().tokenizer);
-    weights::write_safetensors(dump_logits,
-                               {{"logits", g.last_logits(spliced.embeds, torch::ones({1, spliced.embeds.size(1)}, torch::kBool))}});
+    torch::NoGradGuard no_grad;
+    const auto media = pipeline->resolve(request.media);
+    const auto encoded = pipeline->encode(media, request.media_seed);
+    auto spliced = pipeline->splice(pipeline->prompt(request, pipeline->place_media(request.message, media)), encoded);
+    generate::Generator g(pipeline->llm().net, pipeline->llm().tokenizer);
+    weights::write_safetensors(dump_logits, {{"logits", g.last_logits(spliced.embeds, spliced.valid)}});
   }
   generate::StreamCallback stream;
   if (!json) stream = [](int64_t, std::string_view piece) { std::cout << piece << std::flush; };
-  auto a = answer(model, full, encoded, sampling, stream);
-  if (!render.empty()) {
-    if (!images.empty()) {
-      render_boxes(images.front(), a.mentions, render);
-    } else {
-      render_video_strip(videos.front(), a.mentions, render);
-    }
+  const auto a = pipeline->answer(request, {}, stream);
+  if (!render.empty() && !pipeline->render(a.grounding, a.media, render)) {
+    throw Error(ErrorKind::Unsupported, "--render: no modality of the given media can draw an answer");
   }
   if (!json) {
     std::cout << '\n';
     return 0;
   }
-  auto out = grounding_json(a.mentions, encoded);
+  auto out = grounding_json(a.grounding);
   out["text"] = a.output.text;
   out["token_ids"] = a.output.token_ids;
   out["prompt_token_ids"] = a.prompt_ids;
   out["finish_reason"] = a.output.finish_reason;
-  out["timings"] = {{"encode_ms", encode_ms},
+  out["timings"] = {{"encode_ms", a.encode_ms},
                     {"prefill_ms", a.timings.prefill_ms},
                     {"decode_ms", a.timings.decode_ms},
                     {"prompt_tokens", a.timings.prompt_tokens},

@@ -24,7 +24,7 @@ int run_init_model(const Args& args) {
       ("set", po::value(&overrides)->composing(), "override a config key: section.key=value (repeatable)")
       ("plugin-dir", po::value(&plugin_dirs)->composing(), "where to look for modality plugins first (repeatable)");
   if (!parse_args(args, d, "lego init-model --config FILE --out DIR [--seed N] [--set section.key=value ...]")) return 0;
-  auto cfg = config::Config::from_file(config_file);
+  auto cfg = config::read_file(config_file);
   for (const auto& o : overrides) cfg.set(o);
   host::PluginHost host({plugin_dirs.begin(), plugin_dirs.end()});
   init_model(cfg, out_dir, seed, host);

@@ -22,11 +22,11 @@ constexpr Entry kCommands[] = {
     {"generate", "continue text prompts with a model directory", lego::cli::run_generate},
     {"import", "turn a released checkpoint (HF LLaMA/Vicuna) into a lego model directory", lego::cli::run_import},
     {"tokenize", "print the token ids of texts", lego::cli::run_tokenize},
-    {"infer", "answer a question about images, videos or sounds, with grounding", lego::cli::run_infer},
+    {"infer", "answer a question about media files, with grounding", lego::cli::run_infer},
     {"chat", "talk with a model interactively, attaching media", lego::cli::run_chat},
     {"encode", "run one medium through its modality and write every stage", lego::cli::run_encode},
     {"plugins", "list the modality plugins found, loaded or refused", lego::cli::run_plugins},
-    {"probe", "show what lego reads from a video or audio file", lego::cli::run_probe},
+    {"probe", "show what lego reads from a media file (frames or audio)", lego::cli::run_probe},
 };
 
 void print_help() {

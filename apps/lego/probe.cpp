@@ -1,5 +1,5 @@
-// lego probe: what lego reads from a media file — video stream facts and the frames uniform sampling
-// would take, or the decoded audio's facts. JSON.
+// lego probe: what lego reads from a media file — the picture stream's facts and the frames uniform
+// sampling would take, or the decoded audio track's facts. JSON.
 #include <boost/program_options.hpp>
 #include <nlohmann/json.hpp>
 
@@ -13,23 +13,23 @@ namespace lego::cli {
 namespace po = boost::program_options;
 
 int run_probe(const Args& args) {
-  std::string video, audio;
+  std::string in;
   int64_t frames = 64;
+  bool samples = false;
   po::options_description d("probe");
   d.add_options()
-      ("video", po::value(&video), "a video file: stream facts and the uniformly sampled frame indices")
-      ("audio", po::value(&audio), "an audio (or video) file: its audio track as lego decodes it (16 kHz mono)")
-      ("frames", po::value(&frames)->default_value(frames), "frames to sample from --video");
-  if (!parse_args(args, d, "lego probe (--video FILE [--frames N] | --audio FILE)")) return 0;
-  if (video.empty() == audio.empty()) throw Error(ErrorKind::InvalidArgument, "give one of --video or --audio");
+      ("in", po::value(&in)->required(), "the media file")
+      ("frames", po::value(&frames)->default_value(frames), "frames to sample uniformly from its picture stream")
+      ("samples", po::bool_switch(&samples), "decode its audio track instead (16 kHz mono), as lego reads it");
+  if (!parse_args(args, d, "lego probe --in FILE [--frames N | --samples]")) return 0;
   nlohmann::json out;
-  if (!video.empty()) {
-    const auto sampled = io::VideoReader::sample_uniform(video, frames, 64, 64);
+  if (!samples) {
+    const auto sampled = io::VideoReader::sample_uniform(in, frames, 64, 64);
     const auto& i = sampled.info;
     out = {{"frames", i.frames}, {"fps", i.fps}, {"duration_s", i.duration_s}, {"width", i.width}, {"height", i.height},
            {"rotation", i.rotation}, {"codec", i.codec}, {"indices", sampled.indices}, {"timestamps", sampled.timestamps}};
   } else {
-    const auto a = io::AudioReader::read(audio);
+    const auto a = io::AudioReader::read(in);
     out = {{"samples", a.samples.size(0)}, {"rate", a.rate}, {"duration_s", a.duration_s},
            {"source_rate", a.source_rate}, {"source_channels", a.source_channels}};
   }

@@ -40,7 +40,7 @@ int run_tokenize(const Args& args) {
   }
   if (texts.empty()) throw Error(ErrorKind::InvalidArgument, "give --text or --in");
   const std::filesystem::path dir(model_dir);
-  const auto cfg = config::Config::from_file(dir / "model.ini");
+  const auto cfg = config::read_file(dir / "model.ini");
   const auto tok = tokenizer_from_model_dir(dir, cfg);
   for (const auto& t : texts) std::cout << nlohmann::json(tok.encode(t, !no_bos)).dump() << '\n';
   return 0;

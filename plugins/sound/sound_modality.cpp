@@ -5,7 +5,9 @@
 //
 // model.ini [sound]: plugin = sound; clips (3), clip_seconds (2); imagebind_width, imagebind_layers,
 // imagebind_heads, imagebind_mlp_dim, imagebind_out_dim; qformer_hidden, qformer_heads,
-// qformer_intermediate, audio_qformer_layers (2), queries (8), positions (8).
+// qformer_intermediate, audio_qformer_layers (2), queries (8), positions (8). Answers ground time spans,
+// mapped to seconds of the sound. Import reads the sizes from the released tensors' shapes; the release
+// keeps all of ImageBind-huge, of which only the audio path is used.
 #include <ATen/ATen.h>
 
 #include "lego/sdk/abi.h"
@@ -39,7 +41,11 @@ struct SoundAdapter : torch::nn::Module {
   nn::Linear llama_proj{nullptr};
 };
 
-nn::ImageBindAudioOptions imagebind_options(const ModalityConfig& c) {
+struct SoundMeta : MediaMeta {
+  double duration_s = 0;
+};
+
+nn::ImageBindAudioOptions imagebind_options(const config::ConfigSection& c) {
   nn::ImageBindAudioOptions o;
   o.width(c.get_int("imagebind_width", o.width()))
       .layers(c.get_int("imagebind_layers", o.layers()))
@@ -51,8 +57,10 @@ nn::ImageBindAudioOptions imagebind_options(const ModalityConfig& c) {
 
 class SoundModality : public EncoderAdapterModality {
  public:
-  explicit SoundModality(const ModalityConfig& c) : encoder_(std::make_shared<SoundEncoder>(imagebind_options(c))) {
-    if (c.llm_hidden_size <= 0) throw Error(ErrorKind::InvalidArgument, "sound: llm_hidden_size must be positive");
+  explicit SoundModality(const ModalityConfig& config)
+      : encoder_(std::make_shared<SoundEncoder>(imagebind_options(config.section))) {
+    const config::ConfigSection& c = config.section;
+    if (config.llm_hidden_size <= 0) throw Error(ErrorKind::InvalidArgument, "sound: llm_hidden_size must be positive");
     clips_.clips = c.get_int("clips", clips_.clips);
     clips_.clip_seconds = c.get_double("clip_seconds", clips_.clip_seconds);
     const int64_t out_dim = encoder_->audio_encoder->options().out_dim();
@@ -63,31 +71,29 @@ class SoundModality : public EncoderAdapterModality {
         .layers(c.get_int("audio_qformer_layers", 2))
         .encoder_width(out_dim)
         .cross_attention_freq(1);
-    adapter_ = std::make_shared<SoundAdapter>(c.get_int("positions", 8), out_dim, q, c.get_int("queries", 8), c.llm_hidden_size);
+    adapter_ = std::make_shared<SoundAdapter>(c.get_int("positions", 8), out_dim, q, c.get_int("queries", 8), config.llm_hidden_size);
     if (clips_.clips > adapter_->position_embedding->positions()) {
       throw Error(ErrorKind::InvalidArgument, "sound: clips exceed the audio position embedding");
     }
     set_parts(encoder_, kPrefix, adapter_, kPrefix);
   }
 
-  std::string name() const override { return "sound"; }
   std::string placeholder() const override { return "<sound>"; }
   std::vector<std::string> frame_tokens() const override { return {"<so_start>", "<so_patch>", "<so_end>"}; }
   int64_t tokens() const override { return adapter_->query_tokens.size(1); }
   std::vector<std::string> file_types() const override { return io::AudioReader::extensions(); }
 
 
-  Media load(const std::filesystem::path& file) const override {
+  Media load(const std::filesystem::path& file, uint64_t /*seed: no randomness*/) const override {
     const auto audio = io::AudioReader::read(file, static_cast<int64_t>(clips_.fbank.sample_rate));
-    Media m;
-    m.tensor = audio::imagebind_clips(audio.samples, clips_);  // [clips, 1, 128, 204]
-    m.duration_s = audio.duration_s;
-    m.path = file;
-    return m;
+    auto meta = std::make_shared<SoundMeta>();
+    meta->duration_s = audio.duration_s;
+    return Media{file, audio::imagebind_clips(audio.samples, clips_), meta};  // [clips, 1, 128, 204]
   }
 
   // [B, clips, 1, 128, 204] -> ImageBind embeddings [B, clips, 1024]
-  at::Tensor encode_features(const at::Tensor& batch) override {
+  at::Tensor encode_features(const MediaBatch& media) override {
+    const at::Tensor& batch = media.at("input");
     const at::Tensor w = adapter_->query_tokens;
     const int64_t b = batch.size(0), clips = batch.size(1);
     torch::NoGradGuard frozen;  // ImageBind is always frozen
@@ -95,10 +101,40 @@ class SoundModality : public EncoderAdapterModality {
     return encoder_->audio_encoder(flat).view({b, clips, -1});
   }
 
-  at::Tensor encode(const at::Tensor& batch) override {
+  at::Tensor encode(const MediaBatch& batch) override {
     auto features = adapter_->position_embedding(encode_features(batch));  // one position per clip
     auto queries = adapter_->query_tokens.expand({features.size(0), -1, -1});
     return adapter_->llama_proj(adapter_->qformer(queries, features));
+  }
+
+  GroundingKinds grounding() const override { return {0, true}; }
+
+  MappedSpan map_span(const Media& media, double t1, double t2) const override {
+    const auto* meta = dynamic_cast<const SoundMeta*>(media.meta.get());
+    if (meta == nullptr) throw Error(ErrorKind::InvalidArgument, media.path.string() + ": not a medium of the sound modality");
+    return {t1 * meta->duration_s, t2 * meta->duration_s};
+  }
+
+  // Sizes from the released tensors' shapes (ImageBind and Q-Former heads default to 12; --set changes them).
+  std::optional<ImportPlan> plan_import(const ImportContext& ctx) const override {
+    const TensorSource& s = *ctx.checkpoint;
+    const auto names = s.names();
+    if (!has_prefix(names, "model.audio_Qformer.")) return std::nullopt;
+    const std::string ib = "model.audio_encoder.";
+    ImportPlan plan;
+    auto put = [&](const char* k, int64_t v) { plan.section[k] = std::to_string(v); };
+    put("imagebind_width", tensor_dim(s, ib + "modality_preprocessors.audio.cls_token", 2));
+    put("imagebind_layers", count_numbered(names, ib + "modality_trunks.audio.blocks."));
+    put("imagebind_mlp_dim", tensor_dim(s, ib + "modality_trunks.audio.blocks.0.mlp.fc1.weight", 0));
+    put("imagebind_out_dim", tensor_dim(s, ib + "modality_heads.audio.2.weight", 0));
+    put("queries", tensor_dim(s, "model.audio_query_tokens", 1));
+    put("qformer_hidden", tensor_dim(s, "model.audio_query_tokens", 2));
+    put("qformer_intermediate", tensor_dim(s, "model.audio_Qformer.bert.encoder.layer.0.intermediate_query.dense.weight", 0));
+    put("audio_qformer_layers", count_numbered(names, "model.audio_Qformer.bert.encoder.layer."));
+    put("positions", tensor_dim(s, "model.audio_position_embedding.weight", 0));
+    // ImageBind-huge is kept whole in the release; only its audio path is used.
+    plan.unused_prefixes.push_back(ib);
+    return plan;
   }
 
  private:

@@ -1,8 +1,21 @@
 #include "lego/sdk/modality.h"
 
+#include <torch/torch.h>
+
 #include "lego/sdk/error.h"
 
 namespace lego {
+
+const at::Tensor& MediaBatch::at(const std::string& name) const {
+  auto it = tensors.find(name);
+  if (it == tensors.end()) {
+    std::string have;
+    for (const auto& [k, v] : tensors) have += (have.empty() ? "" : ", ") + k;
+    throw Error(ErrorKind::InvalidArgument, "media batch has no tensor '" + name + "' (it has: " +
+                                                (have.empty() ? "none" : have) + ")");
+  }
+  return it->second;
+}
 
 std::vector<WeightSpec> Modality::weights() const {
   // The parameter lists are made by non-const accessors; listing them changes nothing.
@@ -15,6 +28,40 @@ std::vector<WeightSpec> Modality::weights() const {
   return out;
 }
 
+MediaBatch Modality::collate(const std::vector<Media>& media) const {
+  if (media.empty()) throw Error(ErrorKind::InvalidArgument, name() + ": collate of no media");
+  std::vector<at::Tensor> tensors;
+  tensors.reserve(media.size());
+  for (const auto& m : media) {
+    if (!m.tensor.defined()) throw Error(ErrorKind::InvalidArgument, m.path.string() + ": medium has no tensor");
+    if (m.tensor.sizes() != media.front().tensor.sizes()) {
+      throw Error(ErrorKind::InvalidArgument, name() + ": cannot stack " + m.path.string() + " of shape " +
+                                                  shape_string(m.tensor.sizes()) + " with " +
+                                                  media.front().path.string() + " of shape " +
+                                                  shape_string(media.front().tensor.sizes()));
+    }
+    tensors.push_back(m.tensor);
+  }
+  MediaBatch batch;
+  batch.size = static_cast<int64_t>(media.size());
+  batch.tensors["input"] = at::stack(tensors);
+  return batch;
+}
+
+MappedBox Modality::map_box(const Media& media, const std::vector<double>&) const {
+  throw Error(ErrorKind::Unsupported, name() + ": " + media.path.string() + " cannot carry boxes");
+}
+
+MappedSpan Modality::map_span(const Media& media, double, double) const {
+  throw Error(ErrorKind::Unsupported, name() + ": " + media.path.string() + " cannot carry time spans");
+}
+
+bool Modality::render(const Media&, const std::vector<GroundedPhrase>&, const std::filesystem::path&) const {
+  return false;
+}
+
+std::optional<ImportPlan> Modality::plan_import(const ImportContext&) const { return std::nullopt; }
+
 void EncoderAdapterModality::set_parts(std::shared_ptr<torch::nn::Module> encoder, std::string encoder_prefix,
                                        std::shared_ptr<torch::nn::Module> adapter, std::string adapter_prefix) {
   encoder_ = std::move(encoder);
@@ -23,6 +70,12 @@ void EncoderAdapterModality::set_parts(std::shared_ptr<torch::nn::Module> encode
   adapter_prefix_ = std::move(adapter_prefix);
   encoder_->eval();
   adapter_->eval();
+}
+
+void EncoderAdapterModality::train(bool on) {
+  Modality::train(on);
+  encoder_->eval();  // frozen: dropout and the like stay off even while the adapter trains
+  adapter_->train(on);
 }
 
 void EncoderAdapterModality::load_weights(const TensorSource& source, at::ScalarType dtype, c10::Device device) {
@@ -43,52 +96,6 @@ std::vector<std::pair<std::string, at::Tensor>> EncoderAdapterModality::adapter_
 at::TensorOptions EncoderAdapterModality::weight_options() {
   const at::Tensor w = adapter_->parameters().front();
   return w.options();
-}
-
-std::string ModalityConfig::get(const std::string& key) const {
-  auto it = options.find(key);
-  if (it == options.end()) throw Error(ErrorKind::NotFound, "modality config: missing key '" + key + "'");
-  return it->second;
-}
-
-std::string ModalityConfig::get(const std::string& key, const std::string& fallback) const {
-  auto it = options.find(key);
-  return it == options.end() ? fallback : it->second;
-}
-
-int64_t ModalityConfig::get_int(const std::string& key) const {
-  const std::string v = get(key);
-  try {
-    size_t used = 0;
-    const int64_t out = std::stoll(v, &used);
-    if (used == v.size()) return out;
-  } catch (const std::logic_error&) {
-  }
-  throw Error(ErrorKind::Format, "modality config: key '" + key + "' = '" + v + "' is not an integer");
-}
-
-int64_t ModalityConfig::get_int(const std::string& key, int64_t fallback) const {
-  return options.count(key) ? get_int(key) : fallback;
-}
-
-double ModalityConfig::get_double(const std::string& key, double fallback) const {
-  if (!options.count(key)) return fallback;
-  const std::string v = get(key);
-  try {
-    size_t used = 0;
-    const double out = std::stod(v, &used);
-    if (used == v.size()) return out;
-  } catch (const std::logic_error&) {
-  }
-  throw Error(ErrorKind::Format, "modality config: key '" + key + "' = '" + v + "' is not a number");
-}
-
-bool ModalityConfig::get_bool(const std::string& key, bool fallback) const {
-  if (!options.count(key)) return fallback;
-  const std::string v = get(key);
-  if (v == "true" || v == "1") return true;
-  if (v == "false" || v == "0") return false;
-  throw Error(ErrorKind::Format, "modality config: key '" + key + "' = '" + v + "' is not true/false");
 }
 
 }  // namespace lego

@@ -15,6 +15,31 @@ std::vector<std::pair<std::string, at::Tensor>> prefixed_parameters(torch::nn::M
   return out;
 }
 
+int64_t tensor_dim(const TensorSource& source, const std::string& name, size_t dim) {
+  const auto info = source.info(name);
+  if (info.shape.size() <= dim) {
+    throw Error(ErrorKind::Format, source.describe() + ": tensor '" + name + "' has shape " + shape_string(info.shape) +
+                                       ", expected at least " + std::to_string(dim + 1) + " dimensions");
+  }
+  return info.shape[dim];
+}
+
+int64_t count_numbered(const std::vector<std::string>& names, const std::string& prefix) {
+  int64_t n = 0;
+  for (const auto& name : names) {
+    if (name.rfind(prefix, 0) != 0) continue;
+    const auto rest = name.substr(prefix.size());
+    const auto digits = rest.find_first_not_of("0123456789");
+    if (digits == 0 || digits == std::string::npos || rest[digits] != '.' || digits > 6) continue;
+    n = std::max<int64_t>(n, std::stoll(rest.substr(0, digits)) + 1);
+  }
+  return n;
+}
+
+bool has_prefix(const std::vector<std::string>& names, const std::string& prefix) {
+  return std::any_of(names.begin(), names.end(), [&](const std::string& n) { return n.rfind(prefix, 0) == 0; });
+}
+
 std::string shape_string(at::IntArrayRef shape) {
   std::ostringstream s;
   s << '[';

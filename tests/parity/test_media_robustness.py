@@ -89,7 +89,7 @@ def probe(*args):
 def test_video_containers(tmp_path, tiny, ext, codec, pix):
     p = tmp_path / f"v.{ext}"
     write_video(p, codec=codec, pix_fmt=pix)
-    info = probe("--video", p, "--frames", "8")
+    info = probe("--in", p, "--frames", "8")
     assert len(info["indices"]) == 8 and info["width"] == 96 and info["height"] == 64
     r = lego("encode", "--model", tiny, "--modality", "video", "--in", p, "--out", tmp_path / "o.safetensors", timeout=60)
     assert r.returncode == 0, r.stderr
@@ -97,14 +97,14 @@ def test_video_containers(tmp_path, tiny, ext, codec, pix):
 
 def test_one_frame_and_fewer_frames_than_asked(tmp_path):
     write_video(tmp_path / "one.mp4", frames=1)
-    assert probe("--video", tmp_path / "one.mp4", "--frames", "64")["indices"] == [0]
+    assert probe("--in", tmp_path / "one.mp4", "--frames", "64")["indices"] == [0]
     write_video(tmp_path / "five.mp4", frames=5)
-    assert probe("--video", tmp_path / "five.mp4", "--frames", "64")["indices"] == [0, 1, 2, 3, 4]
+    assert probe("--in", tmp_path / "five.mp4", "--frames", "64")["indices"] == [0, 1, 2, 3, 4]
 
 
 def test_variable_frame_rate(tmp_path):
     write_video(tmp_path / "vfr.mkv", frames=30, rates=[40, 160])
-    info = probe("--video", tmp_path / "vfr.mkv", "--frames", "6")
+    info = probe("--in", tmp_path / "vfr.mkv", "--frames", "6")
     assert len(info["indices"]) == 6
     assert info["timestamps"] == sorted(info["timestamps"])
 
@@ -120,7 +120,7 @@ def test_rotated_phone_video(tmp_path):
     # 90 degrees: a=0 b=1 u=0 / c=-1 d=0 v=0 / x=0 y=0 w=1 (16.16 and 2.30 fixed point)
     struct.pack_into(">9i", data, matrix_at, 0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30)
     p.write_bytes(bytes(data))
-    info = probe("--video", p, "--frames", "4")
+    info = probe("--in", p, "--frames", "4")
     assert info["rotation"] in (90, 270)
     assert (info["width"], info["height"]) == (64, 96)
 
@@ -132,7 +132,7 @@ def test_rotated_phone_video(tmp_path):
 def test_audio_formats_rates_and_channels(tmp_path, tiny, ext, codec, rate, channels):
     p = tmp_path / f"a.{ext}"
     write_audio(p, 3.0, rate=rate, channels=channels, codec=codec)
-    info = probe("--audio", p)
+    info = probe("--in", p, "--samples")
     assert info["rate"] == 16000 and info["source_channels"] == channels
     assert abs(info["duration_s"] - 3.0) < 0.1
     r = lego("encode", "--model", tiny, "--modality", "sound", "--in", p, "--out", tmp_path / "o.safetensors", timeout=60)

@@ -13,7 +13,6 @@ class Throwing : public lego::Modality {
     throw std::runtime_error("factory exploded");
 #endif
   }
-  std::string name() const override { return "throwing"; }
   std::string placeholder() const override { return "<throwing>"; }
   std::vector<std::string> frame_tokens() const override { return {"<t_start>", "<t_patch>", "<t_end>"}; }
   int64_t tokens() const override { return 1; }
@@ -22,9 +21,9 @@ class Throwing : public lego::Modality {
   void load_weights(const lego::TensorSource&, at::ScalarType, c10::Device) override {}
   std::vector<std::pair<std::string, at::Tensor>> encoder_parameters() override { return {}; }
   std::vector<std::pair<std::string, at::Tensor>> adapter_parameters() override { return {}; }
-  lego::Media load(const std::filesystem::path&) const override { throw std::runtime_error("load exploded"); }
-  at::Tensor encode(const at::Tensor& batch) override { return batch; }
-  at::Tensor encode_features(const at::Tensor& batch) override { return batch; }
+  lego::Media load(const std::filesystem::path&, uint64_t) const override { throw std::runtime_error("load exploded"); }
+  at::Tensor encode(const lego::MediaBatch& batch) override { return batch.at("input"); }
+  at::Tensor encode_features(const lego::MediaBatch& batch) override { return batch.at("input"); }
 };
 
 }  // namespace

@@ -11,7 +11,7 @@
 namespace lego::testing {
 
 inline config::Config tiny_config() {
-  return config::Config::from_file(std::filesystem::path(LEGO_SOURCE_DIR) / "configs/models/tiny.ini");
+  return config::read_file(std::filesystem::path(LEGO_SOURCE_DIR) / "configs/models/tiny.ini");
 }
 
 // Makes (once per process) and returns a tiny model directory.

@@ -10,11 +10,6 @@ namespace {
 
 double clip01(double v) { return std::clamp(v, 0.0, 1.0); }
 
-double round_to(double v, int decimals) {
-  const double scale = std::pow(10.0, decimals);
-  return std::round(v * scale) / scale;
-}
-
 // Number as models write it: optional sign, digits with an optional fraction, or a bare fraction.
 const char* kNumber = R"(\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*)";
 
@@ -66,24 +61,27 @@ std::string format_span(const Span& s) {
 }
 
 Mentions parse(std::string_view text) {
-  static const std::regex box_re(std::string(R"(\[)") + kNumber + "," + kNumber + "," + kNumber + "," + kNumber + R"(\])");
+  // Four values, or six for a 3-D box.
+  static const std::regex box_re(std::string(R"(\[)") + kNumber + "," + kNumber + "," + kNumber + "," + kNumber +
+                                 "(?:," + kNumber + "," + kNumber + ")?" + R"(\])");
   static const std::regex span_re(std::string(R"(\{)") + kNumber + "," + kNumber + R"(\})");
   struct Hit {
     size_t begin, end;
     bool is_box;
-    double v[4];
+    std::vector<double> v;
   };
   std::vector<Hit> hits;
   const std::string s(text);
   for (auto it = std::sregex_iterator(s.begin(), s.end(), box_re); it != std::sregex_iterator(); ++it) {
     const auto& m = *it;
-    hits.push_back({static_cast<size_t>(m.position()), static_cast<size_t>(m.position() + m.length()), true,
-                    {std::stod(m[1]), std::stod(m[2]), std::stod(m[3]), std::stod(m[4])}});
+    std::vector<double> v;
+    for (size_t g = 1; g < m.size() && m[g].matched; ++g) v.push_back(std::stod(m[g]));
+    hits.push_back({static_cast<size_t>(m.position()), static_cast<size_t>(m.position() + m.length()), true, v});
   }
   for (auto it = std::sregex_iterator(s.begin(), s.end(), span_re); it != std::sregex_iterator(); ++it) {
     const auto& m = *it;
     hits.push_back({static_cast<size_t>(m.position()), static_cast<size_t>(m.position() + m.length()), false,
-                    {std::stod(m[1]), std::stod(m[2]), 0, 0}});
+                    {std::stod(m[1]), std::stod(m[2])}});
   }
   std::sort(hits.begin(), hits.end(), [](const Hit& a, const Hit& b) { return a.begin < b.begin; });
 
@@ -99,9 +97,14 @@ Mentions parse(std::string_view text) {
       phrase = phrase_before(text, prev_end, h.begin);
     }
     if (h.is_box) {
-      Box b{clip01(std::min(h.v[0], h.v[2])), clip01(std::min(h.v[1], h.v[3])), clip01(std::max(h.v[0], h.v[2])),
-            clip01(std::max(h.v[1], h.v[3]))};
-      out.boxes.push_back({phrase, b, h.begin, h.end});
+      const size_t axes = h.v.size() / 2;
+      std::vector<double> v(h.v.size());
+      for (size_t a = 0; a < axes; ++a) {
+        v[a] = clip01(std::min(h.v[a], h.v[a + axes]));
+        v[a + axes] = clip01(std::max(h.v[a], h.v[a + axes]));
+      }
+      const Box b = v.size() == 4 ? Box{v[0], v[1], v[2], v[3]} : Box{};
+      out.boxes.push_back({phrase, v, b, h.begin, h.end});
     } else {
       Span sp{clip01(std::min(h.v[0], h.v[1])), clip01(std::max(h.v[0], h.v[1]))};
       out.spans.push_back({phrase, sp, h.begin, h.end});
@@ -111,44 +114,6 @@ Mentions parse(std::string_view text) {
     have_prev = true;
   }
   return out;
-}
-
-Box unpad_box(const Box& sq, int64_t width, int64_t height) {
-  const double side = static_cast<double>(std::max(width, height));
-  const double pad_x = width < height ? static_cast<double>((height - width) / 2) : 0.0;
-  const double pad_y = height < width ? static_cast<double>((width - height) / 2) : 0.0;
-  // As the released code: whole square pixels first (round half to even, Python's round), then unpad.
-  auto x = [&](double v) { return clip01(round_to((std::nearbyint(v * side) - pad_x) / static_cast<double>(width), 3)); };
-  auto y = [&](double v) { return clip01(round_to((std::nearbyint(v * side) - pad_y) / static_cast<double>(height), 3)); };
-  return {x(sq.x1), y(sq.y1), x(sq.x2), y(sq.y2)};
-}
-
-Box pad_box(const Box& o, int64_t width, int64_t height) {
-  const double side = static_cast<double>(std::max(width, height));
-  const double pad_x = width < height ? static_cast<double>((height - width) / 2) : 0.0;
-  const double pad_y = height < width ? static_cast<double>((width - height) / 2) : 0.0;
-  auto x = [&](double v) { return round_to((v * static_cast<double>(width) + pad_x) / side, 3); };
-  auto y = [&](double v) { return round_to((v * static_cast<double>(height) + pad_y) / side, 3); };
-  return {x(o.x1), y(o.y1), x(o.x2), y(o.y2)};
-}
-
-Box to_pixels(const Box& r, int64_t width, int64_t height) {
-  const auto w = static_cast<double>(width), h = static_cast<double>(height);
-  return {r.x1 * w, r.y1 * h, r.x2 * w, r.y2 * h};
-}
-
-double iou(const Box& a, const Box& b) {
-  const double iw = std::max(0.0, std::min(a.x2, b.x2) - std::max(a.x1, b.x1));
-  const double ih = std::max(0.0, std::min(a.y2, b.y2) - std::max(a.y1, b.y1));
-  const double inter = iw * ih;
-  const double uni = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter;
-  return uni > 0 ? inter / uni : 0.0;
-}
-
-double iou(const Span& a, const Span& b) {
-  const double inter = std::max(0.0, std::min(a.t2, b.t2) - std::max(a.t1, b.t1));
-  const double uni = (a.t2 - a.t1) + (b.t2 - b.t1) - inter;
-  return uni > 0 ? inter / uni : 0.0;
 }
 
 }  // namespace lego::grounding

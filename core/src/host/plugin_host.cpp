@@ -31,7 +31,7 @@ bool is_shared_library(const std::filesystem::path& p) {
 // Makes a modality that keeps its library alive and is destroyed by the plugin that made it.
 std::shared_ptr<Modality> make(const Loaded& l, const ModalityConfig& config) {
   char error[1024] = {0};
-  Modality* raw = l.descriptor->create(&config, error, sizeof error);
+  Modality* raw = l.descriptor->create(&config, l.modality.c_str(), error, sizeof error);
   if (raw == nullptr) {
     throw Error(ErrorKind::Plugin, l.file.string() + ": the " + l.modality + " factory failed: " + error);
   }
@@ -65,7 +65,23 @@ struct PluginHost::Impl {
     r.abi_version = *reinterpret_cast<const uint32_t*>(d);
     if (r.abi_version != LEGO_PLUGIN_ABI_VERSION) {
       return refuse("plugin ABI version " + std::to_string(r.abi_version) + ", host expects " +
-                    std::to_string(LEGO_PLUGIN_ABI_VERSION));
+                    std::to_string(LEGO_PLUGIN_ABI_VERSION) + " (rebuild the plugin against this SDK)");
+    }
+    // Same version, so the sizes block is where the host expects it; a struct that grew without a
+    // version bump shows here before anything of that layout is used.
+    const LegoPluginSizes want = LEGO_PLUGIN_SIZES;
+    const std::pair<const char*, std::pair<uint32_t, uint32_t>> sizes[] = {
+        {"descriptor", {d->sizes.descriptor, want.descriptor}},
+        {"Modality", {d->sizes.modality, want.modality}},
+        {"ModalityConfig", {d->sizes.modality_config, want.modality_config}},
+        {"Media", {d->sizes.media, want.media}},
+        {"MediaBatch", {d->sizes.media_batch, want.media_batch}},
+        {"ImportPlan", {d->sizes.import_plan, want.import_plan}}};
+    for (const auto& [what, got] : sizes) {
+      if (got.first != got.second) {
+        return refuse(std::string("sizeof(") + what + ") is " + std::to_string(got.first) + " in the plugin, " +
+                      std::to_string(got.second) + " in the host (SDK headers differ)");
+      }
     }
     r.sdk_version = d->sdk_version ? d->sdk_version : "";
     r.torch_version = d->torch_version ? d->torch_version : "";
@@ -91,6 +107,9 @@ struct PluginHost::Impl {
       auto m = make(l, probe);
       r.placeholder = m->placeholder();
       r.tokens = m->tokens();
+      r.file_types = m->file_types();
+      r.grounding = m->grounding();
+      r.import_inputs = m->import_inputs();
     } catch (const Error& e) {
       return refuse(std::string("probe failed: ") + e.what());
     }
@@ -134,6 +153,21 @@ PluginHost::PluginHost(const std::vector<std::filesystem::path>& plugin_dirs) : 
 PluginHost::~PluginHost() = default;
 
 const std::vector<PluginRecord>& PluginHost::records() const { return impl_->records; }
+
+std::vector<std::string> PluginHost::modalities() const {
+  std::vector<std::string> out;
+  for (const auto& l : impl_->loaded) {
+    if (std::find(out.begin(), out.end(), l.modality) == out.end()) out.push_back(l.modality);
+  }
+  return out;
+}
+
+const PluginRecord* PluginHost::provider(const std::string& modality) const {
+  for (const auto& r : impl_->records) {
+    if (r.loaded && r.modality == modality) return &r;
+  }
+  return nullptr;
+}
 
 std::shared_ptr<Modality> PluginHost::create(const std::string& modality, const ModalityConfig& config) const {
   for (const auto& l : impl_->loaded) {

@@ -11,6 +11,7 @@
 #include "lego/host/plugin_host.h"
 #include "lego/model/import.h"
 #include "lego/model/language_model.h"
+#include "lego/model/released_defaults.h"
 #include "lego/sdk/error.h"
 #include "lego/weights/tensor_source.h"
 
@@ -158,117 +159,6 @@ class Collector {
   std::map<const TensorSource*, std::set<std::string>> used_;
 };
 
-// The released checkpoint keeps the CLIP tower apart (openai/clip-vit-large-patch14-336): an HF CLIP
-// directory, whose vision tower we store under this prefix.
-constexpr const char* kVisionTowerPrefix = "model.vision_tower.vision_tower.";
-
-// [image] keys from an HF CLIP (vision) config.json, the LEGO config and the projector's tensors.
-std::map<std::string, std::string> image_section(const std::filesystem::path& clip_dir, const nlohmann::json& lego,
-                                                 const std::filesystem::path& lego_file, const TensorSource& source) {
-  const auto clip_file = clip_dir / "config.json";
-  auto j = read_json(clip_file);
-  if (j.contains("vision_config")) j = j["vision_config"];
-  const std::string act = j.value("hidden_act", std::string("quick_gelu"));
-  if (act != "quick_gelu") {
-    throw Error(ErrorKind::Unsupported, clip_file.string() + ": hidden_act '" + act + "' (the CLIP tower uses quick_gelu)");
-  }
-  std::map<std::string, std::string> o;
-  o["image_size"] = std::to_string(field<int64_t>(j, "image_size", clip_file));
-  o["patch_size"] = std::to_string(field<int64_t>(j, "patch_size", clip_file));
-  o["width"] = std::to_string(field<int64_t>(j, "hidden_size", clip_file));
-  o["layers"] = std::to_string(field<int64_t>(j, "num_hidden_layers", clip_file));
-  o["heads"] = std::to_string(field<int64_t>(j, "num_attention_heads", clip_file));
-  o["mlp_dim"] = std::to_string(field<int64_t>(j, "intermediate_size", clip_file));
-  {
-    std::ostringstream eps;
-    eps << field_or<double>(j, "layer_norm_eps", 1e-5, clip_file);
-    o["layer_norm_eps"] = eps.str();
-  }
-  o["feature_layer"] = std::to_string(field_or<int64_t>(lego, "mm_vision_select_layer", -2, lego_file));
-  // The projector's kind shows in its tensors (the release hard-codes it).
-  if (source.contains("model.mm_vision_projector.0.weight") && source.contains("model.mm_vision_projector.2.weight")) {
-    o["projector"] = "mlp2x_gelu";
-  } else if (source.contains("model.mm_vision_projector.weight")) {
-    o["projector"] = "linear";
-  } else {
-    throw Error(ErrorKind::NotFound, source.describe() + ": no model.mm_vision_projector tensors");
-  }
-  return o;
-}
-
-// Dimension `dim` of a tensor's shape, naming the tensor when it is absent.
-int64_t dim_of(const TensorSource& s, const std::string& name, size_t dim) {
-  const auto info = s.info(name);
-  if (info.shape.size() <= dim) {
-    throw Error(ErrorKind::Format, s.describe() + ": tensor '" + name + "' has too few dimensions");
-  }
-  return info.shape[dim];
-}
-
-// How many numbered blocks `prefix`N. the source holds.
-int64_t count_blocks(const std::vector<std::string>& names, const std::string& prefix) {
-  int64_t n = 0;
-  for (const auto& name : names) {
-    if (name.rfind(prefix, 0) != 0) continue;
-    const auto rest = name.substr(prefix.size());
-    const auto dot = rest.find('.');
-    try {
-      n = std::max<int64_t>(n, std::stoll(rest.substr(0, dot)) + 1);
-    } catch (const std::logic_error&) {
-    }
-  }
-  return n;
-}
-
-// [video] from the released tensors' shapes (the release hard-codes the sizes). Head counts do not show
-// in shapes: they keep the release's values (EVA 16, Q-Former 12) unless --set changes them.
-std::map<std::string, std::string> video_section(const TensorSource& s) {
-  const auto names = s.names();
-  std::map<std::string, std::string> o;
-  auto put = [&](const char* k, int64_t v) { o[k] = std::to_string(v); };
-  const int64_t patch = dim_of(s, "model.visual_encoder.patch_embed.proj.weight", 2);
-  const int64_t positions = dim_of(s, "model.visual_encoder.pos_embed", 1) - 1;
-  const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(positions))));
-  put("eva_patch_size", patch);
-  put("eva_image_size", side * patch);
-  put("eva_width", dim_of(s, "model.visual_encoder.cls_token", 2));
-  put("eva_layers", count_blocks(names, "model.visual_encoder.blocks."));
-  put("eva_mlp_dim", dim_of(s, "model.visual_encoder.blocks.0.mlp.fc1.weight", 0));
-  put("queries", dim_of(s, "model.query_tokens", 1));
-  put("qformer_hidden", dim_of(s, "model.query_tokens", 2));
-  put("qformer_intermediate", dim_of(s, "model.Qformer.bert.encoder.layer.0.intermediate_query.dense.weight", 0));
-  const int64_t layers = count_blocks(names, "model.Qformer.bert.encoder.layer.");
-  put("qformer_layers", layers);
-  put("qformer_cross_freq", layers > 1 && s.contains("model.Qformer.bert.encoder.layer.1.crossattention.self.key.weight") ? 1 : 2);
-  put("frame_positions", dim_of(s, "model.video_frame_position_embedding.weight", 0));
-  put("frames", dim_of(s, "model.video_frame_position_embedding.weight", 0));
-  put("video_queries", dim_of(s, "model.video_query_tokens", 1));
-  put("video_qformer_layers", count_blocks(names, "model.video_Qformer.bert.encoder.layer."));
-  return o;
-}
-
-// [sound] likewise (ImageBind heads default to 12, the Q-Former's to 12).
-std::map<std::string, std::string> sound_section(const TensorSource& s) {
-  const auto names = s.names();
-  const std::string ib = "model.audio_encoder.";
-  std::map<std::string, std::string> o;
-  auto put = [&](const char* k, int64_t v) { o[k] = std::to_string(v); };
-  put("imagebind_width", dim_of(s, ib + "modality_preprocessors.audio.cls_token", 2));
-  put("imagebind_layers", count_blocks(names, ib + "modality_trunks.audio.blocks."));
-  put("imagebind_mlp_dim", dim_of(s, ib + "modality_trunks.audio.blocks.0.mlp.fc1.weight", 0));
-  put("imagebind_out_dim", dim_of(s, ib + "modality_heads.audio.2.weight", 0));
-  put("queries", dim_of(s, "model.audio_query_tokens", 1));
-  put("qformer_hidden", dim_of(s, "model.audio_query_tokens", 2));
-  put("qformer_intermediate", dim_of(s, "model.audio_Qformer.bert.encoder.layer.0.intermediate_query.dense.weight", 0));
-  put("audio_qformer_layers", count_blocks(names, "model.audio_Qformer.bert.encoder.layer."));
-  put("positions", dim_of(s, "model.audio_position_embedding.weight", 0));
-  return o;
-}
-
-bool has_prefix(const std::vector<std::string>& names, const std::string& prefix) {
-  return std::any_of(names.begin(), names.end(), [&](const std::string& n) { return n.rfind(prefix, 0) == 0; });
-}
-
 }  // namespace
 
 ImportReport import_checkpoint(const ImportOptions& options, const host::PluginHost* host) {
@@ -296,65 +186,77 @@ ImportReport import_checkpoint(const ImportOptions& options, const host::PluginH
   for (const auto& p : expected->named_parameters()) collect.take(*source, p.key(), p.value().sizes(), p.key(), "config.json");
 
   config::Config ini;
-  std::unique_ptr<TensorSource> clip_source;
-  const bool wants_image = options.kind == "groundinggpt" && has_prefix(source->names(), "model.mm_vision_projector");
-  if (wants_image) {
-    if (options.clip.empty()) {
-      throw Error(ErrorKind::InvalidArgument, source->describe() +
-                                                  " has an image projector: give the CLIP tower's directory with --clip");
-    }
-    if (host == nullptr) throw Error(ErrorKind::InvalidArgument, "importing the image branch needs the plugin host");
-    clip_source = weights::open_tensor_source(options.clip);
-    ModalityConfig mc;
-    mc.options = image_section(options.clip, hf_config, config_file, *source);
-    mc.llm_hidden_size = llama.hidden_size();
-    auto image = host->create("image", mc);
-    for (const auto& w : image->weights()) {
-      if (w.name.rfind(kVisionTowerPrefix, 0) == 0) {
-        collect.take(*clip_source, w.name, w.shape, w.name.substr(std::string(kVisionTowerPrefix).size()),
-                     (options.clip / "config.json").string());
-      } else {
-        collect.take(*source, w.name, w.shape, w.name, "the image section");
+  // Every branch of the checkpoint comes through the plugin that claims it: its plan names the section's
+  // keys (sizes read from the tensors) and where its weights live; --set fills what tensors cannot tell.
+  std::map<std::string, std::unique_ptr<TensorSource>> inputs;
+  std::vector<std::string> unused_prefixes;
+  std::vector<std::string> modalities;
+  if (options.kind == "groundinggpt") {
+    if (host == nullptr) throw Error(ErrorKind::InvalidArgument, "importing modality branches needs the plugin host");
+    ImportContext context;
+    context.checkpoint = source.get();
+    context.checkpoint_dir = in;
+    context.inputs = options.inputs;
+    context.open = [](const std::filesystem::path& dir) { return weights::open_tensor_source(dir); };
+    for (const auto& name : host->modalities()) {
+      ModalityConfig probe;
+      probe.llm_hidden_size = llama.hidden_size();
+      const auto plan = host->create(name, probe)->plan_import(context);
+      if (!plan) continue;
+      auto section = std::make_shared<config::Config>(config_file);
+      for (const auto& [k, v] : plan->section) section->set(name + "." + k, v);
+      for (const auto& assignment : options.overrides) {
+        if (assignment.rfind(name + ".", 0) == 0) section->set(std::string_view(assignment));
       }
+      auto modality = host->create(name, ModalityConfig{config::ConfigSection(section, name), llama.hidden_size(), out});
+      for (const auto& w : modality->weights()) {
+        const ImportPlan::Rule* rule = nullptr;
+        for (const auto& r : plan->rules) {
+          if (w.name.rfind(r.prefix, 0) == 0 && (rule == nullptr || r.prefix.size() > rule->prefix.size())) rule = &r;
+        }
+        if (rule == nullptr || rule->input.empty()) {
+          const std::string from = rule ? rule->source_prefix + w.name.substr(rule->prefix.size()) : w.name;
+          collect.take(*source, w.name, w.shape, from, "the [" + name + "] section");
+          continue;
+        }
+        auto dir = options.inputs.find(rule->input);
+        if (dir == options.inputs.end()) {
+          throw Error(ErrorKind::InvalidArgument, "the " + name + " branch needs --" + rule->input + " DIR");
+        }
+        auto& input = inputs[rule->input];
+        if (!input) input = weights::open_tensor_source(dir->second);
+        collect.take(*input, w.name, w.shape, rule->source_prefix + w.name.substr(rule->prefix.size()),
+                     (dir->second / "config.json").string());
+      }
+      ini.set(name + ".plugin", name);
+      for (const auto& k : section->section_keys(name)) ini.set(name + "." + k, section->get_string(name + "." + k));
+      unused_prefixes.insert(unused_prefixes.end(), plan->unused_prefixes.begin(), plan->unused_prefixes.end());
+      modalities.push_back(name);
     }
-    ini.set("image.plugin", "image");
-    for (const auto& [k, v] : mc.options) ini.set("image." + k, v);
-    // The CLIP directory's text tower and heads are not part of LEGO.
-    for (const auto& n : collect.unused(*clip_source)) report.skipped.push_back(options.clip.string() + ":" + n);
   }
-  // Video and sound branches: sizes from the tensors, heads from --set, checked against the plugins.
-  const auto source_names = source->names();
-  struct Branch {
-    const char* section;
-    const char* marker;
-    std::map<std::string, std::string> (*options)(const TensorSource&);
-  };
-  for (const Branch& b : {Branch{"video", "model.video_Qformer.", &video_section},
-                          Branch{"sound", "model.audio_Qformer.", &sound_section}}) {
-    if (options.kind != "groundinggpt" || !has_prefix(source_names, b.marker)) continue;
-    if (host == nullptr) throw Error(ErrorKind::InvalidArgument, std::string("importing the ") + b.section + " branch needs the plugin host");
-    ModalityConfig mc;
-    mc.options = b.options(*source);
-    for (const auto& assignment : options.overrides) {
-      const auto eq = assignment.find('=');
-      const auto key = assignment.substr(0, eq);
-      const std::string prefix = std::string(b.section) + ".";
-      if (eq != std::string::npos && key.rfind(prefix, 0) == 0) mc.options[key.substr(prefix.size())] = assignment.substr(eq + 1);
+  for (const auto& assignment : options.overrides) {
+    const auto section = assignment.substr(0, assignment.find('.'));
+    if (std::find(modalities.begin(), modalities.end(), section) == modalities.end()) {
+      throw Error(ErrorKind::InvalidArgument, "--set " + assignment + ": the checkpoint has no '" + section +
+                                                  "' branch (imported: " + joined(modalities) + ")");
     }
-    mc.llm_hidden_size = llama.hidden_size();
-    auto modality = host->create(b.section, mc);
-    for (const auto& w : modality->weights()) collect.take(*source, w.name, w.shape, w.name, std::string("the ") + b.section + " section");
-    ini.set(std::string(b.section) + ".plugin", b.section);
-    for (const auto& [k, v] : mc.options) ini.set(std::string(b.section) + "." + k, v);
+  }
+  if (!modalities.empty()) {
+    std::string order;
+    for (const auto& n : media_order_for(modalities)) order += (order.empty() ? "" : " ") + n;
+    ini.set("model.media_order", order);
+  }
+  // What an extra input holds beyond the branch (a CLIP directory's text tower and heads) is not LEGO's.
+  for (const auto& [name, input] : inputs) {
+    for (const auto& n : collect.unused(*input)) report.skipped.push_back(input->describe() + ":" + n);
   }
   collect.check_missing();
 
   std::vector<std::string> unknown;
   for (const auto& name : collect.unused(*source)) {
-    // ImageBind-huge is kept whole in the release; only its audio path is used, and its fixed logit scale
-    // is a constant of the encoder.
-    const bool imagebind_rest = name.rfind("model.audio_encoder.", 0) == 0;
-    if (is_derived_buffer(name) || imagebind_rest || (llama.tie_word_embeddings() && name == "lm_head.weight")) {
+    const bool branch_rest = std::any_of(unused_prefixes.begin(), unused_prefixes.end(),
+                                         [&](const std::string& p) { return name.rfind(p, 0) == 0; });
+    if (is_derived_buffer(name) || branch_rest || (llama.tie_word_embeddings() && name == "lm_head.weight")) {
       report.skipped.push_back(name);
     } else {
       unknown.push_back(name);

@@ -1,9 +1,10 @@
 #include "lego/model/init_model.h"
 
 #include "lego/fs/atomic_file.h"
-#include "lego/host/multimodal_model.h"
 #include "lego/host/plugin_host.h"
 #include "lego/model/language_model.h"
+#include "lego/model/released_defaults.h"
+#include "lego/pipeline/pipeline.h"
 #include "lego/sdk/nn/linear.h"
 #include "lego/weights/tensor_source.h"
 
@@ -36,7 +37,9 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
   // Modalities: every parameter of each, encoder and adapter, drawn the same way.
   config::Config model_ini;
   uint64_t branch_seed = seed;
-  for (auto& [section, spec] : host::modality_sections(cfg, out)) {
+  std::vector<std::string> sections;
+  for (auto& [section, spec] : modality_sections(cfg, out)) {
+    sections.push_back(section);
     auto modality = host.create(spec.first, spec.second);
     torch::nn::Module holder;
     auto params = modality->encoder_parameters();
@@ -50,7 +53,16 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
     nn::init_normal(holder, kInitStd, ++branch_seed);
     tensors.insert(tensors.end(), params.begin(), params.end());
     model_ini.set(section + ".plugin", spec.first);
-    for (const auto& [k, v] : spec.second.options) model_ini.set(section + "." + k, v);
+    for (const auto& k : spec.second.section.keys()) {
+      if (k != "plugin") model_ini.set(section + "." + k, spec.second.section.get_string(k));
+    }
+  }
+  if (!sections.empty()) {
+    std::string order;
+    for (const auto& n : cfg.has("model.media_order") ? cfg.get_list("model.media_order") : media_order_for(sections)) {
+      order += (order.empty() ? "" : " ") + n;
+    }
+    model_ini.set("model.media_order", order);
   }
   weights::write_safetensors(out / "model.safetensors", tensors, {{"format", "pt"}, {"producer", "lego init-model"}});
 

@@ -63,7 +63,7 @@ LanguageModel LanguageModel::load(const std::filesystem::path& dir, const LoadOp
   if (!std::filesystem::is_directory(dir)) {
     throw Error(ErrorKind::NotFound, dir.string() + ": model directory not found");
   }
-  auto cfg = config::Config::from_file(dir / "model.ini");
+  auto cfg = config::read_file(dir / "model.ini");
   auto llama = llama_options_from_config(cfg);
   auto tokenizer = tokenizer_from_model_dir(dir, cfg);
   if (tokenizer.vocab_size() != llama.vocab_size()) {

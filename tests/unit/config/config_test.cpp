@@ -14,7 +14,7 @@ using lego::testing::write_bytes;
 TEST(Config, ReadsSectionsAndOverrides) {
   TempDir dir;
   write_bytes(dir / "a.ini", "# comment\n[llm]\nhidden_size = 64\nrope_theta = 1e4\n[tokenizer]\nadded = <a> <b>\n");
-  auto c = Config::from_file(dir / "a.ini");
+  auto c = read_file(dir / "a.ini");
   EXPECT_EQ(c.get_int("llm.hidden_size"), 64);
   EXPECT_DOUBLE_EQ(c.get_double("llm.rope_theta"), 1e4);
   EXPECT_EQ(c.get_list("tokenizer.added"), (std::vector<std::string>{"<a>", "<b>"}));
@@ -30,7 +30,7 @@ TEST(Config, RoundTripsThroughIni) {
   c.set("b.y", "2");
   c.set("a.x", "hello world");
   write_bytes(dir / "c.ini", c.to_ini());
-  auto back = Config::from_file(dir / "c.ini");
+  auto back = read_file(dir / "c.ini");
   EXPECT_EQ(back.get_string("a.x"), "hello world");
   EXPECT_EQ(back.get_int("b.y"), 2);
 }
@@ -38,7 +38,7 @@ TEST(Config, RoundTripsThroughIni) {
 TEST(Config, BadValuesNameFileAndKey) {
   TempDir dir;
   write_bytes(dir / "bad.ini", "[llm]\nhidden_size = sixty\nflag = maybe\n");
-  auto c = Config::from_file(dir / "bad.ini");
+  auto c = read_file(dir / "bad.ini");
   expect_error([&] { c.get_int("llm.hidden_size"); }, ErrorKind::Format, {"bad.ini", "llm.hidden_size", "sixty"});
   expect_error([&] { c.get_bool("llm.flag"); }, ErrorKind::Format, {"bad.ini", "llm.flag"});
   expect_error([&] { c.get_int("llm.absent"); }, ErrorKind::NotFound, {"bad.ini", "llm.absent"});
@@ -46,11 +46,11 @@ TEST(Config, BadValuesNameFileAndKey) {
 
 TEST(Config, MalformedFilesAndOverridesAreRefused) {
   TempDir dir;
-  expect_error([&] { Config::from_file(dir / "none.ini"); }, ErrorKind::NotFound, {"none.ini"});
+  expect_error([&] { read_file(dir / "none.ini"); }, ErrorKind::NotFound, {"none.ini"});
   write_bytes(dir / "nosection.ini", "key = 1\n");
-  expect_error([&] { Config::from_file(dir / "nosection.ini"); }, ErrorKind::Format, {"nosection.ini", "key"});
+  expect_error([&] { read_file(dir / "nosection.ini"); }, ErrorKind::Format, {"nosection.ini", "key"});
   write_bytes(dir / "garbage.ini", "[llm\nthis is not ini\n");
-  expect_error([&] { Config::from_file(dir / "garbage.ini"); }, ErrorKind::Format, {"garbage.ini"});
+  expect_error([&] { read_file(dir / "garbage.ini"); }, ErrorKind::Format, {"garbage.ini"});
   Config c;
   expect_error([&] { c.set(std::string_view("novalue")); }, ErrorKind::InvalidArgument, {"novalue"});
   expect_error([&] { c.set(std::string_view("nosection=1")); }, ErrorKind::InvalidArgument, {"nosection"});

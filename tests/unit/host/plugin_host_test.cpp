@@ -25,6 +25,12 @@ TEST(PluginHost, RefusesEachBrokenPluginWithItsReasonAndKeepsTheGoodOnes) {
   const auto& abi = record_of(host, "liblego_test_wrong_abi");
   EXPECT_FALSE(abi.loaded);
   EXPECT_NE(abi.reason.find("ABI version 999"), std::string::npos) << abi.reason;
+  const auto& v1 = record_of(host, "liblego_test_abi_v1");
+  EXPECT_FALSE(v1.loaded);
+  EXPECT_NE(v1.reason.find("plugin ABI version 1, host expects 2"), std::string::npos) << v1.reason;
+  const auto& sizes = record_of(host, "liblego_test_wrong_sizes");
+  EXPECT_FALSE(sizes.loaded);
+  EXPECT_NE(sizes.reason.find("sizeof(Media)"), std::string::npos) << sizes.reason;
   const auto& torch_version = record_of(host, "liblego_test_wrong_torch");
   EXPECT_FALSE(torch_version.loaded);
   EXPECT_NE(torch_version.reason.find("libtorch 1.0.0"), std::string::npos) << torch_version.reason;
@@ -52,7 +58,7 @@ TEST(PluginHost, AnExceptionInsidePluginCodeArrivesAsLegoErrorNamingThePlugin) {
   PluginHost host({kTestPlugins});
   auto m = host.create("throwing", ModalityConfig{});
   try {
-    m->load("whatever.txt");
+    m->load("whatever.txt", 0);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::Plugin);
@@ -69,16 +75,29 @@ TEST(PluginHost, UnknownModalityListsWhatWasFound) {
 
 TEST(PluginHost, ImagePluginEncodesToTheLlmWidth) {
   PluginHost host;
-  ModalityConfig c;
-  c.llm_hidden_size = 48;
-  c.options = {{"image_size", "28"}, {"patch_size", "14"}, {"width", "16"}, {"layers", "2"}, {"heads", "2"}, {"mlp_dim", "32"}};
-  auto m = host.create("image", c);
+  auto config = std::make_shared<config::Config>();
+  for (const char* kv : {"image.image_size=28", "image.patch_size=14", "image.width=16", "image.layers=2",
+                         "image.heads=2", "image.mlp_dim=32"}) {
+    config->set(std::string_view(kv));
+  }
+  auto m = host.create("image", ModalityConfig{config::ConfigSection(config, "image"), 48, {}});
+  EXPECT_EQ(m->name(), "image");
   EXPECT_EQ(m->tokens(), 4);
   torch::NoGradGuard ng;
   for (auto& [name, t] : m->encoder_parameters()) t.normal_(0, 0.02);
   for (auto& [name, t] : m->adapter_parameters()) t.normal_(0, 0.02);
-  const auto out = m->encode(torch::randn({2, 3, 28, 28}));
+  MediaBatch batch{2, {{"input", torch::randn({2, 3, 28, 28})}}};
+  const auto out = m->encode(batch);
   EXPECT_EQ(out.sizes(), (std::vector<int64_t>{2, 4, 48}));
+}
+
+TEST(PluginHost, PluginSectionErrorsNameFileSectionAndKey) {
+  PluginHost host;
+  auto config = std::make_shared<config::Config>("/models/x/model.ini");
+  config->set("image.layers", "many");
+  lego::testing::expect_error(
+      [&] { host.create("image", ModalityConfig{config::ConfigSection(config, "image"), 48, {}}); }, ErrorKind::Plugin,
+      {"/models/x/model.ini", "image.layers", "many"});
 }
 
 TEST(PluginHost, ModalityKeepsItsLibraryAfterTheHostIsGone) {
@@ -88,7 +107,7 @@ TEST(PluginHost, ModalityKeepsItsLibraryAfterTheHostIsGone) {
     m = host.create("throwing", ModalityConfig{});
   }
   EXPECT_EQ(m->name(), "throwing");
-  EXPECT_THROW(m->load("x"), Error);
+  EXPECT_THROW(m->load("x", 0), Error);
 }
 
 }  // namespace

@@ -58,7 +58,7 @@ TEST(LanguageModel, WrongShapeIsNamedWithBothShapes) {
 TEST(LanguageModel, VocabularyDisagreeingWithTheTokenizerIsRefused) {
   TempDir dir;
   auto m = edited_copy(dir, [](auto&) {});
-  auto cfg = config::Config::from_file(m / "model.ini");
+  auto cfg = config::read_file(m / "model.ini");
   cfg.set("llm.vocab_size", "600");
   lego::testing::write_bytes(m / "model.ini", cfg.to_ini());
   expect_error([&] { LanguageModel::load(m); }, ErrorKind::Format, {"model.ini", "600", "521"});

@@ -13,7 +13,7 @@ using lego::testing::tiny_model_dir;
 
 Tokenizer tiny_tokenizer() {
   const auto& dir = tiny_model_dir();
-  return tokenizer_from_model_dir(dir, config::Config::from_file(dir / "model.ini"));
+  return tokenizer_from_model_dir(dir, config::read_file(dir / "model.ini"));
 }
 
 TEST(Tokenizer, AddedTokensFollowTheSentencepieceVocabulary) {

@@ -4,7 +4,7 @@
 // Boxes are relative to the *padded square* image the model saw (expand2square), 3 decimals; spans are
 // relative to the duration, 2 decimals. The formatter writes exactly that; the parser reads model output
 // tolerantly (spacing, swapped corners, values outside [0, 1], several boxes after one phrase) and the
-// de-normalisers map values back onto the original media.
+// modality of each medium maps them back onto it (geometry helpers: lego/sdk/grounding.h).
 #pragma once
 
 #include <cstdint>
@@ -12,19 +12,16 @@
 #include <string_view>
 #include <vector>
 
+#include "lego/sdk/grounding.h"
+
 namespace lego::grounding {
-
-struct Box {
-  double x1 = 0, y1 = 0, x2 = 0, y2 = 0;
-};
-
-struct Span {
-  double t1 = 0, t2 = 0;
-};
 
 struct BoxMention {
   std::string phrase;  // the words the box grounds
-  Box box;             // as written (relative to the padded square), corners ordered, clipped to [0, 1]
+  // As written, each axis ordered (min corner first, then max corner) and clipped to [0, 1]: 4 values for
+  // a 2-D box [x1, y1, x2, y2], 6 for a 3-D box [x1, y1, z1, x2, y2, z2].
+  std::vector<double> values;
+  Box box;  // the 2-D box of `values` (zero for other sizes)
   size_t begin = 0;    // byte range of the box text in the answer
   size_t end = 0;
 };
@@ -46,20 +43,9 @@ std::string format_box(const Box& box);
 // "{0.14, 0.32}"
 std::string format_span(const Span& span);
 
-// Every box and span in `text`, in order. A mention's phrase is the text between the previous mention
+// Every box (4 or 6 values) and span in `text`, in order. A mention's phrase is the text between the previous mention
 // (or the start of the sentence) and the mention; boxes separated only by commas, spaces or "and" share
 // the phrase before the first of them.
 Mentions parse(std::string_view text);
-
-// A box relative to the padded square -> relative to the original `width` x `height` image (3 decimals,
-// clipped), undoing the centred padding on the short axis.
-Box unpad_box(const Box& square, int64_t width, int64_t height);
-// The inverse: a box relative to the original image -> relative to its padded square.
-Box pad_box(const Box& original, int64_t width, int64_t height);
-// A relative box -> pixels of a `width` x `height` image.
-Box to_pixels(const Box& relative, int64_t width, int64_t height);
-
-double iou(const Box& a, const Box& b);
-double iou(const Span& a, const Span& b);
 
 }  // namespace lego::grounding

@@ -24,6 +24,9 @@ struct PluginRecord {
   std::string torch_version;
   std::string placeholder;    // from a probe with default options
   int64_t tokens = 0;
+  std::vector<std::string> file_types;
+  GroundingKinds grounding;
+  std::vector<ImportInput> import_inputs;
   bool loaded = false;
   std::string reason;         // why it was refused
 };
@@ -40,6 +43,10 @@ class PluginHost {
 
   // Every library found, loaded or refused.
   const std::vector<PluginRecord>& records() const;
+  // Names of the modalities the loaded plugins provide, in search order, each once.
+  std::vector<std::string> modalities() const;
+  // The record of the loaded plugin that provides `modality`, or null.
+  const PluginRecord* provider(const std::string& modality) const;
   // Makes the named modality from the first loaded plugin that provides it; throws NotFound listing what
   // was found (and why candidates were refused).
   std::shared_ptr<Modality> create(const std::string& modality, const ModalityConfig& config) const;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -17,16 +18,18 @@ class PluginHost;
 
 struct ImportReport {
   std::vector<std::string> imported;  // tensor names written
-  std::vector<std::string> skipped;   // names known not to matter (rotary inv_freq buffers, CLIP's text tower)
+  std::vector<std::string> skipped;   // names known not to matter (rotary inv_freq buffers, parts of a
+                                      // branch or an extra input that the model does not use)
 };
 
 struct ImportOptions {
   // "hf-llama": a Hugging Face LLaMA / Vicuna directory. "groundinggpt": the released LEGO checkpoint
-  // (the same layout plus the modality branches) with the CLIP tower from `clip`.
+  // (the same layout plus modality branches, each claimed by the loaded plugin that knows it).
   std::string kind = "hf-llama";
-  std::filesystem::path in;    // config.json, tokenizer.model, weights (safetensors or .bin, maybe sharded)
-  std::filesystem::path clip;  // an HF CLIP or CLIPVisionModel directory (groundinggpt with an image branch)
-  std::filesystem::path out;   // model directory to write: model.ini, tokenizer.model, model.safetensors
+  std::filesystem::path in;   // config.json, tokenizer.model, weights (safetensors or .bin, maybe sharded)
+  std::filesystem::path out;  // model directory to write: model.ini, tokenizer.model, model.safetensors
+  // Extra inputs the plugins ask for (Modality::import_inputs), by name, e.g. the CLIP tower's directory.
+  std::map<std::string, std::filesystem::path> inputs;
   // "section.key=value" for what the tensors cannot tell (head counts), e.g. video.eva_heads=16.
   std::vector<std::string> overrides;
 };

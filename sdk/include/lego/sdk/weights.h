@@ -51,6 +51,14 @@ LoadReport load_module(torch::nn::Module& module, const TensorSource& source, co
 // A module's parameters named as a checkpoint holds them: `prefix` + the module's own names.
 std::vector<std::pair<std::string, at::Tensor>> prefixed_parameters(torch::nn::Module& module, const std::string& prefix);
 
+// Dimension `dim` of the tensor `name`'s shape; throws naming the source and tensor when it is absent or
+// has too few dimensions. Imports read architecture sizes from shapes with it.
+int64_t tensor_dim(const TensorSource& source, const std::string& name, size_t dim);
+// How many numbered blocks `prefix`N. the names hold (highest N + 1; 0 when none).
+int64_t count_numbered(const std::vector<std::string>& names, const std::string& prefix);
+// Whether any name starts with `prefix`.
+bool has_prefix(const std::vector<std::string>& names, const std::string& prefix);
+
 // "[2, 3]" for messages.
 std::string shape_string(at::IntArrayRef shape);
 

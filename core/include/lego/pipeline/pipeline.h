@@ -1,0 +1,152 @@
+// Pipeline: a model directory's LLM composed with the modality plugins its model.ini names, answering
+// requests (DESIGN.md, core/host: Model (composition), splice). The CLI, the Python bindings and training
+// all go through it.
+//
+// Each model.ini section with a `plugin` key is a modality of the model, called by the section's name; the
+// host makes it from that plugin with the section's keys. A request's media are loaded and encoded once,
+// one batch per modality; each placeholder (`<image>`, ...) expands to start + N patch + end tokens whose
+// patch rows take the medium's features in a batched, out-of-place splice that leaves grad mode to the
+// caller. Where a message has no placeholders, one per medium goes in front of it in model.ini's
+// `[model] media_order`. The boxes and spans of an answer are mapped by the modality of the medium they
+// refer to: the first medium (in request order) whose modality carries that kind of grounding.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "lego/generate/generator.h"
+#include "lego/grounding/grounding.h"
+#include "lego/host/plugin_host.h"
+#include "lego/model/language_model.h"
+#include "lego/text/chat_template.h"
+
+namespace lego {
+
+struct MediaInput {
+  std::string modality;  // the model's modality; "" routes the file by its extension
+  std::filesystem::path path;
+};
+
+struct EncodedMedia {
+  std::string modality;
+  Media media;
+  at::Tensor features;  // [tokens, llm hidden]
+};
+
+struct GroundedBox {
+  grounding::BoxMention mention;
+  int medium = -1;  // index into the answer's media; -1 when no medium carries such boxes
+  std::optional<MappedBox> mapped;
+};
+
+struct GroundedSpan {
+  grounding::SpanMention mention;
+  int medium = -1;
+  std::optional<MappedSpan> mapped;
+};
+
+struct Grounding {
+  std::vector<GroundedBox> boxes;
+  std::vector<GroundedSpan> spans;
+};
+
+// Prompts with their media spliced in, one row each.
+struct SplicedBatch {
+  std::vector<std::vector<int64_t>> ids;  // per prompt, placeholders expanded, BOS first
+  at::Tensor embeds;                      // [B, T, hidden]
+  at::Tensor valid;                       // [B, T] bool, false on padding
+  at::Tensor padded_ids;                  // [B, T] int64, the pad id on padding
+};
+
+enum class Padding { Left, Right };  // generation pads on the left, training on the right
+
+struct Request {
+  std::vector<text::Turn> history;  // earlier turns, for a conversation
+  std::string message;
+  std::vector<MediaInput> media;    // a modality's placeholders take its media in this order
+  std::string system = text::kLegoSystemPrompt;
+  bool raw = false;                 // send the message as is: no template, no "###" stop
+  generate::SamplingOptions sampling;
+  uint64_t media_seed = 0;          // seed of any randomness in loading the media
+};
+
+struct Answer {
+  generate::GenerationOutput output;
+  std::vector<int64_t> prompt_ids;
+  grounding::Mentions mentions;
+  Grounding grounding;
+  std::vector<EncodedMedia> media;  // every medium of the prompt, earlier turns' first
+  double encode_ms = 0;
+  generate::GenerationTimings timings;
+};
+
+class Pipeline {
+ public:
+  // Opens `dir` (model.ini, tokenizer, weights) and makes its modalities with `host`, which the pipeline
+  // keeps alive. Missing plugins, tokens, tensors and bad sections throw lego::Error naming them.
+  static std::unique_ptr<Pipeline> load(const std::filesystem::path& dir, const LoadOptions& options,
+                                        std::shared_ptr<const host::PluginHost> host);
+
+  LanguageModel& llm() { return llm_; }
+  const text::Tokenizer& tokenizer() const;
+  // The model's modalities, in media order.
+  const std::vector<std::string>& media_order() const { return order_; }
+  // The modality called `name`; throws InvalidArgument listing the model's modalities.
+  Modality& modality(const std::string& name) const;
+  // The model's modality that reads files like `file`, by extension; throws when none or several do.
+  std::string route(const std::filesystem::path& file) const;
+  // `media` with each modality named (routed by extension where empty) and known to the model.
+  std::vector<MediaInput> resolve(std::vector<MediaInput> media) const;
+
+  // Where `message` lacks placeholders, puts one per medium in front of it in media order; otherwise
+  // checks that each modality has as many placeholders as media. Throws InvalidArgument on a mismatch.
+  std::string place_media(const std::string& message, const std::vector<MediaInput>& media) const;
+  // Loads (medium i with seed + i) and encodes `media` (resolved first), one batch per modality. Grad mode is
+  // the caller's: under it, gradients reach the adapters.
+  std::vector<EncodedMedia> encode(const std::vector<MediaInput>& media, uint64_t seed = 0);
+  // Expands the placeholders of each prompt, tokenizes (with BOS) and embeds it, and writes its media's
+  // features over the patch rows, out of place. `media[b]` are prompt b's media in order.
+  SplicedBatch splice(const std::vector<std::string>& prompts,
+                      const std::vector<std::vector<const EncodedMedia*>>& media, Padding padding = Padding::Left);
+  SplicedBatch splice(const std::string& prompt, const std::vector<EncodedMedia>& media);
+  // The boxes and spans of `mentions` mapped onto `media` by their modalities.
+  Grounding ground(const grounding::Mentions& mentions, const std::vector<EncodedMedia>& media) const;
+  // Draws `grounding` onto the first medium whose modality can draw; false when none can.
+  bool render(const Grounding& grounding, const std::vector<EncodedMedia>& media,
+              const std::filesystem::path& out) const;
+
+  // The templated prompt of `request` (its message already placed) and the stop strings it adds.
+  std::string prompt(const Request& request, const std::string& placed_message) const;
+  // Answers `request`: places, encodes, splices, generates and grounds. `earlier` are the media of the
+  // conversation's earlier turns (their placeholders are in `request.history`). `stream` may be empty.
+  Answer answer(const Request& request, const std::vector<EncodedMedia>& earlier = {},
+                const generate::StreamCallback& stream = {});
+
+ private:
+  Pipeline(LanguageModel llm, std::shared_ptr<const host::PluginHost> host);
+
+  struct Entry {
+    std::shared_ptr<Modality> modality;
+    std::string placeholder;
+    std::vector<std::string> frame;  // start, patch, end
+    int64_t start_id = 0, end_id = 0, tokens = 0;
+    GroundingKinds grounding;
+  };
+  const Entry& entry(const std::string& name) const;
+
+  std::shared_ptr<const host::PluginHost> host_;  // outlives the modalities it made
+  LanguageModel llm_;
+  std::map<std::string, Entry> modalities_;
+  std::vector<std::string> order_;
+};
+
+// The modality sections of a model config: section name -> (plugin, ModalityConfig); `file` is named in
+// their errors.
+std::map<std::string, std::pair<std::string, ModalityConfig>> modality_sections(const config::Config& config,
+                                                                               const std::filesystem::path& model_dir);
+
+}  // namespace lego

@@ -1,0 +1,376 @@
+#include "lego/pipeline/pipeline.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <set>
+
+#include "lego/model/released_defaults.h"
+#include "lego/sdk/error.h"
+#include "lego/weights/tensor_source.h"
+
+namespace lego {
+namespace {
+
+size_t count_of(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + needle.size())) ++n;
+  return n;
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out.empty() ? "none" : out;
+}
+
+}  // namespace
+
+std::map<std::string, std::pair<std::string, ModalityConfig>> modality_sections(const config::Config& config,
+                                                                               const std::filesystem::path& model_dir) {
+  std::map<std::string, std::pair<std::string, ModalityConfig>> out;
+  const auto hidden = config.get_int("llm.hidden_size");
+  auto shared = std::make_shared<const config::Config>(config);
+  for (const auto& section : config.sections()) {
+    if (!config.has(section + ".plugin")) continue;
+    ModalityConfig mc{config::ConfigSection(shared, section), hidden, model_dir};
+    out.emplace(section, std::make_pair(config.get_string(section + ".plugin"), std::move(mc)));
+  }
+  return out;
+}
+
+Pipeline::Pipeline(LanguageModel llm, std::shared_ptr<const host::PluginHost> host)
+    : host_(std::move(host)), llm_(std::move(llm)) {}
+
+const text::Tokenizer& Pipeline::tokenizer() const { return llm_.tokenizer; }
+
+std::unique_ptr<Pipeline> Pipeline::load(const std::filesystem::path& dir, const LoadOptions& options,
+                                         std::shared_ptr<const host::PluginHost> host) {
+  if (!host) throw Error(ErrorKind::InvalidArgument, "Pipeline::load needs a plugin host");
+  std::unique_ptr<Pipeline> p(new Pipeline(LanguageModel::load(dir, options), std::move(host)));
+  const auto ini = (dir / "model.ini").string();
+  const auto& tok = p->tokenizer();
+  auto source = weights::open_tensor_source(dir);  // one mapping: each tensor is loaded once
+  std::set<std::string> placeholders;
+  for (auto& [section, spec] : modality_sections(p->llm_.config, dir)) {
+    Entry e;
+    e.modality = p->host_->create(spec.first, spec.second);
+    e.placeholder = e.modality->placeholder();
+    e.frame = e.modality->frame_tokens();
+    e.tokens = e.modality->tokens();
+    e.grounding = e.modality->grounding();
+    if (e.frame.size() != 3 || e.tokens <= 0 || e.placeholder.empty()) {
+      throw Error(ErrorKind::Plugin, ini + ": [" + section + "]: plugin " + spec.first +
+                                         " must give a placeholder, 3 frame tokens and a positive token count");
+    }
+    if (!placeholders.insert(e.placeholder).second) {
+      throw Error(ErrorKind::Format, ini + ": [" + section + "] uses the placeholder " + e.placeholder +
+                                         " of another section");
+    }
+    for (const auto& t : e.frame) {
+      try {
+        tok.token_id(t);
+      } catch (const Error&) {
+        throw Error(ErrorKind::Format, ini + ": [" + section + "] needs the token " + t + " in [tokenizer] added_tokens");
+      }
+    }
+    e.start_id = tok.token_id(e.frame[0]);
+    e.end_id = tok.token_id(e.frame[2]);
+    e.modality->load_weights(*source, options.dtype, options.device);
+    p->modalities_.emplace(section, std::move(e));
+  }
+  for (const auto& [a, ea] : p->modalities_) {
+    for (const auto& [b, eb] : p->modalities_) {
+      if (a < b && ea.start_id == eb.start_id) {
+        throw Error(ErrorKind::Format, ini + ": [" + a + "] and [" + b + "] share the start token " + ea.frame[0]);
+      }
+    }
+  }
+  std::vector<std::string> names;
+  for (const auto& [n, e] : p->modalities_) names.push_back(n);
+  if (p->llm_.config.has("model.media_order")) {
+    for (const auto& n : p->llm_.config.get_list("model.media_order")) {
+      if (!p->modalities_.count(n)) {
+        throw Error(ErrorKind::Format, ini + ": model.media_order names '" + n + "', which is no modality section (" +
+                                           joined(names) + ")");
+      }
+      if (std::find(p->order_.begin(), p->order_.end(), n) == p->order_.end()) p->order_.push_back(n);
+    }
+    for (const auto& n : names) {
+      if (std::find(p->order_.begin(), p->order_.end(), n) == p->order_.end()) p->order_.push_back(n);
+    }
+  } else {
+    p->order_ = media_order_for(names);
+  }
+  return p;
+}
+
+const Pipeline::Entry& Pipeline::entry(const std::string& name) const {
+  auto it = modalities_.find(name);
+  if (it == modalities_.end()) {
+    throw Error(ErrorKind::InvalidArgument, llm_.dir.string() + ": the model has no " + name +
+                                                " modality (it has: " + joined(order_) + ")");
+  }
+  return it->second;
+}
+
+Modality& Pipeline::modality(const std::string& name) const { return *entry(name).modality; }
+
+std::string Pipeline::route(const std::filesystem::path& file) const {
+  std::string ext = file.extension().string();
+  if (!ext.empty() && ext.front() == '.') ext.erase(0, 1);
+  ext = lower(ext);
+  std::vector<std::string> takers;
+  for (const auto& name : order_) {
+    const auto types = entry(name).modality->file_types();
+    if (std::find(types.begin(), types.end(), ext) != types.end()) takers.push_back(name);
+  }
+  if (takers.size() == 1) return takers.front();
+  if (takers.empty()) {
+    throw Error(ErrorKind::InvalidArgument, file.string() + ": no modality of the model reads '." + ext +
+                                                "' files (it has: " + joined(order_) + "); name one: --media NAME=PATH");
+  }
+  throw Error(ErrorKind::InvalidArgument, file.string() + ": several modalities read '." + ext + "' files (" +
+                                              joined(takers) + "); name one: --media NAME=PATH");
+}
+
+std::vector<MediaInput> Pipeline::resolve(std::vector<MediaInput> media) const {
+  for (auto& in : media) {
+    if (in.modality.empty()) in.modality = route(in.path);
+    entry(in.modality);  // refuses modalities the model lacks
+  }
+  return media;
+}
+
+std::string Pipeline::place_media(const std::string& message, const std::vector<MediaInput>& media) const {
+  size_t total = 0;
+  for (const auto& [name, e] : modalities_) total += count_of(message, e.placeholder);
+  for (const auto& in : media) entry(in.modality);
+  if (total == 0) {
+    std::string prefix;
+    for (const auto& name : order_) {
+      for (const auto& in : media) {
+        if (in.modality == name) prefix += entry(name).placeholder + "\n";
+      }
+    }
+    return prefix + message;
+  }
+  for (const auto& [name, e] : modalities_) {
+    const size_t want = std::count_if(media.begin(), media.end(), [&](const MediaInput& in) { return in.modality == name; });
+    const size_t have = count_of(message, e.placeholder);
+    if (want != have) {
+      throw Error(ErrorKind::InvalidArgument, "the prompt has " + std::to_string(have) + " " + e.placeholder +
+                                                  " placeholders but " + std::to_string(want) + " " + name +
+                                                  " files were given");
+    }
+  }
+  return message;
+}
+
+std::vector<EncodedMedia> Pipeline::encode(const std::vector<MediaInput>& inputs, uint64_t seed) {
+  const auto media = resolve(inputs);
+  std::vector<EncodedMedia> out(media.size());
+  std::map<std::string, std::vector<size_t>> by_modality;
+  for (size_t i = 0; i < media.size(); ++i) {
+    const auto& e = entry(media[i].modality);
+    out[i].modality = media[i].modality;
+    out[i].media = e.modality->load(media[i].path, seed + i);
+    by_modality[media[i].modality].push_back(i);
+  }
+  for (const auto& [name, indices] : by_modality) {
+    const auto& e = entry(name);
+    std::vector<Media> group;
+    for (size_t i : indices) group.push_back(out[i].media);
+    const auto batch = e.modality->collate(group);
+    const auto features = e.modality->encode(batch);
+    const auto n = static_cast<int64_t>(indices.size());
+    const int64_t hidden = llm_.options.hidden_size();
+    if (features.dim() != 3 || features.size(0) != n || features.size(1) != e.tokens || features.size(2) != hidden) {
+      throw Error(ErrorKind::Plugin, name + ": encode gave features of shape " + shape_string(features.sizes()) +
+                                         ", the modality promised [" + std::to_string(n) + ", " +
+                                         std::to_string(e.tokens) + ", " + std::to_string(hidden) + "]");
+    }
+    for (int64_t k = 0; k < n; ++k) out[indices[k]].features = features[k];
+  }
+  return out;
+}
+
+SplicedBatch Pipeline::splice(const std::vector<std::string>& prompts,
+                              const std::vector<std::vector<const EncodedMedia*>>& media, Padding padding) {
+  if (prompts.size() != media.size() || prompts.empty()) {
+    throw Error(ErrorKind::InvalidArgument, "splice: " + std::to_string(prompts.size()) + " prompts and " +
+                                                std::to_string(media.size()) + " media lists");
+  }
+  const auto& tok = tokenizer();
+  SplicedBatch out;
+  const int64_t batch = static_cast<int64_t>(prompts.size());
+  for (const auto& text : prompts) {
+    std::string expanded = text;
+    for (const auto& [name, e] : modalities_) {
+      std::string block = e.frame[0];
+      block.reserve(block.size() + static_cast<size_t>(e.tokens) * e.frame[1].size() + e.frame[2].size());
+      for (int64_t i = 0; i < e.tokens; ++i) block += e.frame[1];
+      block += e.frame[2];
+      for (size_t at = expanded.find(e.placeholder); at != std::string::npos;
+           at = expanded.find(e.placeholder, at + block.size())) {
+        expanded.replace(at, e.placeholder.size(), block);
+      }
+    }
+    out.ids.push_back(tok.encode(expanded, /*add_bos=*/true));
+  }
+  int64_t length = 0;
+  for (const auto& ids : out.ids) length = std::max<int64_t>(length, static_cast<int64_t>(ids.size()));
+  out.padded_ids = torch::full({batch, length}, tok.pad_id(), torch::kInt64);
+  out.valid = torch::zeros({batch, length}, torch::kBool);
+  // Where each medium's features go: (row, first patch position), and the features in the same order.
+  std::vector<int64_t> rows, cols;
+  std::vector<at::Tensor> features;
+  std::map<int64_t, const Entry*> by_start;
+  for (const auto& [name, e] : modalities_) by_start.emplace(e.start_id, &e);
+  for (int64_t b = 0; b < batch; ++b) {
+    const auto& ids = out.ids[static_cast<size_t>(b)];
+    const auto n_ids = static_cast<int64_t>(ids.size());
+    const int64_t offset = padding == Padding::Left ? length - n_ids : 0;
+    out.padded_ids[b].narrow(0, offset, n_ids).copy_(torch::tensor(ids, torch::kInt64));
+    out.valid[b].narrow(0, offset, n_ids).fill_(true);
+    std::map<const Entry*, std::vector<const EncodedMedia*>> pending;
+    for (const auto* m : media[static_cast<size_t>(b)]) pending[&entry(m->modality)].push_back(m);
+    std::map<const Entry*, size_t> used;
+    for (int64_t p = 0; p < n_ids; ++p) {
+      auto it = by_start.find(ids[static_cast<size_t>(p)]);
+      if (it == by_start.end()) continue;
+      const Entry& e = *it->second;
+      const auto& queue = pending[&e];
+      size_t& k = used[&e];
+      if (k == queue.size()) {
+        throw Error(ErrorKind::InvalidArgument, "the prompt has more " + e.frame[0] + " tokens than " +
+                                                    e.modality->name() + " media (" + std::to_string(queue.size()) + ")");
+      }
+      const EncodedMedia* m = queue[k++];
+      const int64_t end = p + e.tokens + 1;
+      if (end >= n_ids || ids[static_cast<size_t>(end)] != e.end_id) {
+        throw Error(ErrorKind::InvalidArgument, "a " + e.frame[0] + " in the prompt is not followed by " +
+                                                    std::to_string(e.tokens) + " " + e.frame[1] + " tokens and " + e.frame[2]);
+      }
+      if (!m->features.defined() || m->features.dim() != 2 || m->features.size(0) != e.tokens) {
+        throw Error(ErrorKind::InvalidArgument, m->media.path.string() + ": its features are not [" +
+                                                    std::to_string(e.tokens) + ", hidden]");
+      }
+      rows.push_back(b);
+      cols.push_back(offset + p + 1);
+      features.push_back(m->features);
+      p = end;
+    }
+    for (const auto& [e, queue] : pending) {
+      if (used[e] != queue.size()) {
+        throw Error(ErrorKind::InvalidArgument, std::to_string(queue.size()) + " " + e->modality->name() +
+                                                    " media but " + std::to_string(used[e]) + " places for them in the prompt");
+      }
+    }
+  }
+  const auto device = llm_.net->model->embed_tokens->weight.device();
+  auto embeds = llm_.net->model->embed(out.padded_ids.to(device));
+  if (!features.empty()) {
+    // Out of place: autograd sees the embedding rows it keeps and the features that replace the others.
+    const int64_t hidden = embeds.size(2);
+    auto feats = torch::cat(features, 0).to(embeds.device(), embeds.scalar_type()).view({-1, hidden});
+    std::vector<int64_t> r, c;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const int64_t n = features[i].size(0);
+      for (int64_t j = 0; j < n; ++j) {
+        r.push_back(rows[i]);
+        c.push_back(cols[i] + j);
+      }
+    }
+    auto ri = torch::tensor(r, torch::kInt64).to(embeds.device());
+    auto ci = torch::tensor(c, torch::kInt64).to(embeds.device());
+    embeds = embeds.index_put({ri, ci}, feats);
+  }
+  out.embeds = embeds;
+  out.valid = out.valid.to(device);
+  return out;
+}
+
+SplicedBatch Pipeline::splice(const std::string& prompt, const std::vector<EncodedMedia>& media) {
+  std::vector<const EncodedMedia*> ptrs;
+  for (const auto& m : media) ptrs.push_back(&m);
+  return splice(std::vector<std::string>{prompt}, {ptrs});
+}
+
+Grounding Pipeline::ground(const grounding::Mentions& mentions, const std::vector<EncodedMedia>& media) const {
+  Grounding out;
+  auto first = [&](auto&& carries) {
+    for (size_t i = 0; i < media.size(); ++i) {
+      if (carries(entry(media[i].modality).grounding)) return static_cast<int>(i);
+    }
+    return -1;
+  };
+  for (const auto& m : mentions.boxes) {
+    GroundedBox g{m, first([&](const GroundingKinds& k) { return k.box_values == static_cast<int>(m.values.size()); }), {}};
+    if (g.medium >= 0) {
+      const auto& em = media[static_cast<size_t>(g.medium)];
+      g.mapped = entry(em.modality).modality->map_box(em.media, m.values);
+    }
+    out.boxes.push_back(std::move(g));
+  }
+  const int timed = first([](const GroundingKinds& k) { return k.spans; });
+  for (const auto& m : mentions.spans) {
+    GroundedSpan g{m, timed, {}};
+    if (timed >= 0) {
+      const auto& em = media[static_cast<size_t>(timed)];
+      g.mapped = entry(em.modality).modality->map_span(em.media, m.span.t1, m.span.t2);
+    }
+    out.spans.push_back(std::move(g));
+  }
+  return out;
+}
+
+bool Pipeline::render(const Grounding& grounding, const std::vector<EncodedMedia>& media,
+                      const std::filesystem::path& out) const {
+  for (size_t i = 0; i < media.size(); ++i) {
+    std::vector<GroundedPhrase> phrases;
+    for (const auto& b : grounding.boxes) {
+      if (b.medium == static_cast<int>(i)) phrases.push_back({b.mention.phrase, b.mapped, std::nullopt});
+    }
+    for (const auto& s : grounding.spans) {
+      if (s.medium == static_cast<int>(i)) phrases.push_back({s.mention.phrase, std::nullopt, s.mapped});
+    }
+    if (entry(media[i].modality).modality->render(media[i].media, phrases, out)) return true;
+  }
+  return false;
+}
+
+std::string Pipeline::prompt(const Request& request, const std::string& placed_message) const {
+  return request.raw ? placed_message : text::render_inference_prompt(request.history, placed_message, request.system);
+}
+
+Answer Pipeline::answer(const Request& request, const std::vector<EncodedMedia>& earlier,
+                        const generate::StreamCallback& stream) {
+  Answer a;
+  torch::NoGradGuard no_grad;  // answering never trains
+  const auto media = resolve(request.media);
+  const std::string message = place_media(request.message, media);
+  auto sampling = request.sampling;
+  if (!request.raw) sampling.stop.push_back(text::kLegoStop);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto fresh = encode(media, request.media_seed);
+  a.encode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  a.media = earlier;
+  a.media.insert(a.media.end(), std::make_move_iterator(fresh.begin()), std::make_move_iterator(fresh.end()));
+  auto spliced = splice(prompt(request, message), a.media);
+  a.prompt_ids = spliced.ids.front();
+  generate::Generator generator(llm_.net, llm_.tokenizer);
+  a.output = generator.generate_from_embeddings(spliced.embeds, spliced.valid, spliced.padded_ids, sampling, stream,
+                                                &a.timings).front();
+  a.mentions = grounding::parse(a.output.text);
+  a.grounding = ground(a.mentions, a.media);
+  return a;
+}
+
+}  // namespace lego

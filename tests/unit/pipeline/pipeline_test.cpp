@@ -1,0 +1,160 @@
+// The Pipeline with a modality the released branches do not have (tests/plugins/points.cpp): clouds of
+// different sizes batch through the plugin's own collate, 3-D boxes come back through its own mapping,
+// media order and routing come from model.ini and file types, and a splice under grad mode reaches the
+// adapter.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
+
+#include "lego/model/init_model.h"
+#include "lego/pipeline/pipeline.h"
+#include "test_files.h"
+#include "tiny_model.h"
+
+namespace lego {
+namespace {
+
+const std::filesystem::path kTestPlugins = LEGO_TEST_PLUGIN_DIR;
+
+// A tiny model with the image branch of tiny.ini and a points section.
+struct PointsModel {
+  testing::TempDir dir;
+  std::shared_ptr<host::PluginHost> host = std::make_shared<host::PluginHost>(std::vector<std::filesystem::path>{kTestPlugins});
+  std::unique_ptr<Pipeline> pipeline;
+
+  explicit PointsModel(const std::string& media_order = "") {
+    // tiny.ini without the branches this test does not need (fewer weights to draw).
+    const auto cfg = testing::tiny_config();
+    config::Config c(cfg.source());
+    for (const auto& s : cfg.sections()) {
+      if (s == "video" || s == "sound" || s == "model") continue;
+      for (const auto& k : cfg.section_keys(s)) c.set(s + "." + k, cfg.get_string(s + "." + k));
+    }
+    c.set("tokenizer.added_tokens", cfg.get_string("tokenizer.added_tokens") + " <pt_patch> <pt_start> <pt_end>");
+    c.set("points.plugin", "points");
+    c.set("points.tokens", "3");
+    if (!media_order.empty()) c.set("model.media_order", media_order);
+    init_model(c, dir / "m", 5, *host);
+    pipeline = Pipeline::load(dir / "m", {}, host);
+  }
+
+  std::filesystem::path cloud(const std::string& name, const std::vector<std::array<double, 3>>& points) {
+    std::ofstream out(dir / name);
+    for (const auto& p : points) out << p[0] << ' ' << p[1] << ' ' << p[2] << '\n';
+    return dir / name;
+  }
+};
+
+TEST(Pipeline, BatchesMediaOfDifferentSizesThroughThePluginsCollate) {
+  PointsModel m;
+  const auto a = m.cloud("a.xyz", {{0, 0, 0}, {1, 2, 3}, {2, 0, 1}});
+  const auto b = m.cloud("b.xyz", {{5, 5, 5}, {6, 4, 5}, {7, 7, 7}, {1, 1, 1}, {0, 2, 9}, {3, 3, 3}, {4, 4, 4}});
+  torch::NoGradGuard no_grad;
+  const auto both = m.pipeline->encode({{"points", a}, {"", b}});  // the second routed by its extension
+  ASSERT_EQ(both.size(), 2u);
+  EXPECT_EQ(both[1].modality, "points");
+  EXPECT_EQ(both[0].media.tensor.size(0), 3);
+  EXPECT_EQ(both[1].media.tensor.size(0), 7);
+  EXPECT_EQ(both[0].features.sizes(), (std::vector<int64_t>{3, 64}));
+  // Padding changes nothing: each medium encodes as it does alone.
+  const auto alone_a = m.pipeline->encode({{"points", a}});
+  const auto alone_b = m.pipeline->encode({{"points", b}});
+  EXPECT_TRUE(torch::allclose(both[0].features, alone_a[0].features, 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(both[1].features, alone_b[0].features, 1e-6, 1e-6));
+  EXPECT_FALSE(torch::allclose(both[0].features, both[1].features));
+}
+
+TEST(Pipeline, MapsThreeDimensionalBoxesWithThePluginsOwnCode) {
+  PointsModel m;
+  const auto cloud = m.cloud("room.xyz", {{-1, 0, 2}, {3, 4, 2.5}, {1, 8, 3}});
+  torch::NoGradGuard no_grad;
+  const auto media = m.pipeline->encode({{"points", cloud}});
+  const auto mentions = grounding::parse("the chair [0.25, 0.5, 0.0, 0.75, 1.0, 1.0] and a box [0.1, 0.2, 0.3, 0.4]");
+  ASSERT_EQ(mentions.boxes.size(), 2u);
+  const auto g = m.pipeline->ground(mentions, media);
+  ASSERT_EQ(g.boxes.size(), 2u);
+  ASSERT_TRUE(g.boxes[0].mapped.has_value());
+  EXPECT_EQ(g.boxes[0].medium, 0);
+  EXPECT_EQ(g.boxes[0].mapped->unit, "m");
+  // Bounds x [-1, 3], y [0, 8], z [2, 3].
+  const std::vector<double> want = {0.0, 4.0, 2.0, 2.0, 8.0, 3.0};
+  ASSERT_EQ(g.boxes[0].mapped->absolute.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_NEAR(g.boxes[0].mapped->absolute[i], want[i], 1e-9) << i;
+  // A 2-D box goes to no medium here: the points modality carries 3-D boxes only.
+  EXPECT_EQ(g.boxes[1].medium, -1);
+  EXPECT_FALSE(g.boxes[1].mapped.has_value());
+}
+
+TEST(Pipeline, MediaOrderComesFromModelIni) {
+  PointsModel released;  // init-model writes the released order, other modalities after it
+  EXPECT_EQ(released.pipeline->media_order(), (std::vector<std::string>{"image", "points"}));
+  EXPECT_EQ(released.pipeline->place_media("Q?", {{"points", "p.xyz"}, {"image", "i.png"}}), "<image>\n<points>\nQ?");
+  PointsModel custom("points image");
+  EXPECT_EQ(custom.pipeline->media_order(), (std::vector<std::string>{"points", "image"}));
+  EXPECT_EQ(custom.pipeline->place_media("Q?", {{"image", "i.png"}, {"points", "p.xyz"}}), "<points>\n<image>\nQ?");
+}
+
+TEST(Pipeline, RoutesFilesByExtensionAndRefusesWhatNoModalityReads) {
+  PointsModel m;
+  EXPECT_EQ(m.pipeline->route("scan.XYZ"), "points");
+  EXPECT_EQ(m.pipeline->route("photo.png"), "image");
+  testing::expect_error([&] { m.pipeline->route("notes.txt"); }, ErrorKind::InvalidArgument, {"notes.txt", ".txt"});
+  testing::expect_error([&] { m.pipeline->resolve({{"hologram", "x.xyz"}}); }, ErrorKind::InvalidArgument,
+                        {"hologram", "points"});
+}
+
+TEST(Pipeline, SpliceUnderGradModeReachesTheAdapter) {
+  PointsModel m;
+  const auto cloud = m.cloud("c.xyz", {{0, 1, 2}, {3, 4, 5}});
+  auto& points = m.pipeline->modality("points");
+  points.train(true);
+  for (auto& [name, p] : points.adapter_parameters()) p.set_requires_grad(true);
+  const auto media = m.pipeline->encode({{"points", cloud}});
+  const auto spliced = m.pipeline->splice("<points>\nWhere is the chair?", media);
+  EXPECT_TRUE(spliced.embeds.requires_grad());
+  spliced.embeds.pow(2).sum().backward();
+  for (auto& [name, p] : points.adapter_parameters()) {
+    ASSERT_TRUE(p.grad().defined()) << name;
+    EXPECT_GT(p.grad().abs().sum().item<double>(), 0.0) << name;
+  }
+  // Out of place: the rows around the features are the token embeddings, the patch rows the features.
+  const auto& ids = spliced.ids.front();
+  const auto start = std::find(ids.begin(), ids.end(), m.pipeline->tokenizer().token_id("<pt_start>")) - ids.begin();
+  EXPECT_TRUE(torch::equal(spliced.embeds[0].narrow(0, start + 1, 3).detach(), media[0].features.detach()));
+}
+
+TEST(Pipeline, BatchedSpliceMatchesOnePromptAtATime) {
+  PointsModel m;
+  torch::NoGradGuard no_grad;
+  const auto a = m.pipeline->encode({{"points", m.cloud("a.xyz", {{0, 1, 2}})}});
+  const auto b = m.pipeline->encode({{"points", m.cloud("b.xyz", {{5, 1, 2}, {0, 0, 0}})}});
+  const auto batch = m.pipeline->splice({"<points> short", "a longer prompt <points> about the cloud"},
+                                        {{&a[0]}, {&b[0]}}, Padding::Left);
+  const auto one = m.pipeline->splice("<points> short", a);
+  const auto two = m.pipeline->splice("a longer prompt <points> about the cloud", b);
+  const int64_t t = batch.embeds.size(1);
+  EXPECT_EQ(t, two.embeds.size(1));
+  EXPECT_TRUE(torch::equal(batch.embeds[1], two.embeds[0]));
+  EXPECT_TRUE(torch::equal(batch.embeds[0].narrow(0, t - one.embeds.size(1), one.embeds.size(1)), one.embeds[0]));
+  EXPECT_FALSE(batch.valid[0][0].item<bool>());
+  testing::expect_error([&] { m.pipeline->splice({"<points> <points>"}, {{&a[0]}}); }, ErrorKind::InvalidArgument,
+                        {"<pt_start>"});
+}
+
+TEST(Pipeline, AnswersARequestEndToEnd) {
+  PointsModel m;
+  Request r;
+  r.message = "Where is the chair?";
+  r.media = {{"", m.cloud("c.xyz", {{0, 1, 2}, {3, 4, 5}})}};
+  r.sampling.max_new_tokens = 4;
+  const auto a = m.pipeline->answer(r);
+  EXPECT_EQ(a.media.size(), 1u);
+  EXPECT_EQ(a.media[0].modality, "points");
+  EXPECT_LE(a.output.token_ids.size(), 4u);
+  const auto& tok = m.pipeline->tokenizer();
+  EXPECT_EQ(std::count(a.prompt_ids.begin(), a.prompt_ids.end(), tok.token_id("<pt_patch>")), 3);
+}
+
+}  // namespace
+}  // namespace lego
