@@ -35,6 +35,15 @@ TEST(Grounding, ToleratesSpacingSwappedCornersAndOutOfRangeValues) {
   EXPECT_EQ(m.boxes[1].phrase, "and a dog");
 }
 
+TEST(Grounding, ParsesThreeDimensionalBoxesAxisByAxis) {
+  auto m = parse("the chair [0.5, 0.1, 0.9, 0.2, 0.6, 0.3] next to a table [0.1, 0.2, 0.3, 0.4]; not a box [1, 2, 3]");
+  ASSERT_EQ(m.boxes.size(), 2u);
+  EXPECT_EQ(m.boxes[0].phrase, "the chair");
+  EXPECT_EQ(m.boxes[0].values, (std::vector<double>{0.2, 0.1, 0.3, 0.5, 0.6, 0.9}));
+  EXPECT_EQ(m.boxes[1].values.size(), 4u);
+  expect_box(m.boxes[1].box, 0.1, 0.2, 0.3, 0.4);
+}
+
 TEST(Grounding, SeveralBoxesAfterOnePhraseShareIt) {
   auto m = parse("Two dogs [0.1, 0.1, 0.2, 0.2], [0.3, 0.3, 0.4, 0.4] and [0.5, 0.5, 0.6, 0.6] play.");
   ASSERT_EQ(m.boxes.size(), 3u);

@@ -1,7 +1,7 @@
 // Grounding text: boxes `[x1, y1, x2, y2]` and time spans `{t1, t2}` written in answers (DESIGN.md,
 // "Text format of grounding"; shared/reference/lego-original.md section 6).
 //
-// Boxes are relative to the *padded square* image the model saw (expand2square), 3 decimals; spans are
+// Boxes are relative to the frame the model saw (for pictures the *padded square*), 3 decimals; spans are
 // relative to the duration, 2 decimals. The formatter writes exactly that; the parser reads model output
 // tolerantly (spacing, swapped corners, values outside [0, 1], several boxes after one phrase) and the
 // modality of each medium maps them back onto it (geometry helpers: lego/sdk/grounding.h).

@@ -30,7 +30,7 @@ struct ImportOptions {
   std::filesystem::path out;  // model directory to write: model.ini, tokenizer.model, model.safetensors
   // Extra inputs the plugins ask for (Modality::import_inputs), by name, e.g. the CLIP tower's directory.
   std::map<std::string, std::filesystem::path> inputs;
-  // "section.key=value" for what the tensors cannot tell (head counts), e.g. video.eva_heads=16.
+  // "section.key=value" for what the tensors cannot tell (head counts), e.g. NAME.eva_heads=16.
   std::vector<std::string> overrides;
 };
 

@@ -4,7 +4,7 @@
 //
 // Each model.ini section with a `plugin` key is a modality of the model, called by the section's name; the
 // host makes it from that plugin with the section's keys. A request's media are loaded and encoded once,
-// one batch per modality; each placeholder (`<image>`, ...) expands to start + N patch + end tokens whose
+// one batch per modality; each placeholder (`<NAME>`) expands to start + N patch + end tokens whose
 // patch rows take the medium's features in a batched, out-of-place splice that leaves grad mode to the
 // caller. Where a message has no placeholders, one per medium goes in front of it in model.ini's
 // `[model] media_order`. The boxes and spans of an answer are mapped by the modality of the medium they
