@@ -62,12 +62,10 @@ void EvaVisionTransformerImpl::reset() {
   auto patch_embed = register_module("patch_embed", make_holder());
   patch_proj = patch_embed->register_module(
       "proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(3, w, options_.patch_size()).stride(options_.patch_size())));
-  auto list = register_module("blocks", torch::nn::ModuleList());
-  blocks.clear();
-  for (int64_t i = 0; i < options_.layers(); ++i) {
-    blocks.emplace_back(options_);
-    list->push_back(blocks.back());
-  }
+  // The blocks live only in the list: clone() refills it with copies, which a second container of
+  // pointers would not see.
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < options_.layers(); ++i) blocks->push_back(EvaBlock(options_));
 }
 
 torch::Tensor EvaVisionTransformerImpl::forward(const torch::Tensor& pixels) {
@@ -79,7 +77,7 @@ torch::Tensor EvaVisionTransformerImpl::forward(const torch::Tensor& pixels) {
   }
   auto x = patch_proj(pixels.to(cls_token.scalar_type())).flatten(2).transpose(1, 2);
   x = torch::cat({cls_token.expand({x.size(0), 1, -1}), x}, 1) + pos_embed;
-  for (auto& block : blocks) x = block(x);
+  for (size_t i = 0; i < blocks->size(); ++i) x = blocks->at<EvaBlockImpl>(i).forward(x);
   return x;
 }
 

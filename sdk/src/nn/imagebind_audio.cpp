@@ -71,12 +71,10 @@ void ImageBindAudioEncoderImpl::reset() {
   pos_embed = pre->register_module("pos_embedding_helper", make_holder())
                   ->register_parameter("pos_embed", torch::empty({1, options_.patches() + 1, w}));
   auto trunk = register_module("modality_trunks", make_holder())->register_module("audio", make_holder());
-  auto list = trunk->register_module("blocks", torch::nn::ModuleList());
-  blocks.clear();
-  for (int64_t i = 0; i < options_.layers(); ++i) {
-    blocks.emplace_back(options_);
-    list->push_back(blocks.back());
-  }
+  // The blocks live only in the list: clone() refills it with copies, which a second container of
+  // pointers would not see.
+  blocks = trunk->register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < options_.layers(); ++i) blocks->push_back(ImageBindBlock(options_));
   auto heads = register_module("modality_heads", make_holder())->register_module("audio", make_holder());
   head_norm = heads->register_module("0", make_layer_norm(w, options_.layer_norm_eps()));
   head = heads->register_module("2", Linear(LinearOptions(w, options_.out_dim()).bias(false)));
@@ -91,7 +89,7 @@ torch::Tensor ImageBindAudioEncoderImpl::forward(const torch::Tensor& fbank) {
   }
   auto x = stem_norm(stem(fbank.to(cls_token.scalar_type())).flatten(2).transpose(1, 2));
   x = torch::cat({cls_token.expand({x.size(0), 1, -1}), x}, 1) + pos_embed;
-  for (auto& block : blocks) x = block(x);
+  for (size_t i = 0; i < blocks->size(); ++i) x = blocks->at<ImageBindBlockImpl>(i).forward(x);
   auto cls = head(head_norm(x).select(1, 0));
   auto normed = torch::nn::functional::normalize(cls, torch::nn::functional::NormalizeFuncOptions().dim(-1));
   return normed * kAudioLogitScale;

@@ -70,18 +70,18 @@ void QFormerImpl::reset() {
   auto embeddings = bert->register_module("embeddings", make_holder());
   embeddings_norm = embeddings->register_module("LayerNorm", make_layer_norm(options_.hidden(), options_.layer_norm_eps()));
   auto encoder = bert->register_module("encoder", make_holder());
-  auto list = encoder->register_module("layer", torch::nn::ModuleList());
-  layers.clear();
+  // The layers live only in the list: clone() refills it with copies, which a second container of
+  // pointers would not see.
+  layers = encoder->register_module("layer", torch::nn::ModuleList());
   for (int64_t i = 0; i < options_.layers(); ++i) {
-    layers.emplace_back(options_, i % options_.cross_attention_freq() == 0);
-    list->push_back(layers.back());
+    layers->push_back(QFormerLayer(options_, i % options_.cross_attention_freq() == 0));
   }
 }
 
 torch::Tensor QFormerImpl::forward(const torch::Tensor& queries, const torch::Tensor& encoder_states) {
   auto h = embeddings_norm(queries);
   const auto enc = encoder_states.to(h.scalar_type());
-  for (auto& layer : layers) h = layer(h, enc);
+  for (size_t i = 0; i < layers->size(); ++i) h = layers->at<QFormerLayerImpl>(i).forward(h, enc);
   return h;
 }
 
