@@ -210,11 +210,11 @@ LlamaModelImpl::LlamaModelImpl(const LlamaOptions& options) : options_(options) 
 void LlamaModelImpl::reset() {
   embed_tokens = register_module(
       "embed_tokens", nn::Embedding(nn::EmbeddingOptions(options_.vocab_size(), options_.hidden_size())));
+  // The layers live only in the list: clone() refills it with copies, which a second container of
+  // pointers would not see.
   layers = register_module("layers", torch::nn::ModuleList());
-  layer_list_.clear();
   for (int64_t i = 0; i < options_.num_layers(); ++i) {
-    layer_list_.emplace_back(options_);
-    layers->push_back(layer_list_.back());
+    layers->push_back(LlamaDecoderLayer(options_));
   }
   norm = register_module("norm", RMSNorm(options_.hidden_size(), options_.rms_norm_eps()));
   // Not registered: it holds no parameters, only tables derived from the options.
@@ -254,7 +254,12 @@ LayerInputs LlamaModelImpl::prepare(const AttentionContext& ctx, int64_t new_tok
 
 torch::Tensor LlamaModelImpl::forward_layer(int64_t layer, const torch::Tensor& hidden,
                                             const AttentionContext& ctx, const LayerInputs& in) {
-  return layer_list_.at(layer)->forward(hidden, layer, ctx, in);
+  if (layer < 0 || layer >= static_cast<int64_t>(layers->size())) {
+    throw Error(ErrorKind::InvalidArgument, "llama: layer " + std::to_string(layer) + " of " +
+                                                std::to_string(layers->size()) + " does not exist");
+  }
+  auto& decoder_layer = layers->at<LlamaDecoderLayerImpl>(static_cast<size_t>(layer));
+  return decoder_layer.forward(hidden, layer, ctx, in);
 }
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_embeds, const AttentionContext& ctx) {

@@ -86,12 +86,10 @@ torch::Tensor ClipEncoderLayerImpl::forward(const torch::Tensor& x) {
 ClipEncoderImpl::ClipEncoderImpl(const ClipVisionOptions& o) : options_(o) { reset(); }
 
 void ClipEncoderImpl::reset() {
+  // The layers live only in the list: clone() refills it with copies, which a second container of
+  // pointers would not see.
   layers = register_module("layers", torch::nn::ModuleList());
-  layer_list.clear();
-  for (int64_t i = 0; i < options_.layers(); ++i) {
-    layer_list.emplace_back(options_);
-    layers->push_back(layer_list.back());
-  }
+  for (int64_t i = 0; i < options_.layers(); ++i) layers->push_back(ClipEncoderLayer(options_));
 }
 
 ClipVisionTransformerImpl::ClipVisionTransformerImpl(const ClipVisionOptions& o) : options_(o) {
@@ -120,7 +118,9 @@ torch::Tensor ClipVisionTransformerImpl::hidden_state(const torch::Tensor& pixel
                                                 shape_string(pixels.sizes()));
   }
   auto h = pre_layrnorm(embeddings(pixels));
-  for (int64_t i = 0; i < at; ++i) h = encoder->layer_list[i](h);
+  for (size_t i = 0; i < static_cast<size_t>(at); ++i) {
+    h = encoder->layers->at<ClipEncoderLayerImpl>(i).forward(h);
+  }
   return h;
 }
 

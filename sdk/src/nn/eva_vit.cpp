@@ -7,6 +7,7 @@
 #include <string>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/nn/nest.h"
 #include "lego/sdk/weights.h"
 
 namespace lego::nn {
@@ -27,14 +28,14 @@ EvaBlockImpl::EvaBlockImpl(const EvaVisionOptions& o) : options_(o) { reset(); }
 void EvaBlockImpl::reset() {
   const int64_t w = options_.width();
   norm1 = register_module("norm1", make_layer_norm(w, options_.layer_norm_eps()));
-  auto attn = register_module("attn", make_holder());
-  auto qkv = attn->register_module("qkv", make_holder());
+  auto attn = register_module("attn", Nest());
+  auto qkv = attn->register_module("qkv", Nest());
   qkv_weight = qkv->register_parameter("weight", torch::empty({3 * w, w}));
   q_bias = attn->register_parameter("q_bias", torch::empty({w}));
   v_bias = attn->register_parameter("v_bias", torch::empty({w}));
   proj = attn->register_module("proj", Linear(LinearOptions(w, w)));
   norm2 = register_module("norm2", make_layer_norm(w, options_.layer_norm_eps()));
-  auto mlp = register_module("mlp", make_holder());
+  auto mlp = register_module("mlp", Nest());
   fc1 = mlp->register_module("fc1", Linear(LinearOptions(w, options_.mlp_dim())));
   fc2 = mlp->register_module("fc2", Linear(LinearOptions(options_.mlp_dim(), w)));
 }
@@ -59,15 +60,13 @@ void EvaVisionTransformerImpl::reset() {
   const int64_t w = options_.width();
   cls_token = register_parameter("cls_token", torch::empty({1, 1, w}));
   pos_embed = register_parameter("pos_embed", torch::empty({1, options_.patches() + 1, w}));
-  auto patch_embed = register_module("patch_embed", make_holder());
+  auto patch_embed = register_module("patch_embed", Nest());
   patch_proj = patch_embed->register_module(
       "proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(3, w, options_.patch_size()).stride(options_.patch_size())));
-  auto list = register_module("blocks", torch::nn::ModuleList());
-  blocks.clear();
-  for (int64_t i = 0; i < options_.layers(); ++i) {
-    blocks.emplace_back(options_);
-    list->push_back(blocks.back());
-  }
+  // The blocks live only in the list: clone() refills it with copies, which a second container of
+  // pointers would not see.
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < options_.layers(); ++i) blocks->push_back(EvaBlock(options_));
 }
 
 torch::Tensor EvaVisionTransformerImpl::forward(const torch::Tensor& pixels) {
@@ -79,7 +78,7 @@ torch::Tensor EvaVisionTransformerImpl::forward(const torch::Tensor& pixels) {
   }
   auto x = patch_proj(pixels.to(cls_token.scalar_type())).flatten(2).transpose(1, 2);
   x = torch::cat({cls_token.expand({x.size(0), 1, -1}), x}, 1) + pos_embed;
-  for (auto& block : blocks) x = block(x);
+  for (size_t i = 0; i < blocks->size(); ++i) x = blocks->at<EvaBlockImpl>(i).forward(x);
   return x;
 }
 

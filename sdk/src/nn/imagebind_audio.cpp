@@ -9,6 +9,7 @@
 #include <string>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/nn/nest.h"
 #include "lego/sdk/weights.h"
 
 namespace lego::nn {
@@ -28,14 +29,14 @@ ImageBindBlockImpl::ImageBindBlockImpl(const ImageBindAudioOptions& o) : options
 
 void ImageBindBlockImpl::reset() {
   const int64_t w = options_.width();
-  auto attn = register_module("attn", make_holder());
+  auto attn = register_module("attn", Nest());
   in_proj_weight = attn->register_parameter("in_proj_weight", torch::empty({3 * w, w}));
   in_proj_bias = attn->register_parameter("in_proj_bias", torch::empty({3 * w}));
   bias_k = attn->register_parameter("bias_k", torch::empty({1, 1, w}));
   bias_v = attn->register_parameter("bias_v", torch::empty({1, 1, w}));
   out_proj = attn->register_module("out_proj", Linear(LinearOptions(w, w)));
   norm_1 = register_module("norm_1", make_layer_norm(w, options_.layer_norm_eps()));
-  auto mlp = register_module("mlp", make_holder());
+  auto mlp = register_module("mlp", Nest());
   fc1 = mlp->register_module("fc1", Linear(LinearOptions(w, options_.mlp_dim())));
   fc2 = mlp->register_module("fc2", Linear(LinearOptions(options_.mlp_dim(), w)));
   norm_2 = register_module("norm_2", make_layer_norm(w, options_.layer_norm_eps()));
@@ -61,23 +62,21 @@ ImageBindAudioEncoderImpl::ImageBindAudioEncoderImpl(const ImageBindAudioOptions
 
 void ImageBindAudioEncoderImpl::reset() {
   const int64_t w = options_.width();
-  auto pre = register_module("modality_preprocessors", make_holder())->register_module("audio", make_holder());
+  auto pre = register_module("modality_preprocessors", Nest())->register_module("audio", Nest());
   cls_token = pre->register_parameter("cls_token", torch::empty({1, 1, w}));
-  auto rgbt_stem = pre->register_module("rgbt_stem", make_holder());
+  auto rgbt_stem = pre->register_module("rgbt_stem", Nest());
   // A single-layer stem: ImageBind's PatchEmbedGeneric stores it as `proj` itself, not `proj.0`.
   stem = rgbt_stem->register_module(
       "proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, w, options_.kernel()).stride(options_.stride()).bias(false)));
   stem_norm = rgbt_stem->register_module("norm_layer", make_layer_norm(w, 1e-5));  // nn.LayerNorm's default eps
-  pos_embed = pre->register_module("pos_embedding_helper", make_holder())
+  pos_embed = pre->register_module("pos_embedding_helper", Nest())
                   ->register_parameter("pos_embed", torch::empty({1, options_.patches() + 1, w}));
-  auto trunk = register_module("modality_trunks", make_holder())->register_module("audio", make_holder());
-  auto list = trunk->register_module("blocks", torch::nn::ModuleList());
-  blocks.clear();
-  for (int64_t i = 0; i < options_.layers(); ++i) {
-    blocks.emplace_back(options_);
-    list->push_back(blocks.back());
-  }
-  auto heads = register_module("modality_heads", make_holder())->register_module("audio", make_holder());
+  auto trunk = register_module("modality_trunks", Nest())->register_module("audio", Nest());
+  // The blocks live only in the list: clone() refills it with copies, which a second container of
+  // pointers would not see.
+  blocks = trunk->register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < options_.layers(); ++i) blocks->push_back(ImageBindBlock(options_));
+  auto heads = register_module("modality_heads", Nest())->register_module("audio", Nest());
   head_norm = heads->register_module("0", make_layer_norm(w, options_.layer_norm_eps()));
   head = heads->register_module("2", Linear(LinearOptions(w, options_.out_dim()).bias(false)));
 }
@@ -91,7 +90,7 @@ torch::Tensor ImageBindAudioEncoderImpl::forward(const torch::Tensor& fbank) {
   }
   auto x = stem_norm(stem(fbank.to(cls_token.scalar_type())).flatten(2).transpose(1, 2));
   x = torch::cat({cls_token.expand({x.size(0), 1, -1}), x}, 1) + pos_embed;
-  for (auto& block : blocks) x = block(x);
+  for (size_t i = 0; i < blocks->size(); ++i) x = blocks->at<ImageBindBlockImpl>(i).forward(x);
   auto cls = head(head_norm(x).select(1, 0));
   auto normed = torch::nn::functional::normalize(cls, torch::nn::functional::NormalizeFuncOptions().dim(-1));
   return normed * kAudioLogitScale;

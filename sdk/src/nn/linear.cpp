@@ -49,8 +49,6 @@ torch::nn::LayerNorm make_layer_norm(int64_t width, double eps) {
   return torch::nn::LayerNorm(torch::nn::LayerNormOptions({width}).eps(eps));
 }
 
-std::shared_ptr<torch::nn::Module> make_holder() { return std::make_shared<torch::nn::Module>(); }
-
 void init_normal(torch::nn::Module& module, double std, uint64_t seed) {
   torch::NoGradGuard no_grad;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);

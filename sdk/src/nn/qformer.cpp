@@ -6,6 +6,7 @@
 #include <string>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/nn/nest.h"
 
 namespace lego::nn {
 void QFormerOptions::validate() const {
@@ -25,11 +26,11 @@ BertAttentionImpl::BertAttentionImpl(const QFormerOptions& o, int64_t key_width)
 
 void BertAttentionImpl::reset() {
   const int64_t h = options_.hidden();
-  auto self = register_module("self", make_holder());
+  auto self = register_module("self", Nest());
   query = self->register_module("query", Linear(LinearOptions(h, h)));
   key = self->register_module("key", Linear(LinearOptions(key_width_, h)));
   value = self->register_module("value", Linear(LinearOptions(key_width_, h)));
-  auto output = register_module("output", make_holder());
+  auto output = register_module("output", Nest());
   dense = output->register_module("dense", Linear(LinearOptions(h, h)));
   layer_norm = output->register_module("LayerNorm", make_layer_norm(h, options_.layer_norm_eps()));
 }
@@ -47,9 +48,9 @@ QFormerLayerImpl::QFormerLayerImpl(const QFormerOptions& o, bool cross) : option
 void QFormerLayerImpl::reset() {
   attention = register_module("attention", BertAttention(options_, options_.hidden()));
   if (cross_) crossattention = register_module("crossattention", BertAttention(options_, options_.encoder_width()));
-  auto inter = register_module("intermediate_query", make_holder());
+  auto inter = register_module("intermediate_query", Nest());
   intermediate = inter->register_module("dense", Linear(LinearOptions(options_.hidden(), options_.intermediate())));
-  auto out = register_module("output_query", make_holder());
+  auto out = register_module("output_query", Nest());
   output = out->register_module("dense", Linear(LinearOptions(options_.intermediate(), options_.hidden())));
   output_norm = out->register_module("LayerNorm", make_layer_norm(options_.hidden(), options_.layer_norm_eps()));
 }
@@ -66,22 +67,22 @@ QFormerImpl::QFormerImpl(const QFormerOptions& o) : options_(o) {
 }
 
 void QFormerImpl::reset() {
-  auto bert = register_module("bert", make_holder());
-  auto embeddings = bert->register_module("embeddings", make_holder());
+  auto bert = register_module("bert", Nest());
+  auto embeddings = bert->register_module("embeddings", Nest());
   embeddings_norm = embeddings->register_module("LayerNorm", make_layer_norm(options_.hidden(), options_.layer_norm_eps()));
-  auto encoder = bert->register_module("encoder", make_holder());
-  auto list = encoder->register_module("layer", torch::nn::ModuleList());
-  layers.clear();
+  auto encoder = bert->register_module("encoder", Nest());
+  // The layers live only in the list: clone() refills it with copies, which a second container of
+  // pointers would not see.
+  layers = encoder->register_module("layer", torch::nn::ModuleList());
   for (int64_t i = 0; i < options_.layers(); ++i) {
-    layers.emplace_back(options_, i % options_.cross_attention_freq() == 0);
-    list->push_back(layers.back());
+    layers->push_back(QFormerLayer(options_, i % options_.cross_attention_freq() == 0));
   }
 }
 
 torch::Tensor QFormerImpl::forward(const torch::Tensor& queries, const torch::Tensor& encoder_states) {
   auto h = embeddings_norm(queries);
   const auto enc = encoder_states.to(h.scalar_type());
-  for (auto& layer : layers) h = layer(h, enc);
+  for (size_t i = 0; i < layers->size(); ++i) h = layers->at<QFormerLayerImpl>(i).forward(h, enc);
   return h;
 }
 

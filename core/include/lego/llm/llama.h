@@ -186,13 +186,12 @@ class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl> {
   const LlamaOptions& options() const { return options_; }
 
   nn::Embedding embed_tokens{nullptr};
-  torch::nn::ModuleList layers{nullptr};
+  torch::nn::ModuleList layers{nullptr};  // of LlamaDecoderLayer
   RMSNorm norm{nullptr};
   RotaryEmbedding rotary_emb{nullptr};
 
  private:
   LlamaOptions options_;
-  std::vector<LlamaDecoderLayer> layer_list_;
 };
 TORCH_MODULE(LlamaModel);
 

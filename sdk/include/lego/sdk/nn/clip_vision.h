@@ -89,8 +89,7 @@ class ClipEncoderImpl : public torch::nn::Cloneable<ClipEncoderImpl> {
   explicit ClipEncoderImpl(const ClipVisionOptions& o);
   void reset() override;
 
-  torch::nn::ModuleList layers{nullptr};
-  std::vector<ClipEncoderLayer> layer_list;
+  torch::nn::ModuleList layers{nullptr};  // of ClipEncoderLayer
 
  private:
   ClipVisionOptions options_;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <torch/nn/cloneable.h>
+#include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/pimpl.h>
 
@@ -54,7 +55,7 @@ class EvaVisionTransformerImpl : public torch::nn::Cloneable<EvaVisionTransforme
 
   torch::Tensor cls_token, pos_embed;
   torch::nn::Conv2d patch_proj{nullptr};
-  std::vector<EvaBlock> blocks;
+  torch::nn::ModuleList blocks{nullptr};  // of EvaBlock
 
  private:
   EvaVisionOptions options_;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <torch/nn/cloneable.h>
+#include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/pimpl.h>
 
@@ -66,7 +67,7 @@ class ImageBindAudioEncoderImpl : public torch::nn::Cloneable<ImageBindAudioEnco
   torch::Tensor cls_token, pos_embed;
   torch::nn::Conv2d stem{nullptr};
   torch::nn::LayerNorm stem_norm{nullptr}, head_norm{nullptr};
-  std::vector<ImageBindBlock> blocks;
+  torch::nn::ModuleList blocks{nullptr};  // of ImageBindBlock, as `modality_trunks.audio.blocks`
   Linear head{nullptr};
 
  private:

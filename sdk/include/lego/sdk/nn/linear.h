@@ -56,10 +56,6 @@ TORCH_MODULE(Embedding);
 // LayerNorm over the last dimension of `width` (weight 1, bias 0).
 torch::nn::LayerNorm make_layer_norm(int64_t width, double eps);
 
-// A plain module that only nests others, so that registered names match a checkpoint's
-// ("bert.encoder.layer.0...").
-std::shared_ptr<torch::nn::Module> make_holder();
-
 // Fresh weights for every parameter of `module`, from a generator seeded with `seed`: biases 0, 1-D
 // `weight`s (normalisation scales) 1, everything else N(0, std) (the BERT/LLaMA initialisation, std 0.02).
 void init_normal(torch::nn::Module& module, double std, uint64_t seed);

@@ -72,7 +72,7 @@ class QFormerImpl : public torch::nn::Cloneable<QFormerImpl> {
   const QFormerOptions& options() const { return options_; }
 
   torch::nn::LayerNorm embeddings_norm{nullptr};
-  std::vector<QFormerLayer> layers;
+  torch::nn::ModuleList layers{nullptr};  // of QFormerLayer, registered as `bert.encoder.layer`
 
  private:
   QFormerOptions options_;
