@@ -24,7 +24,8 @@ int run_plugins(const Args& args) {
     for (const auto& r : host.records()) {
       out.push_back({{"file", r.file.string()}, {"modality", r.modality}, {"abi_version", r.abi_version},
                      {"sdk_version", r.sdk_version}, {"torch_version", r.torch_version},
-                     {"placeholder", r.placeholder}, {"tokens", r.tokens},
+                     {"placeholder", r.placeholder}, {"tokens", r.tokens}, {"file_types", r.file_types},
+                     {"grounding", {{"box_values", r.grounding.box_values}, {"spans", r.grounding.spans}}},
                      {"state", r.loaded ? "loaded" : "refused"}, {"reason", r.reason}});
     }
     std::cout << out.dump(2) << '\n';
@@ -35,7 +36,9 @@ int run_plugins(const Args& args) {
   std::cout << '\n';
   for (const auto& r : host.records()) {
     if (r.loaded) {
-      std::cout << "loaded   " << r.modality << "  " << r.placeholder << " x" << r.tokens << "  (ABI " << r.abi_version
+      std::string types;
+      for (const auto& t : r.file_types) types += (types.empty() ? "" : ",") + t;
+      std::cout << "loaded   " << r.modality << "  " << r.placeholder << " x" << r.tokens << "  ." << types << "  (ABI " << r.abi_version
                 << ", SDK " << r.sdk_version << ", libtorch " << r.torch_version << ")  " << r.file.string() << '\n';
     } else {
       std::cout << "refused  " << r.file.string() << ": " << r.reason << '\n';
