@@ -95,6 +95,7 @@ int run_generate(const Args& args) {
       {"prompt_tokens", t.prompt_tokens},
       {"generated_tokens", t.generated_tokens},
       {"peak_rss_bytes", peak_rss_bytes()},
+      {"step_ms", t.step_ms},
       {"decode_ms_per_token", t.generated_tokens > 0 ? t.decode_ms * static_cast<double>(ids.size()) / t.generated_tokens : 0.0}};
   for (size_t i = 0; i < results.size(); ++i) {
     if (json) {

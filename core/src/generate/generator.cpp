@@ -190,7 +190,9 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
 
   auto t1 = Clock::now();
   int64_t steps = 0;
+  if (timings != nullptr) timings->step_ms.clear();
   for (int64_t step = 0; step < max_new; ++step) {
+    const auto step_start = Clock::now();
     auto scores = logits.to(torch::kCPU, torch::kFloat32);
     torch::Tensor next;
     if (options.temperature == 0 && options.repetition_penalty == 1.0) {
@@ -235,10 +237,14 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
       }
       all_done = all_done && r.done;
     }
-    if (all_done || step + 1 == max_new) break;
-    ctx.positions = (next_pos + step).unsqueeze(1).to(device);
-    auto step_embeds = model_->model->embed(next.unsqueeze(1).to(device));
-    logits = model_->logits(model_->model->forward(step_embeds, ctx)).squeeze(1);
+    const bool last = all_done || step + 1 == max_new;
+    if (!last) {
+      ctx.positions = (next_pos + step).unsqueeze(1).to(device);
+      auto step_embeds = model_->model->embed(next.unsqueeze(1).to(device));
+      logits = model_->logits(model_->model->forward(step_embeds, ctx)).squeeze(1);
+    }
+    if (timings != nullptr) timings->step_ms.push_back(ms_since(step_start));
+    if (last) break;
   }
   if (timings != nullptr) {
     timings->generated_tokens = batch * steps;

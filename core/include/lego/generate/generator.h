@@ -47,6 +47,9 @@ struct GenerationTimings {
   int64_t generated_tokens = 0;  // decode steps x batch
   double prefill_ms = 0;
   double decode_ms = 0;
+  // Wall time of each decode step (sampling, text, the next token's forward pass), to see how the cost
+  // of a step changes with the length of the answer.
+  std::vector<double> step_ms;
 };
 
 // Called with (row, new text) as text becomes final; held back while it could still begin a stop string.
