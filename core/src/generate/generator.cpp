@@ -79,8 +79,10 @@ torch::Tensor process_logits(const torch::Tensor& logits, const torch::Tensor& h
   return scores;
 }
 
-Generator::Generator(llm::LlamaForCausalLM model, const text::Tokenizer& tokenizer)
-    : model_(std::move(model)), tokenizer_(tokenizer) {}
+Generator::Generator(llm::LlamaForCausalLM model, std::shared_ptr<const text::Tokenizer> tokenizer)
+    : model_(std::move(model)), tokenizer_(std::move(tokenizer)) {
+  if (!tokenizer_) throw Error(ErrorKind::InvalidArgument, "Generator: no tokenizer");
+}
 
 std::pair<torch::Tensor, torch::Tensor> Generator::pad_batch(const std::vector<std::vector<int64_t>>& prompts) const {
   if (prompts.empty()) throw Error(ErrorKind::InvalidArgument, "generate: no prompts");
@@ -90,7 +92,7 @@ std::pair<torch::Tensor, torch::Tensor> Generator::pad_batch(const std::vector<s
     longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[i].size()));
   }
   const auto batch = static_cast<int64_t>(prompts.size());
-  auto ids = torch::full({batch, longest}, tokenizer_.pad_id(), torch::kInt64);
+  auto ids = torch::full({batch, longest}, tokenizer_->pad_id(), torch::kInt64);
   auto valid = torch::zeros({batch, longest}, torch::kBool);
   for (int64_t b = 0; b < batch; ++b) {
     const auto n = static_cast<int64_t>(prompts[b].size());
@@ -171,7 +173,7 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
   // History for the repetition penalty: prompt ids then generated ids, preallocated.
   torch::Tensor history;
   if (options.repetition_penalty != 1.0) {
-    history = torch::full({batch, prompt_len + max_new}, tokenizer_.pad_id(), torch::kInt64);
+    history = torch::full({batch, prompt_len + max_new}, tokenizer_->pad_id(), torch::kInt64);
     history.narrow(1, 0, prompt_len).copy_(prompt_ids.cpu());  // pads included, as in HF
   }
   auto gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
@@ -213,12 +215,12 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
       auto& r = rows[b];
       if (r.done) continue;
       const int64_t id = next_ids[b];
-      if (options.stop_at_eos && id == tokenizer_.eos_id()) {
+      if (options.stop_at_eos && id == tokenizer_->eos_id()) {
         r.done = true;
         r.reason = "eos";
       } else {
         r.ids.push_back(id);
-        r.text = tokenizer_.decode(r.ids);
+        r.text = tokenizer_->decode(r.ids);
         for (const auto& s : options.stop) {
           const auto at = r.text.find(s);
           if (at != std::string::npos) {

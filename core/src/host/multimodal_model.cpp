@@ -55,7 +55,7 @@ MultimodalModel MultimodalModel::load(const std::filesystem::path& dir, const Lo
     auto m = host.create(spec.first, spec.second);
     for (const auto& tok : m->frame_tokens()) {
       try {
-        llm.tokenizer.token_id(tok);
+        llm.tokenizer->token_id(tok);
       } catch (const Error&) {
         throw Error(ErrorKind::Format, (dir / "model.ini").string() + ": [" + section + "] needs the token " + tok +
                                            " in [tokenizer] added_tokens");
@@ -131,7 +131,7 @@ SplicedPrompt MultimodalModel::splice(const std::string& text, const std::vector
     }
   }
   SplicedPrompt out;
-  out.ids = llm_.tokenizer.encode(expanded, /*add_bos=*/true);
+  out.ids = llm_.tokenizer->encode(expanded, /*add_bos=*/true);
   torch::NoGradGuard no_grad;
   const auto device = llm_.net->model->embed_tokens->weight.device();
   auto ids = torch::tensor(out.ids, torch::kInt64).to(device).unsqueeze(0);
@@ -149,11 +149,11 @@ SplicedPrompt MultimodalModel::splice(const std::string& text, const std::vector
   std::map<int64_t, Slot> by_start;
   for (const auto& [name, m] : modalities_) {
     Slot slot{name, m->frame_tokens(), 0, m->tokens(), {}, 0};
-    slot.end_id = llm_.tokenizer.token_id(slot.frame.at(2));
+    slot.end_id = llm_.tokenizer->token_id(slot.frame.at(2));
     for (const auto& e : media) {
       if (e.modality == name) slot.media.push_back(&e);
     }
-    by_start.emplace(llm_.tokenizer.token_id(slot.frame.at(0)), std::move(slot));
+    by_start.emplace(llm_.tokenizer->token_id(slot.frame.at(0)), std::move(slot));
   }
   for (size_t p = 0; p < out.ids.size(); ++p) {
     auto it = by_start.find(out.ids[p]);

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <memory>
+
 #include "lego/generate/generator.h"
 #include "lego/model/language_model.h"
 #include "tiny_model.h"
@@ -55,7 +57,7 @@ TEST(Generator, SameSeedSameTextOtherSeedOtherText) {
   o.temperature = 1.5;
   o.max_new_tokens = 24;
   o.stop_at_eos = false;
-  const auto prompt = m.tokenizer.encode("The dog");
+  const auto prompt = m.tokenizer->encode("The dog");
   o.seed = 1;
   auto a = g.generate({prompt}, o);
   auto b = g.generate({prompt}, o);
@@ -71,8 +73,8 @@ TEST(Generator, BatchedGreedyEqualsOneByOne) {
   SamplingOptions o;
   o.max_new_tokens = 12;
   o.stop_at_eos = false;
-  const auto p1 = m.tokenizer.encode("Where does the sound of the bell come from?");
-  const auto p2 = m.tokenizer.encode("A dog");
+  const auto p1 = m.tokenizer->encode("Where does the sound of the bell come from?");
+  const auto p2 = m.tokenizer->encode("A dog");
   auto batch = g.generate({p1, p2}, o);
   EXPECT_EQ(batch[0].token_ids, g.generate({p1}, o)[0].token_ids);
   EXPECT_EQ(batch[1].token_ids, g.generate({p2}, o)[0].token_ids);
@@ -84,7 +86,7 @@ TEST(Generator, StopStringCutsTheTextAndStreamingNeverShowsIt) {
   SamplingOptions o;
   o.max_new_tokens = 40;
   o.stop_at_eos = false;
-  const auto prompt = m.tokenizer.encode("The");
+  const auto prompt = m.tokenizer->encode("The");
   auto free_run = g.generate({prompt}, o)[0];
   ASSERT_GE(free_run.text.size(), 6u);
   // Stop at a piece of the text the model is known to produce.
@@ -102,11 +104,11 @@ TEST(Generator, LengthAndContextLimitsAreReported) {
   SamplingOptions o;
   o.max_new_tokens = 5;
   o.stop_at_eos = false;
-  auto r = g.generate({m.tokenizer.encode("a")}, o)[0];
+  auto r = g.generate({m.tokenizer->encode("a")}, o)[0];
   EXPECT_EQ(r.finish_reason, "length");
   EXPECT_EQ(r.token_ids.size(), 5u);
   const int64_t context = m.options.max_position();
-  std::vector<int64_t> near_full(context - 3, m.tokenizer.bos_id());
+  std::vector<int64_t> near_full(context - 3, m.tokenizer->bos_id());
   o.max_new_tokens = 10;
   auto c = g.generate({near_full}, o)[0];
   EXPECT_EQ(c.finish_reason, "context");
@@ -119,6 +121,24 @@ TEST(Generator, PromptLongerThanTheContextIsRefused) {
   std::vector<int64_t> too_long(m.options.max_position() + 1, 5);
   expect_error([&] { g.generate({too_long}, SamplingOptions{}); }, ErrorKind::InvalidArgument,
                {std::to_string(too_long.size()), "context"});
+}
+
+TEST(Generator, OwnsItsTokenizer) {
+  auto& m = tiny();
+  auto tok = std::make_shared<const text::Tokenizer>(tokenizer_from_model_dir(m.dir, m.config));
+  const std::weak_ptr<const text::Tokenizer> watch = tok;
+  auto g = std::make_unique<Generator>(m.net, tok);
+  tok.reset();  // the caller's copy goes; the generator's stays
+  ASSERT_FALSE(watch.expired());
+  SamplingOptions o;
+  o.max_new_tokens = 8;
+  o.stop_at_eos = false;
+  const auto r = g->generate({m.tokenizer->encode("The dog")}, o)[0];
+  EXPECT_EQ(r.token_ids.size(), 8u);
+  EXPECT_EQ(r.text, m.tokenizer->decode(r.token_ids));
+  g.reset();
+  EXPECT_TRUE(watch.expired());
+  expect_error([&] { Generator(m.net, nullptr); }, ErrorKind::InvalidArgument, {"tokenizer"});
 }
 
 TEST(Generator, BadSamplingOptionsAreRefused) {

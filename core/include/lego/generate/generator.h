@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,7 +58,9 @@ using StreamCallback = std::function<void(int64_t row, std::string_view text)>;
 
 class Generator {
  public:
-  Generator(llm::LlamaForCausalLM model, const text::Tokenizer& tokenizer);
+  // Shares `tokenizer`, so the generator stays usable after its caller lets go of it; throws
+  // InvalidArgument when it is null.
+  Generator(llm::LlamaForCausalLM model, std::shared_ptr<const text::Tokenizer> tokenizer);
 
   // Decodes a continuation of each prompt (token ids, BOS included when wanted).
   std::vector<GenerationOutput> generate(const std::vector<std::vector<int64_t>>& prompts,
@@ -85,7 +88,7 @@ class Generator {
   void check_context(int64_t prompt_tokens) const;  // throws InvalidArgument past the model's context
 
   llm::LlamaForCausalLM model_;
-  const text::Tokenizer& tokenizer_;
+  std::shared_ptr<const text::Tokenizer> tokenizer_;
 };
 
 // Applies repetition penalty, temperature, top-k and top-p to `logits` [B, V] (float32) in place of a copy
