@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "lego/sdk/error.h"
+#include "lego/text/incremental_decoder.h"
 
 namespace lego::generate {
 namespace {
@@ -33,12 +34,39 @@ size_t held_back(const std::string& text, const std::vector<std::string>& stops)
 }
 
 struct RowState {
+  explicit RowState(std::shared_ptr<const text::Tokenizer> tokenizer)
+      : decoder(std::move(tokenizer)) {}
   std::vector<int64_t> ids;
-  std::string text;
+  text::IncrementalDecoder decoder;  // decodes recent ids only: a step costs the same at any length
+  std::string text;                  // final text so far, cut at a stop string
   size_t streamed = 0;
   bool done = false;
   std::string reason;
 };
+
+// Start of the earliest stop string in `text` that ends past `old_size`; npos when none does. Text
+// before `old_size` was searched already: only its last (stop size - 1) bytes can start a match.
+size_t find_stop(const std::string& text, size_t old_size, const std::vector<std::string>& stops) {
+  size_t first = std::string::npos;
+  for (const auto& s : stops) {
+    const size_t from = old_size >= s.size() ? old_size - s.size() + 1 : 0;
+    first = std::min(first, text.find(s, from));
+  }
+  return first;
+}
+
+// Appends text that became final to a row; a stop string in it ends the row and cuts the text.
+void append_text(RowState& r, const std::string& piece, const std::vector<std::string>& stops) {
+  if (piece.empty()) return;
+  const size_t old_size = r.text.size();
+  r.text += piece;
+  const size_t at = find_stop(r.text, old_size, stops);
+  if (at != std::string::npos) {
+    r.text.resize(at);
+    r.done = true;
+    r.reason = "stop";
+  }
+}
 
 }  // namespace
 
@@ -169,7 +197,9 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
   }
   auto next_pos = valid.to(torch::kInt64).sum(1);  // [B] position of the first generated token
 
-  std::vector<RowState> rows(batch);
+  std::vector<RowState> rows;
+  rows.reserve(batch);
+  for (int64_t b = 0; b < batch; ++b) rows.emplace_back(tokenizer_);
   // History for the repetition penalty: prompt ids then generated ids, preallocated.
   torch::Tensor history;
   if (options.repetition_penalty != 1.0) {
@@ -218,17 +248,10 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
       if (options.stop_at_eos && id == tokenizer_->eos_id()) {
         r.done = true;
         r.reason = "eos";
+        append_text(r, r.decoder.pending_text(), options.stop);  // bytes of an unfinished character
       } else {
         r.ids.push_back(id);
-        r.text = tokenizer_->decode(r.ids);
-        for (const auto& s : options.stop) {
-          const auto at = r.text.find(s);
-          if (at != std::string::npos) {
-            r.text.resize(at);
-            r.done = true;
-            r.reason = "stop";
-          }
-        }
+        append_text(r, r.decoder.push(id), options.stop);
       }
       if (stream) {
         const size_t ready = r.done ? r.text.size() : r.text.size() - held_back(r.text, options.stop);
@@ -258,6 +281,7 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
   for (auto& r : rows) {
     if (!r.done) {
       r.reason = context_bound ? "context" : "length";
+      append_text(r, r.decoder.pending_text(), options.stop);
       if (stream && r.text.size() > r.streamed) stream(static_cast<int64_t>(&r - rows.data()), r.text.substr(r.streamed));
     }
     out.push_back({std::move(r.ids), std::move(r.text), std::move(r.reason)});

@@ -4,7 +4,8 @@
 // Prompts enter either as token ids or as input embeddings (the multimodal path splices media features
 // into the embeddings first); both share one decoding loop. Logits are processed in the order of the HF
 // reference (repetition penalty, temperature, top-k, top-p) and sampled on the CPU with a seeded
-// generator, so a seed gives the same text on every device.
+// generator, so a seed gives the same text on every device. Text is decoded and searched for stop
+// strings incrementally: a step costs the same however long the answer already is.
 #pragma once
 
 #include <torch/types.h>
@@ -29,7 +30,8 @@ struct SamplingOptions {
   double top_p = 1.0;  // 1: no nucleus filter
   // HF's CTRL-style penalty on every token already in the sequence (prompt included); 1 disables it.
   double repetition_penalty = 1.0;
-  // Generation of a row ends when its text contains one of these; the text is cut before it.
+  // Generation of a row ends when its text contains one of these; the text is cut before the one
+  // that starts first.
   std::vector<std::string> stop;
   bool stop_at_eos = true;
   uint64_t seed = 0;
@@ -53,7 +55,8 @@ struct GenerationTimings {
   std::vector<double> step_ms;
 };
 
-// Called with (row, new text) as text becomes final; held back while it could still begin a stop string.
+// Called with (row, new text) as text becomes final; held back while it could still begin a stop
+// string or while it ends in an unfinished UTF-8 character.
 using StreamCallback = std::function<void(int64_t row, std::string_view text)>;
 
 class Generator {
