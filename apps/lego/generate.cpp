@@ -70,8 +70,8 @@ int run_generate(const Args& args) {
 
   auto model = LanguageModel::load(model_dir, {parse_device(runtime.device), parse_dtype(runtime.dtype)});
   std::vector<std::vector<int64_t>> ids;
-  for (const auto& p : prompts) ids.push_back(model.tokenizer.encode(p, !no_bos));
-  for (const auto& p : prompt_ids) ids.push_back(parse_token_ids(p, model.tokenizer.vocab_size()));
+  for (const auto& p : prompts) ids.push_back(model.tokenizer->encode(p, !no_bos));
+  for (const auto& p : prompt_ids) ids.push_back(parse_token_ids(p, model.tokenizer->vocab_size()));
   if (ids.empty()) throw Error(ErrorKind::InvalidArgument, "give --prompt or --prompt-ids");
   generate::Generator generator(model.net, model.tokenizer);
 
@@ -95,6 +95,7 @@ int run_generate(const Args& args) {
       {"prompt_tokens", t.prompt_tokens},
       {"generated_tokens", t.generated_tokens},
       {"peak_rss_bytes", peak_rss_bytes()},
+      {"step_ms", t.step_ms},
       {"decode_ms_per_token", t.generated_tokens > 0 ? t.decode_ms * static_cast<double>(ids.size()) / t.generated_tokens : 0.0}};
   for (size_t i = 0; i < results.size(); ++i) {
     if (json) {

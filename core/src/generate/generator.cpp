@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "lego/sdk/error.h"
+#include "lego/text/incremental_decoder.h"
 
 namespace lego::generate {
 namespace {
@@ -33,12 +34,39 @@ size_t held_back(const std::string& text, const std::vector<std::string>& stops)
 }
 
 struct RowState {
+  explicit RowState(std::shared_ptr<const text::Tokenizer> tokenizer)
+      : decoder(std::move(tokenizer)) {}
   std::vector<int64_t> ids;
-  std::string text;
+  text::IncrementalDecoder decoder;  // decodes recent ids only: a step costs the same at any length
+  std::string text;                  // final text so far, cut at a stop string
   size_t streamed = 0;
   bool done = false;
   std::string reason;
 };
+
+// Start of the earliest stop string in `text` that ends past `old_size`; npos when none does. Text
+// before `old_size` was searched already: only its last (stop size - 1) bytes can start a match.
+size_t find_stop(const std::string& text, size_t old_size, const std::vector<std::string>& stops) {
+  size_t first = std::string::npos;
+  for (const auto& s : stops) {
+    const size_t from = old_size >= s.size() ? old_size - s.size() + 1 : 0;
+    first = std::min(first, text.find(s, from));
+  }
+  return first;
+}
+
+// Appends text that became final to a row; a stop string in it ends the row and cuts the text.
+void append_text(RowState& r, const std::string& piece, const std::vector<std::string>& stops) {
+  if (piece.empty()) return;
+  const size_t old_size = r.text.size();
+  r.text += piece;
+  const size_t at = find_stop(r.text, old_size, stops);
+  if (at != std::string::npos) {
+    r.text.resize(at);
+    r.done = true;
+    r.reason = "stop";
+  }
+}
 
 }  // namespace
 
@@ -79,8 +107,10 @@ torch::Tensor process_logits(const torch::Tensor& logits, const torch::Tensor& h
   return scores;
 }
 
-Generator::Generator(llm::LlamaForCausalLM model, const text::Tokenizer& tokenizer)
-    : model_(std::move(model)), tokenizer_(tokenizer) {}
+Generator::Generator(llm::LlamaForCausalLM model, std::shared_ptr<const text::Tokenizer> tokenizer)
+    : model_(std::move(model)), tokenizer_(std::move(tokenizer)) {
+  if (!tokenizer_) throw Error(ErrorKind::InvalidArgument, "Generator: no tokenizer");
+}
 
 std::pair<torch::Tensor, torch::Tensor> Generator::pad_batch(const std::vector<std::vector<int64_t>>& prompts) const {
   if (prompts.empty()) throw Error(ErrorKind::InvalidArgument, "generate: no prompts");
@@ -90,7 +120,7 @@ std::pair<torch::Tensor, torch::Tensor> Generator::pad_batch(const std::vector<s
     longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[i].size()));
   }
   const auto batch = static_cast<int64_t>(prompts.size());
-  auto ids = torch::full({batch, longest}, tokenizer_.pad_id(), torch::kInt64);
+  auto ids = torch::full({batch, longest}, tokenizer_->pad_id(), torch::kInt64);
   auto valid = torch::zeros({batch, longest}, torch::kBool);
   for (int64_t b = 0; b < batch; ++b) {
     const auto n = static_cast<int64_t>(prompts[b].size());
@@ -167,11 +197,13 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
   }
   auto next_pos = valid.to(torch::kInt64).sum(1);  // [B] position of the first generated token
 
-  std::vector<RowState> rows(batch);
+  std::vector<RowState> rows;
+  rows.reserve(batch);
+  for (int64_t b = 0; b < batch; ++b) rows.emplace_back(tokenizer_);
   // History for the repetition penalty: prompt ids then generated ids, preallocated.
   torch::Tensor history;
   if (options.repetition_penalty != 1.0) {
-    history = torch::full({batch, prompt_len + max_new}, tokenizer_.pad_id(), torch::kInt64);
+    history = torch::full({batch, prompt_len + max_new}, tokenizer_->pad_id(), torch::kInt64);
     history.narrow(1, 0, prompt_len).copy_(prompt_ids.cpu());  // pads included, as in HF
   }
   auto gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
@@ -190,7 +222,9 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
 
   auto t1 = Clock::now();
   int64_t steps = 0;
+  if (timings != nullptr) timings->step_ms.clear();
   for (int64_t step = 0; step < max_new; ++step) {
+    const auto step_start = Clock::now();
     auto scores = logits.to(torch::kCPU, torch::kFloat32);
     torch::Tensor next;
     if (options.temperature == 0 && options.repetition_penalty == 1.0) {
@@ -211,20 +245,13 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
       auto& r = rows[b];
       if (r.done) continue;
       const int64_t id = next_ids[b];
-      if (options.stop_at_eos && id == tokenizer_.eos_id()) {
+      if (options.stop_at_eos && id == tokenizer_->eos_id()) {
         r.done = true;
         r.reason = "eos";
+        append_text(r, r.decoder.pending_text(), options.stop);  // bytes of an unfinished character
       } else {
         r.ids.push_back(id);
-        r.text = tokenizer_.decode(r.ids);
-        for (const auto& s : options.stop) {
-          const auto at = r.text.find(s);
-          if (at != std::string::npos) {
-            r.text.resize(at);
-            r.done = true;
-            r.reason = "stop";
-          }
-        }
+        append_text(r, r.decoder.push(id), options.stop);
       }
       if (stream) {
         const size_t ready = r.done ? r.text.size() : r.text.size() - held_back(r.text, options.stop);
@@ -235,10 +262,14 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
       }
       all_done = all_done && r.done;
     }
-    if (all_done || step + 1 == max_new) break;
-    ctx.positions = (next_pos + step).unsqueeze(1).to(device);
-    auto step_embeds = model_->model->embed(next.unsqueeze(1).to(device));
-    logits = model_->logits(model_->model->forward(step_embeds, ctx)).squeeze(1);
+    const bool last = all_done || step + 1 == max_new;
+    if (!last) {
+      ctx.positions = (next_pos + step).unsqueeze(1).to(device);
+      auto step_embeds = model_->model->embed(next.unsqueeze(1).to(device));
+      logits = model_->logits(model_->model->forward(step_embeds, ctx)).squeeze(1);
+    }
+    if (timings != nullptr) timings->step_ms.push_back(ms_since(step_start));
+    if (last) break;
   }
   if (timings != nullptr) {
     timings->generated_tokens = batch * steps;
@@ -250,6 +281,7 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
   for (auto& r : rows) {
     if (!r.done) {
       r.reason = context_bound ? "context" : "length";
+      append_text(r, r.decoder.pending_text(), options.stop);
       if (stream && r.text.size() > r.streamed) stream(static_cast<int64_t>(&r - rows.data()), r.text.substr(r.streamed));
     }
     out.push_back({std::move(r.ids), std::move(r.text), std::move(r.reason)});

@@ -79,7 +79,9 @@ LanguageModel LanguageModel::load(const std::filesystem::path& dir, const LoadOp
   weights::load_module(*net, *source, "", options.dtype);
   net->to(options.device);
   net->eval();
-  return LanguageModel{dir, std::move(cfg), llama, net, std::move(tokenizer), options.device, options.dtype};
+  auto shared = std::make_shared<const text::Tokenizer>(std::move(tokenizer));
+  return LanguageModel{dir, std::move(cfg), llama, net, std::move(shared), options.device,
+                       options.dtype};
 }
 
 torch::Device parse_device(const std::string& name) {

@@ -48,7 +48,7 @@ std::map<std::string, std::pair<std::string, ModalityConfig>> modality_sections(
 Pipeline::Pipeline(LanguageModel llm, std::shared_ptr<const host::PluginHost> host)
     : host_(std::move(host)), llm_(std::move(llm)) {}
 
-const text::Tokenizer& Pipeline::tokenizer() const { return llm_.tokenizer; }
+const text::Tokenizer& Pipeline::tokenizer() const { return *llm_.tokenizer; }
 
 std::unique_ptr<Pipeline> Pipeline::load(const std::filesystem::path& dir, const LoadOptions& options,
                                          std::shared_ptr<const host::PluginHost> host) {

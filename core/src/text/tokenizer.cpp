@@ -132,6 +132,12 @@ int64_t Tokenizer::token_id(std::string_view token) const {
   return id;
 }
 
+int Tokenizer::byte_value(int64_t id) const {
+  if (id < 0 || id >= impl_->sp_size || !impl_->sp.IsByte(static_cast<int>(id))) return -1;
+  const auto& p = impl_->sp.IdToPiece(static_cast<int>(id));  // "<0xAB>"
+  return p.size() == 6 ? std::stoi(p.substr(3, 2), nullptr, 16) : -1;
+}
+
 int64_t Tokenizer::vocab_size() const { return impl_->sp_size + static_cast<int64_t>(impl_->added.size()); }
 int64_t Tokenizer::bos_id() const { return impl_->sp.bos_id(); }
 int64_t Tokenizer::eos_id() const { return impl_->sp.eos_id(); }

@@ -1,9 +1,13 @@
-// Generation: logit processing, seeds, stop strings, streaming and context limits.
+// Generation: logit processing, seeds, stop strings, streaming, context limits, incremental text.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <memory>
+#include <random>
+
 #include "lego/generate/generator.h"
 #include "lego/model/language_model.h"
+#include "lego/text/incremental_decoder.h"
 #include "tiny_model.h"
 
 namespace lego::generate {
@@ -55,7 +59,7 @@ TEST(Generator, SameSeedSameTextOtherSeedOtherText) {
   o.temperature = 1.5;
   o.max_new_tokens = 24;
   o.stop_at_eos = false;
-  const auto prompt = m.tokenizer.encode("The dog");
+  const auto prompt = m.tokenizer->encode("The dog");
   o.seed = 1;
   auto a = g.generate({prompt}, o);
   auto b = g.generate({prompt}, o);
@@ -71,8 +75,8 @@ TEST(Generator, BatchedGreedyEqualsOneByOne) {
   SamplingOptions o;
   o.max_new_tokens = 12;
   o.stop_at_eos = false;
-  const auto p1 = m.tokenizer.encode("Where does the sound of the bell come from?");
-  const auto p2 = m.tokenizer.encode("A dog");
+  const auto p1 = m.tokenizer->encode("Where does the sound of the bell come from?");
+  const auto p2 = m.tokenizer->encode("A dog");
   auto batch = g.generate({p1, p2}, o);
   EXPECT_EQ(batch[0].token_ids, g.generate({p1}, o)[0].token_ids);
   EXPECT_EQ(batch[1].token_ids, g.generate({p2}, o)[0].token_ids);
@@ -84,7 +88,7 @@ TEST(Generator, StopStringCutsTheTextAndStreamingNeverShowsIt) {
   SamplingOptions o;
   o.max_new_tokens = 40;
   o.stop_at_eos = false;
-  const auto prompt = m.tokenizer.encode("The");
+  const auto prompt = m.tokenizer->encode("The");
   auto free_run = g.generate({prompt}, o)[0];
   ASSERT_GE(free_run.text.size(), 6u);
   // Stop at a piece of the text the model is known to produce.
@@ -102,11 +106,11 @@ TEST(Generator, LengthAndContextLimitsAreReported) {
   SamplingOptions o;
   o.max_new_tokens = 5;
   o.stop_at_eos = false;
-  auto r = g.generate({m.tokenizer.encode("a")}, o)[0];
+  auto r = g.generate({m.tokenizer->encode("a")}, o)[0];
   EXPECT_EQ(r.finish_reason, "length");
   EXPECT_EQ(r.token_ids.size(), 5u);
   const int64_t context = m.options.max_position();
-  std::vector<int64_t> near_full(context - 3, m.tokenizer.bos_id());
+  std::vector<int64_t> near_full(context - 3, m.tokenizer->bos_id());
   o.max_new_tokens = 10;
   auto c = g.generate({near_full}, o)[0];
   EXPECT_EQ(c.finish_reason, "context");
@@ -119,6 +123,165 @@ TEST(Generator, PromptLongerThanTheContextIsRefused) {
   std::vector<int64_t> too_long(m.options.max_position() + 1, 5);
   expect_error([&] { g.generate({too_long}, SamplingOptions{}); }, ErrorKind::InvalidArgument,
                {std::to_string(too_long.size()), "context"});
+}
+
+// Random ids that stress decoding: any id (bos/eos/pad, byte pieces, pieces, added tokens), UTF-8
+// characters spelt in byte pieces (some cut short or stray), and pieces that start with a space.
+std::vector<int64_t> stress_ids(const text::Tokenizer& tok, std::mt19937& rng, size_t n) {
+  auto byte_id = [&](unsigned char b) {
+    char name[8];
+    std::snprintf(name, sizeof(name), "<0x%02X>", b);
+    return tok.token_id(name);
+  };
+  std::vector<int64_t> spaced;  // pieces that start with "▁"
+  for (int64_t id = 0; id < tok.vocab_size(); ++id) {
+    if (tok.piece(id).starts_with("\xE2\x96\x81")) spaced.push_back(id);
+  }
+  const std::vector<std::string> spelt = {"\xC3\xA9", "\xE2\x82\xAC", "\xF0\x9F\x98\x80",
+                                          "\xE6\x9D\xB1", "\xC3", "\xF0\x9F\x98", "\xE2\x82",
+                                          "\x80", "\xFF", "A "};
+  const auto& added = tok.added_tokens();
+  std::vector<int64_t> ids;
+  while (ids.size() < n) {
+    const int kind = static_cast<int>(rng() % 8);
+    if (kind <= 1) {
+      ids.push_back(static_cast<int64_t>(rng() % tok.vocab_size()));
+    } else if (kind <= 3) {
+      for (unsigned char b : spelt[rng() % spelt.size()]) ids.push_back(byte_id(b));
+    } else if (kind == 4) {
+      ids.push_back(tok.token_id(added[rng() % added.size()]));
+    } else if (kind == 5) {
+      const int64_t special[] = {tok.bos_id(), tok.eos_id(), tok.pad_id()};
+      ids.push_back(special[rng() % 3]);
+    } else {
+      ids.push_back(spaced[rng() % spaced.size()]);
+    }
+  }
+  ids.resize(n);
+  return ids;
+}
+
+TEST(IncrementalDecoder, OutputIsTheDecodedTextAtEveryLength) {
+  const auto tok = tiny().tokenizer;
+  std::mt19937 rng(7);
+  int64_t bytes_held = 0;
+  for (int seq = 0; seq < 300; ++seq) {
+    const auto ids = stress_ids(*tok, rng, 48);
+    text::IncrementalDecoder dec(tok);
+    std::string out;
+    for (size_t k = 0; k < ids.size(); ++k) {
+      out += dec.push(ids[k]);
+      const std::vector<int64_t> prefix(ids.begin(),
+                                        ids.begin() + static_cast<std::ptrdiff_t>(k + 1));
+      const auto pending = dec.pending_text();
+      bytes_held += static_cast<int64_t>(pending.size());
+      ASSERT_EQ(out + pending, tok->decode(prefix)) << "sequence " << seq << ", length " << k + 1;
+    }
+  }
+  EXPECT_GT(bytes_held, 0);  // the sequences did hold unfinished characters back
+}
+
+TEST(IncrementalDecoder, SpaceOfTheFirstPieceIsDroppedOnlyAtTheStartOfARun) {
+  const auto tok = tiny().tokenizer;
+  const int64_t eos = tok->eos_id();
+  const int64_t start = tok->token_id("<im_start>");
+  const auto the = tok->encode("The", false);  // "▁The": its space shows except at a run start
+  std::vector<int64_t> ids = the;
+  for (auto extra : {eos, start, eos}) {
+    ids.push_back(extra);
+    ids.insert(ids.end(), the.begin(), the.end());
+  }
+  text::IncrementalDecoder dec(tok);
+  std::string out;
+  for (auto id : ids) out += dec.push(id);
+  EXPECT_EQ(out + dec.pending_text(), tok->decode(ids));
+  EXPECT_EQ(out, "The The<im_start>The The");
+}
+
+TEST(IncrementalDecoder, RefusesIdsOutsideTheVocabulary) {
+  const auto tok = tiny().tokenizer;
+  text::IncrementalDecoder dec(tok);
+  expect_error([&] { dec.push(tok->vocab_size()); }, ErrorKind::InvalidArgument, {"outside"});
+  expect_error([] { text::IncrementalDecoder none(nullptr); }, ErrorKind::InvalidArgument,
+               {"tokenizer"});
+}
+
+TEST(Generator, StopStringsAcrossTokenBoundariesAreFoundAndNeverStreamed) {
+  auto& m = tiny();
+  Generator g(m.net, m.tokenizer);
+  SamplingOptions o;
+  o.max_new_tokens = 40;
+  o.stop_at_eos = false;
+  const auto prompt = m.tokenizer->encode("The");
+  const auto free_run = g.generate({prompt}, o)[0];
+  const auto& text = free_run.text;
+  ASSERT_EQ(text, m.tokenizer->decode(free_run.token_ids));
+  int tried = 0;
+  std::vector<int64_t> head;
+  size_t boundary = 0;
+  for (size_t k = 0; k + 1 < free_run.token_ids.size() && tried < 6; ++k) {
+    head.push_back(free_run.token_ids[k]);
+    const size_t b = m.tokenizer->decode(head).size();
+    if (b == boundary || b < 2 || b + 2 > text.size()) continue;
+    boundary = b;
+    // Two bytes of one token's text and two of the next: no single new piece contains the stop.
+    o.stop = {"\x01never", text.substr(b - 2, 4)};
+    std::string streamed;
+    const auto cut = text.substr(0, text.find(o.stop[1]));
+    auto stopped = g.generate({prompt}, o, [&](int64_t, std::string_view s) {
+      streamed += s;
+      EXPECT_EQ(cut.compare(0, streamed.size(), streamed), 0) << "streamed, then cut: " << streamed;
+    })[0];
+    EXPECT_EQ(stopped.finish_reason, "stop") << "stop '" << o.stop[1] << "'";
+    EXPECT_EQ(stopped.text, cut);
+    EXPECT_EQ(streamed, cut);
+    ++tried;
+  }
+  EXPECT_GE(tried, 3);
+}
+
+TEST(Generator, StreamedTextIsTheDecodedTextWithBytePieces) {
+  auto& m = tiny();
+  Generator g(m.net, m.tokenizer);
+  SamplingOptions o;
+  o.max_new_tokens = 48;
+  o.temperature = 2.0;
+  o.stop_at_eos = false;
+  const std::vector<std::vector<int64_t>> prompts = {
+      m.tokenizer->encode("The dog"), m.tokenizer->encode("A"), m.tokenizer->encode("<im_start>")};
+  int64_t byte_pieces = 0;
+  for (uint64_t seed = 1; seed <= 4; ++seed) {
+    o.seed = seed;
+    std::vector<std::string> streamed(prompts.size());
+    auto out =
+        g.generate(prompts, o, [&](int64_t row, std::string_view s) { streamed[row] += s; });
+    for (size_t i = 0; i < out.size(); ++i) {
+      EXPECT_EQ(out[i].finish_reason, "length");
+      EXPECT_EQ(out[i].text, m.tokenizer->decode(out[i].token_ids))
+          << "seed " << seed << ", row " << i;
+      EXPECT_EQ(streamed[i], out[i].text) << "seed " << seed << ", row " << i;
+      for (auto id : out[i].token_ids) byte_pieces += m.tokenizer->byte_value(id) >= 0;
+    }
+  }
+  EXPECT_GT(byte_pieces, 0);
+}
+
+TEST(Generator, OwnsItsTokenizer) {
+  auto& m = tiny();
+  auto tok = std::make_shared<const text::Tokenizer>(tokenizer_from_model_dir(m.dir, m.config));
+  const std::weak_ptr<const text::Tokenizer> watch = tok;
+  auto g = std::make_unique<Generator>(m.net, tok);
+  tok.reset();  // the caller's copy goes; the generator's stays
+  ASSERT_FALSE(watch.expired());
+  SamplingOptions o;
+  o.max_new_tokens = 8;
+  o.stop_at_eos = false;
+  const auto r = g->generate({m.tokenizer->encode("The dog")}, o)[0];
+  EXPECT_EQ(r.token_ids.size(), 8u);
+  EXPECT_EQ(r.text, m.tokenizer->decode(r.token_ids));
+  g.reset();
+  EXPECT_TRUE(watch.expired());
+  expect_error([&] { Generator(m.net, nullptr); }, ErrorKind::InvalidArgument, {"tokenizer"});
 }
 
 TEST(Generator, BadSamplingOptionsAreRefused) {

@@ -4,13 +4,15 @@
 // Prompts enter either as token ids or as input embeddings (the multimodal path splices media features
 // into the embeddings first); both share one decoding loop. Logits are processed in the order of the HF
 // reference (repetition penalty, temperature, top-k, top-p) and sampled on the CPU with a seeded
-// generator, so a seed gives the same text on every device.
+// generator, so a seed gives the same text on every device. Text is decoded and searched for stop
+// strings incrementally: a step costs the same however long the answer already is.
 #pragma once
 
 #include <torch/types.h>
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,7 +30,8 @@ struct SamplingOptions {
   double top_p = 1.0;  // 1: no nucleus filter
   // HF's CTRL-style penalty on every token already in the sequence (prompt included); 1 disables it.
   double repetition_penalty = 1.0;
-  // Generation of a row ends when its text contains one of these; the text is cut before it.
+  // Generation of a row ends when its text contains one of these; the text is cut before the one
+  // that starts first.
   std::vector<std::string> stop;
   bool stop_at_eos = true;
   uint64_t seed = 0;
@@ -47,14 +50,20 @@ struct GenerationTimings {
   int64_t generated_tokens = 0;  // decode steps x batch
   double prefill_ms = 0;
   double decode_ms = 0;
+  // Wall time of each decode step (sampling, text, the next token's forward pass), to see how the cost
+  // of a step changes with the length of the answer.
+  std::vector<double> step_ms;
 };
 
-// Called with (row, new text) as text becomes final; held back while it could still begin a stop string.
+// Called with (row, new text) as text becomes final; held back while it could still begin a stop
+// string or while it ends in an unfinished UTF-8 character.
 using StreamCallback = std::function<void(int64_t row, std::string_view text)>;
 
 class Generator {
  public:
-  Generator(llm::LlamaForCausalLM model, const text::Tokenizer& tokenizer);
+  // Shares `tokenizer`, so the generator stays usable after its caller lets go of it; throws
+  // InvalidArgument when it is null.
+  Generator(llm::LlamaForCausalLM model, std::shared_ptr<const text::Tokenizer> tokenizer);
 
   // Decodes a continuation of each prompt (token ids, BOS included when wanted).
   std::vector<GenerationOutput> generate(const std::vector<std::vector<int64_t>>& prompts,
@@ -82,7 +91,7 @@ class Generator {
   void check_context(int64_t prompt_tokens) const;  // throws InvalidArgument past the model's context
 
   llm::LlamaForCausalLM model_;
-  const text::Tokenizer& tokenizer_;
+  std::shared_ptr<const text::Tokenizer> tokenizer_;
 };
 
 // Applies repetition penalty, temperature, top-k and top-p to `logits` [B, V] (float32) in place of a copy

@@ -8,6 +8,7 @@
 #include <torch/types.h>
 
 #include <filesystem>
+#include <memory>
 
 #include "lego/config/config.h"
 #include "lego/llm/llama.h"
@@ -33,7 +34,7 @@ struct LanguageModel {
   config::Config config;
   llm::LlamaOptions options;
   llm::LlamaForCausalLM net;
-  text::Tokenizer tokenizer;
+  std::shared_ptr<const text::Tokenizer> tokenizer;  // shared with the generators made from it
   torch::Device device;
   torch::ScalarType dtype;
 

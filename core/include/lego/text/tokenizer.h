@@ -31,6 +31,8 @@ class Tokenizer {
   std::string piece(int64_t id) const;
   // Id of an added token or a sentencepiece piece; throws NotFound when absent.
   int64_t token_id(std::string_view token) const;
+  // The byte of a byte-fallback piece (<0x41> -> 65); -1 for every other id.
+  int byte_value(int64_t id) const;
 
   int64_t vocab_size() const;  // sentencepiece pieces + added tokens
   int64_t bos_id() const;
