@@ -181,6 +181,14 @@ std::vector<EncodedMedia> Pipeline::encode(const std::vector<MediaInput>& inputs
     const auto& e = entry(media[i].modality);
     out[i].modality = media[i].modality;
     out[i].media = e.modality->load(media[i].path, seed + i);
+    if (auto meta = out[i].media.meta) {
+      // The metadata's code lives in the plugin: it keeps the modality, and so its library, alive.
+      auto keep = e.modality;
+      out[i].media.meta = std::shared_ptr<const MediaMeta>(meta.get(), [meta, keep](const MediaMeta*) mutable {
+        meta.reset();
+        keep.reset();
+      });
+    }
     by_modality[media[i].modality].push_back(i);
   }
   for (const auto& [name, indices] : by_modality) {

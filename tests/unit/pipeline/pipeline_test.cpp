@@ -142,6 +142,19 @@ TEST(Pipeline, BatchedSpliceMatchesOnePromptAtATime) {
                         {"<pt_start>"});
 }
 
+TEST(Pipeline, MediaOutliveThePipelineAndThePluginThatMadeThem) {
+  std::vector<EncodedMedia> kept;
+  {
+    PointsModel m;
+    torch::NoGradGuard no_grad;
+    kept = m.pipeline->encode({{"points", m.cloud("c.xyz", {{0, 1, 2}, {3, 4, 5}})}});
+  }  // the pipeline and its host are gone; the plugin library stays while its media live
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_EQ(kept[0].features.size(0), 3);
+  kept.clear();  // runs the plugin's metadata destructor
+  SUCCEED();
+}
+
 TEST(Pipeline, AnswersARequestEndToEnd) {
   PointsModel m;
   Request r;
