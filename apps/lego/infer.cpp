@@ -37,7 +37,14 @@ int run_infer(const Args& args) {
   if (!parse_args(args, d, "lego infer --model DIR [--media [NAME=]PATH ...] --prompt TEXT [options]", &parsed)) return 0;
   request.sampling.validate();
   request.media = media_of(parsed, shorthands);
-  if (!render.empty() && request.media.empty()) throw Error(ErrorKind::InvalidArgument, "--render needs a medium");
+  if (!render.empty()) {
+    if (request.media.empty()) throw Error(ErrorKind::InvalidArgument, "--render needs a medium");
+    // Refused before the answer is computed rather than after.
+    const auto parent = std::filesystem::absolute(render).parent_path();
+    if (!std::filesystem::is_directory(parent)) {
+      throw Error(ErrorKind::InvalidArgument, "--render " + render + ": no folder " + parent.string());
+    }
+  }
 
   auto pipeline = load_pipeline(model_flags_, host);
   if (!dump_logits.empty()) {

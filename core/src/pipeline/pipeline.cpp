@@ -132,6 +132,10 @@ std::string Pipeline::route(const std::filesystem::path& file) const {
     if (std::find(types.begin(), types.end(), ext) != types.end()) takers.push_back(name);
   }
   if (takers.size() == 1) return takers.front();
+  if (ext.empty()) {
+    throw Error(ErrorKind::InvalidArgument, file.string() + ": no extension to route the file by; name its modality: "
+                                                            "--media NAME=PATH (the model has: " + joined(order_) + ")");
+  }
   if (takers.empty()) {
     throw Error(ErrorKind::InvalidArgument, file.string() + ": no modality of the model reads '." + ext +
                                                 "' files (it has: " + joined(order_) + "); name one: --media NAME=PATH");

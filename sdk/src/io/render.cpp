@@ -22,10 +22,13 @@ void write_image(const cv::Mat& bgr, const std::filesystem::path& out) {
   bool ok = false;
   try {
     ok = cv::imencode(out.extension().string(), bgr, bytes);
-  } catch (const cv::Exception& e) {
-    throw Error(ErrorKind::InvalidArgument, out.string() + ": cannot encode an image for this extension: " + e.what());
+  } catch (const cv::Exception&) {
+    ok = false;  // OpenCV's message spans lines; ours names the file and the extension
   }
-  if (!ok) throw Error(ErrorKind::InvalidArgument, out.string() + ": cannot encode an image for this extension");
+  if (!ok) {
+    throw Error(ErrorKind::InvalidArgument, out.string() + ": cannot write an image with the extension '" +
+                                                out.extension().string() + "' (use .png, .jpg, ...)");
+  }
   const auto tmp = out.string() + ".tmp" + std::to_string(::getpid());
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);

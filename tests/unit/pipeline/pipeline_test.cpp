@@ -9,6 +9,7 @@
 
 #include "lego/model/init_model.h"
 #include "lego/pipeline/pipeline.h"
+#include "lego/sdk/io/image_reader.h"
 #include "test_files.h"
 #include "tiny_model.h"
 
@@ -84,6 +85,43 @@ TEST(Pipeline, MapsThreeDimensionalBoxesWithThePluginsOwnCode) {
   // A 2-D box goes to no medium here: the points modality carries 3-D boxes only.
   EXPECT_EQ(g.boxes[1].medium, -1);
   EXPECT_FALSE(g.boxes[1].mapped.has_value());
+}
+
+// A grey 24-bit BMP of w x h pixels.
+void write_grey_bmp(const std::filesystem::path& file, int w, int h) {
+  const int row = (w * 3 + 3) / 4 * 4;
+  std::string b(54 + static_cast<size_t>(row * h), '\0');
+  auto put32 = [&](size_t at, uint32_t v) { for (int i = 0; i < 4; ++i) b[at + i] = static_cast<char>((v >> (8 * i)) & 255); };
+  b[0] = 'B', b[1] = 'M';
+  put32(2, static_cast<uint32_t>(b.size()));
+  put32(10, 54);
+  put32(14, 40);
+  put32(18, static_cast<uint32_t>(w));
+  put32(22, static_cast<uint32_t>(h));
+  b[26] = 1, b[28] = 24;
+  for (int y = 0; y < h; ++y) {
+    for (int x = 0; x < w * 3; ++x) b[54 + static_cast<size_t>(y * row + x)] = static_cast<char>(128);
+  }
+  testing::write_bytes(file, b);
+}
+
+TEST(Pipeline, DrawsAnAnswersBoxWhereItsPluginMappedIt) {
+  PointsModel m;
+  write_grey_bmp(m.dir / "wide.bmp", 40, 20);
+  torch::NoGradGuard no_grad;
+  const auto media = m.pipeline->encode({{"", m.dir / "wide.bmp"}, {"", m.cloud("c.xyz", {{0, 0, 0}})}});
+  const auto g = m.pipeline->ground(grounding::parse("the ball [0.25, 0.25, 0.75, 0.75]"), media);
+  ASSERT_EQ(g.boxes.size(), 1u);
+  ASSERT_EQ(g.boxes[0].medium, 0);
+  // The square was 40 x 40 with 10 rows of padding above: the box covers x 10..30 and every row.
+  EXPECT_EQ(g.boxes[0].mapped->absolute, (std::vector<double>{10, 0, 30, 20}));
+  EXPECT_EQ(g.boxes[0].mapped->unit, "px");
+  ASSERT_TRUE(m.pipeline->render(g, media, m.dir / "answer.png"));
+  const auto drawn = io::ImageReader::read(m.dir / "answer.png");
+  ASSERT_EQ(drawn.width, 40);
+  const auto px = [&](int x, int y) { return drawn.rgb[y][x].to(torch::kInt32); };
+  EXPECT_TRUE(torch::equal(px(2, 10), torch::tensor({128, 128, 128}, torch::kInt32)));  // outside the box
+  EXPECT_FALSE(torch::equal(px(10, 16), torch::tensor({128, 128, 128}, torch::kInt32)));  // on its left edge
 }
 
 TEST(Pipeline, MediaOrderComesFromModelIni) {
