@@ -197,7 +197,6 @@ ImportReport import_checkpoint(const ImportOptions& options, const host::PluginH
     context.checkpoint = source.get();
     context.checkpoint_dir = in;
     context.inputs = options.inputs;
-    context.open = [](const std::filesystem::path& dir) { return weights::open_tensor_source(dir); };
     for (const auto& name : host->modalities()) {
       ModalityConfig probe;
       probe.llm_hidden_size = llama.hidden_size();

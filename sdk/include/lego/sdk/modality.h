@@ -16,7 +16,6 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -107,8 +106,6 @@ struct ImportContext {
   const TensorSource* checkpoint = nullptr;
   std::filesystem::path checkpoint_dir;  // config.json and friends
   std::map<std::string, std::filesystem::path> inputs;
-  // Opens a directory of weights (safetensors or .bin, maybe sharded) the way core opens a checkpoint.
-  std::function<std::unique_ptr<TensorSource>(const std::filesystem::path&)> open;
 };
 
 // How a modality's branch of a checkpoint becomes a model directory's section and tensors.
