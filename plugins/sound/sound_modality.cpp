@@ -134,6 +134,7 @@ class SoundModality : public EncoderAdapterModality {
     put("positions", tensor_dim(s, "model.audio_position_embedding.weight", 0));
     // ImageBind-huge is kept whole in the release; only its audio path is used.
     plan.unused_prefixes.push_back(ib);
+    plan.derived_buffers.push_back("model.audio_Qformer.bert.embeddings.position_ids");
     return plan;
   }
 

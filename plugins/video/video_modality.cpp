@@ -200,6 +200,8 @@ class VideoModality : public EncoderAdapterModality {
     put("frames", tensor_dim(s, "model.video_frame_position_embedding.weight", 0));
     put("video_queries", tensor_dim(s, "model.video_query_tokens", 1));
     put("video_qformer_layers", count_numbered(names, "model.video_Qformer.bert.encoder.layer."));
+    // The release's BERT embeddings keep position_ids (arange) as a persistent buffer.
+    plan.derived_buffers = {"model.Qformer.bert.embeddings.position_ids", "model.video_Qformer.bert.embeddings.position_ids"};
     return plan;
   }
 

@@ -54,6 +54,8 @@ def released_qformer_names(m, prefix):
         name = k.replace("layernorm.", "bert.embeddings.LayerNorm.").replace("encoder.layer.", "bert.encoder.layer.")
         name = name.replace(".attention.attention.", ".attention.self.").replace(".crossattention.attention.", ".crossattention.self.")
         out[prefix + name] = v.contiguous()
+    # The release's vendored BERT keeps position_ids as a persistent buffer, so the checkpoint holds it.
+    out[prefix + "bert.embeddings.position_ids"] = torch.arange(512).unsqueeze(0)
     return out
 
 
@@ -66,6 +68,9 @@ def av_model(tmp_path_factory, sp_model):
     gdir, ours = base / "groundinggpt", base / "lego"
     save_hf_llama(gdir, sp_model, seed=9, max_position_embeddings=512)
     state = load_file(str(gdir / "model.safetensors"))
+    # Checkpoints saved by older transformers (the release's) keep each layer's rotary inv_freq buffer.
+    for layer in range(2):
+        state[f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"] = 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16)
 
     torch.manual_seed(10)
     eva = Blip2VisionModel(Blip2VisionConfig(image_size=SIZE, patch_size=PATCH, hidden_size=32, intermediate_size=64,

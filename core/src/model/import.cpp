@@ -104,8 +104,10 @@ std::vector<std::string> added_tokens(const std::filesystem::path& in, int64_t s
   return out;
 }
 
+// Buffers older checkpoints saved that the LLM derives from its options.
 bool is_derived_buffer(const std::string& name) {
-  return name.size() > 17 && name.compare(name.size() - 17, 17, "rotary_emb.inv_freq") == 0;
+  static const std::string kSuffix = ".self_attn.rotary_emb.inv_freq";
+  return name.size() > kSuffix.size() && name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0;
 }
 
 }  // namespace
@@ -190,6 +192,7 @@ ImportReport import_checkpoint(const ImportOptions& options, const host::PluginH
   // keys (sizes read from the tensors) and where its weights live; --set fills what tensors cannot tell.
   std::map<std::string, std::unique_ptr<TensorSource>> inputs;
   std::vector<std::string> unused_prefixes;
+  std::set<std::string> derived;
   std::vector<std::string> modalities;
   if (options.kind == "groundinggpt") {
     if (host == nullptr) throw Error(ErrorKind::InvalidArgument, "importing modality branches needs the plugin host");
@@ -230,6 +233,7 @@ ImportReport import_checkpoint(const ImportOptions& options, const host::PluginH
       ini.set(name + ".plugin", name);
       for (const auto& k : section->section_keys(name)) ini.set(name + "." + k, section->get_string(name + "." + k));
       unused_prefixes.insert(unused_prefixes.end(), plan->unused_prefixes.begin(), plan->unused_prefixes.end());
+      derived.insert(plan->derived_buffers.begin(), plan->derived_buffers.end());
       modalities.push_back(name);
     }
   }
@@ -255,7 +259,7 @@ ImportReport import_checkpoint(const ImportOptions& options, const host::PluginH
   for (const auto& name : collect.unused(*source)) {
     const bool branch_rest = std::any_of(unused_prefixes.begin(), unused_prefixes.end(),
                                          [&](const std::string& p) { return name.rfind(p, 0) == 0; });
-    if (is_derived_buffer(name) || branch_rest || (llama.tie_word_embeddings() && name == "lm_head.weight")) {
+    if (is_derived_buffer(name) || derived.count(name) || branch_rest || (llama.tie_word_embeddings() && name == "lm_head.weight")) {
       report.skipped.push_back(name);
     } else {
       unknown.push_back(name);

@@ -121,6 +121,8 @@ struct ImportPlan {
   std::vector<Rule> rules;
   // Checkpoint tensors under these prefixes belong to the branch but are not used (listed as skipped).
   std::vector<std::string> unused_prefixes;
+  // Checkpoint buffers the modules derive themselves (a BERT's position_ids), skipped by exact name.
+  std::vector<std::string> derived_buffers;
 };
 
 class Modality {
