@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cmath>
 #include <limits>
 
 #include "lego/sdk/error.h"
@@ -73,10 +74,12 @@ void append_text(RowState& r, const std::string& piece, const std::vector<std::s
 void SamplingOptions::validate() const {
   auto bad = [](const std::string& what) { throw Error(ErrorKind::InvalidArgument, what); };
   if (max_new_tokens < 0) bad("max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
-  if (temperature < 0) bad("temperature must be >= 0, got " + std::to_string(temperature));
+  if (!(std::isfinite(temperature) && temperature >= 0)) bad("temperature must be a finite number >= 0, got " + std::to_string(temperature));
   if (top_k < 0) bad("top_k must be >= 0, got " + std::to_string(top_k));
   if (!(top_p > 0 && top_p <= 1)) bad("top_p must be in (0, 1], got " + std::to_string(top_p));
-  if (!(repetition_penalty > 0)) bad("repetition_penalty must be > 0, got " + std::to_string(repetition_penalty));
+  if (!(std::isfinite(repetition_penalty) && repetition_penalty > 0)) {
+    bad("repetition_penalty must be a finite number > 0, got " + std::to_string(repetition_penalty));
+  }
   for (const auto& s : stop) {
     if (s.empty()) bad("stop strings must not be empty");
   }

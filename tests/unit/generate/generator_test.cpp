@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+#include <limits>
 #include <memory>
 #include <random>
 
@@ -291,6 +293,17 @@ TEST(Generator, BadSamplingOptionsAreRefused) {
   o = {};
   o.temperature = -1;
   expect_error([&] { o.validate(); }, ErrorKind::InvalidArgument, {"temperature"});
+  for (double bad : {std::nan(""), std::numeric_limits<double>::infinity()}) {
+    o = {};
+    o.temperature = bad;
+    expect_error([&] { o.validate(); }, ErrorKind::InvalidArgument, {"temperature"});
+    o = {};
+    o.repetition_penalty = bad;
+    expect_error([&] { o.validate(); }, ErrorKind::InvalidArgument, {"repetition_penalty"});
+    o = {};
+    o.top_p = bad;
+    expect_error([&] { o.validate(); }, ErrorKind::InvalidArgument, {"top_p"});
+  }
 }
 
 }  // namespace
