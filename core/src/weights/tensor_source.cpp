@@ -63,6 +63,33 @@ class TorchBinSource : public TensorSource {
   std::unordered_map<std::string, at::Tensor> tensors_;
 };
 
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// A shard of `index`: a regular weight file inside `dir`, resolved once — never a folder, another index
+// (an index naming itself recursed without bound) or a link out of the folder.
+std::unique_ptr<TensorSource> open_shard(const std::filesystem::path& index, const std::filesystem::path& dir,
+                                         const std::string& file) {
+  const std::filesystem::path rel(file);
+  const auto refuse = [&](const std::string& why) {
+    return Error(ErrorKind::Format, index.string() + ": shard '" + file + "' " + why);
+  };
+  if (file.empty() || rel.is_absolute() || std::any_of(rel.begin(), rel.end(), [](const auto& c) { return c == ".."; })) {
+    throw refuse("leaves the model directory");
+  }
+  std::error_code ec;
+  const auto root = std::filesystem::weakly_canonical(dir, ec);
+  const auto real = std::filesystem::weakly_canonical(dir / rel, ec);
+  if (ec) throw refuse("cannot be resolved");
+  const auto [r, p] = std::mismatch(root.begin(), root.end(), real.begin(), real.end());
+  if (r != root.end()) throw refuse("leaves the model directory");
+  if (!std::filesystem::exists(real, ec)) throw Error(ErrorKind::NotFound, index.string() + ": shard '" + file + "' not found");
+  if (!std::filesystem::is_regular_file(real, ec)) throw refuse("is not a weight file");
+  if (ends_with(real.filename().string(), ".index.json")) throw refuse("is an index, not a weight file");
+  return open_tensor_source(real);
+}
+
 // `*.index.json` with {"weight_map": {tensor: shard file}}: each shard opened once.
 class ShardedSource : public TensorSource {
  public:
@@ -85,11 +112,8 @@ class ShardedSource : public TensorSource {
         throw Error(ErrorKind::Format, index.string() + ": weight_map entry '" + it.key() + "' is not a file name");
       }
       const std::string file = it.value().get<std::string>();
-      if (std::filesystem::path(file).is_absolute() || file.find("..") != std::string::npos) {
-        throw Error(ErrorKind::Format, index.string() + ": shard '" + file + "' leaves the model directory");
-      }
       auto [pos, fresh] = shard_of_file.emplace(file, shards_.size());
-      if (fresh) shards_.push_back(open_tensor_source(dir / file));
+      if (fresh) shards_.push_back(open_shard(index, dir, file));
       const auto& shard = shards_[pos->second];
       if (!shard->contains(it.key())) {
         throw Error(ErrorKind::NotFound, index.string() + ": tensor '" + it.key() + "' is not in its shard " +
@@ -121,10 +145,6 @@ class ShardedSource : public TensorSource {
   std::unordered_map<std::string, size_t> where_;
 };
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 }  // namespace
 
 std::unique_ptr<TensorSource> open_torch_bin(const std::filesystem::path& file) {
@@ -143,6 +163,8 @@ std::unique_ptr<TensorSource> open_tensor_source(const std::filesystem::path& pa
                                          "pytorch_model.bin[.index.json])");
   }
   if (!std::filesystem::exists(path, ec)) throw Error(ErrorKind::NotFound, path.string() + ": no such file");
+  // A FIFO or device would block or never end.
+  if (!std::filesystem::is_regular_file(path, ec)) throw Error(ErrorKind::InvalidArgument, path.string() + ": not a regular file");
   const std::string name = path.filename().string();
   if (ends_with(name, ".index.json")) return std::make_unique<ShardedSource>(path);
   if (ends_with(name, ".safetensors")) return open_safetensors(path);

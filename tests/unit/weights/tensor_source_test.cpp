@@ -1,4 +1,6 @@
 // Directory discovery, sharded indexes, .bin archives and loading into modules with shape checks.
+#include <sys/stat.h>
+
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/nn/modules/container/sequential.h>
@@ -89,6 +91,28 @@ TEST(TensorSource, ShardedIndexPointingAtAMissingTensorIsRefused) {
   expect_error([&] { open_tensor_source(dir.path()); }, ErrorKind::Format, {"leaves the model directory"});
   write_bytes(dir / "model.safetensors.index.json", R"({"no_map":1})");
   expect_error([&] { open_tensor_source(dir.path()); }, ErrorKind::Format, {"weight_map"});
+}
+
+TEST(TensorSource, ShardsAreWeightFilesInsideTheFolderResolvedOnce) {
+  TempDir dir, outside;
+  write_safetensors(dir / "s1.safetensors", {{"x", at::ones({2})}});
+  write_safetensors(outside / "far.safetensors", {{"x", at::ones({2})}});
+  std::filesystem::create_directories(dir / "sub.safetensors");
+  std::filesystem::create_symlink(outside / "far.safetensors", dir / "link.safetensors");
+  ASSERT_EQ(::mkfifo((dir / "pipe.safetensors").c_str(), 0600), 0);
+  const std::pair<const char*, const char*> cases[] = {
+      {"model.safetensors.index.json", "is an index"},  // the index itself: recursed without bound before
+      {"", "leaves the model directory"},
+      {".", "is not a weight file"},
+      {"sub.safetensors", "is not a weight file"},
+      {"link.safetensors", "leaves the model directory"},
+      {"pipe.safetensors", "is not a weight file"},
+      {"a/../../s1.safetensors", "leaves the model directory"}};
+  for (const auto& [shard, why] : cases) {
+    write_bytes(dir / "model.safetensors.index.json", std::string(R"({"weight_map":{"x":")") + shard + R"("}})");
+    expect_error([&] { open_tensor_source(dir.path()); }, ErrorKind::Format, {"index.json", why});
+  }
+  expect_error([&] { open_tensor_source(dir / "pipe.safetensors"); }, ErrorKind::InvalidArgument, {"not a regular file"});
 }
 
 TEST(TensorSource, BinThatIsNotACheckpointIsRefused) {
