@@ -229,9 +229,21 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
   for (int64_t step = 0; step < max_new; ++step) {
     const auto step_start = Clock::now();
     auto scores = logits.to(torch::kCPU, torch::kFloat32);
+    // NaN or infinite logits (broken weights, an overflow in fp16) would decode to nothing or crash the
+    // sampler; say where they appeared instead. The row maxima show both (max treats NaN as largest), and
+    // the greedy path needs them anyway.
+    auto [top, top_id] = scores.max(1);
+    const float* top_values = top.data_ptr<float>();
+    for (int64_t b = 0; b < batch; ++b) {
+      if (!std::isfinite(top_values[b])) {
+        throw Error(ErrorKind::Format, "the model produced non-finite logits at generation step " + std::to_string(step) +
+                                           " (batch row " + std::to_string(b) +
+                                           "): its weights or the inputs hold NaN or infinite values");
+      }
+    }
     torch::Tensor next;
     if (options.temperature == 0 && options.repetition_penalty == 1.0) {
-      next = scores.argmax(1);
+      next = top_id;
     } else {
       scores = process_logits(scores, history.defined() ? history.narrow(1, 0, prompt_len + step) : torch::Tensor(), options);
       if (options.temperature == 0) {

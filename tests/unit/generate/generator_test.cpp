@@ -286,6 +286,23 @@ TEST(Generator, OwnsItsTokenizer) {
   expect_error([&] { Generator(m.net, nullptr); }, ErrorKind::InvalidArgument, {"tokenizer"});
 }
 
+TEST(Generator, NonFiniteLogitsAreAnErrorNotAnEmptyAnswer) {
+  auto m = LanguageModel::load(lego::testing::tiny_model_dir());
+  {
+    torch::NoGradGuard no_grad;
+    m.net->lm_head->weight[3].fill_(std::nan(""));  // every position's logit of token 3 becomes NaN
+  }
+  Generator g(m.net, m.tokenizer);
+  SamplingOptions greedy;
+  greedy.max_new_tokens = 4;
+  expect_error([&] { g.generate({m.tokenizer->encode("The dog")}, greedy); }, ErrorKind::Format,
+               {"non-finite logits", "step 0"});
+  SamplingOptions sampled = greedy;
+  sampled.temperature = 0.7;
+  expect_error([&] { g.generate({m.tokenizer->encode("The dog")}, sampled); }, ErrorKind::Format,
+               {"non-finite logits"});
+}
+
 TEST(Generator, BadSamplingOptionsAreRefused) {
   SamplingOptions o;
   o.top_p = 0;
