@@ -55,7 +55,7 @@ int run_chat(const Args& args) {
       auto a = pipeline->answer(request, earlier, [](int64_t, std::string_view piece) { std::cout << piece << std::flush; });
       std::cout << '\n';
       // The history keeps the message with its placeholders, as the prompt had it.
-      request.history.push_back({pipeline->place_media(line, pipeline->resolve(request.media)), a.output.text});
+      request.history.push_back({a.message, a.output.text});
       earlier = std::move(a.media);
     } catch (const Error& e) {
       std::cout << "error: " << e.what() << '\n';

@@ -367,7 +367,8 @@ Answer Pipeline::answer(const Request& request, const std::vector<EncodedMedia>&
   Answer a;
   torch::NoGradGuard no_grad;  // answering never trains
   const auto media = resolve(request.media);
-  const std::string message = place_media(request.message, media);
+  a.message = place_media(request.message, media);
+  const std::string& message = a.message;
   auto sampling = request.sampling;
   if (!request.raw) sampling.stop.push_back(text::kLegoStop);
   const auto t0 = std::chrono::steady_clock::now();

@@ -75,6 +75,7 @@ struct Request {
 };
 
 struct Answer {
+  std::string message;  // the request's message with its placeholders placed, as a conversation keeps it
   generate::GenerationOutput output;
   std::vector<int64_t> prompt_ids;
   grounding::Mentions mentions;
