@@ -51,13 +51,17 @@ int main(int argc, char** argv) {
       std::cerr << "lego " << name << ": error (" << lego::error_kind_name(e.kind()) << "): " << e.what() << '\n';
       return 1;
     } catch (const boost::program_options::error& e) {
-      std::cerr << "lego " << name << ": " << e.what() << " (see lego " << name << " --help)\n";
+      std::cerr << "lego " << name << ": " << lego::one_line(e.what()) << " (see lego " << name << " --help)\n";
       return 2;
     } catch (const c10::Error& e) {
-      std::cerr << "lego " << name << ": error (torch): " << e.what_without_backtrace() << '\n';
+      std::cerr << "lego " << name << ": error (torch): " << lego::one_line(e.what_without_backtrace()) << '\n';
+      return 1;
+    } catch (const std::bad_alloc&) {
+      // Sizes are checked before they are allocated; reaching this is a bug worth reporting.
+      std::cerr << "lego " << name << ": error (memory): out of memory\n";
       return 1;
     } catch (const std::exception& e) {
-      std::cerr << "lego " << name << ": error: " << e.what() << '\n';
+      std::cerr << "lego " << name << ": error: " << lego::one_line(e.what()) << '\n';
       return 1;
     }
   }

@@ -23,8 +23,15 @@ enum class ErrorKind {
 // Short lower-case name of a kind, as printed by the CLI ("format", "not-found", ...).
 std::string_view error_kind_name(ErrorKind kind);
 
+// `text` as one printable line: line breaks and tabs become single spaces, other control bytes and bytes
+// that are not valid UTF-8 become \xNN, and text past `max_bytes` is cut with "...". Every Error message
+// passes through it, so a message quoting a hostile file (raw binary, a library's multi-line report)
+// still prints as the one line the CLI promises.
+std::string one_line(std::string_view text, size_t max_bytes = 600);
+
 class Error : public std::runtime_error {
  public:
+  // The message is stored as one_line(message).
   Error(ErrorKind kind, const std::string& message);
   // Out of line on purpose: it anchors the vtable and type info in liblego_sdk, so an Error thrown from a
   // plugin stays valid after that plugin is unloaded.
