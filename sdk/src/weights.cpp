@@ -65,6 +65,14 @@ LoadReport load_module(torch::nn::Module& module, const TensorSource& source, co
                                          shape_string(target.sizes()));
     }
     const auto want = dtype.value_or(target.scalar_type());
+    // A converted integer or boolean tensor would load as plausible-looking floats: refuse the kind change.
+    if (at::isFloatingType(target.scalar_type()) != at::isFloatingType(info.dtype) ||
+        at::isComplexType(info.dtype)) {
+      throw Error(ErrorKind::Format, info.file.string() + ": tensor '" + name + "' is " +
+                                         std::string(c10::toString(info.dtype)) + ", the model expects " +
+                                         (at::isFloatingType(target.scalar_type()) ? "a floating-point tensor"
+                                                                                   : std::string(c10::toString(target.scalar_type()))));
+    }
     at::Tensor value = source.get(name);
     if (value.scalar_type() != want || value.device() != target.device()) {
       value = value.to(target.device(), want);

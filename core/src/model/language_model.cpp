@@ -66,6 +66,9 @@ LanguageModel LanguageModel::load(const std::filesystem::path& dir, const LoadOp
   auto cfg = config::read_file(dir / "model.ini");
   auto llama = llama_options_from_config(cfg);
   auto tokenizer = tokenizer_from_model_dir(dir, cfg);
+  if (const auto unknown = cfg.unread_keys({"llm", "tokenizer"}); !unknown.empty()) {
+    throw Error(ErrorKind::Format, (dir / "model.ini").string() + ": unknown key '" + unknown.front() + "'");
+  }
   if (tokenizer.vocab_size() != llama.vocab_size()) {
     throw Error(ErrorKind::Format, (dir / "model.ini").string() + ": llm.vocab_size is " +
                                        std::to_string(llama.vocab_size()) + " but the tokenizer has " +
@@ -76,7 +79,18 @@ LanguageModel LanguageModel::load(const std::filesystem::path& dir, const LoadOp
   }
   llm::LlamaForCausalLM net(llama);
   auto source = weights::open_tensor_source(dir);
-  weights::load_module(*net, *source, "", options.dtype);
+  const auto report = weights::load_module(*net, *source, "", options.dtype);
+  std::vector<std::string> unused;
+  for (const auto& name : report.unused) {
+    if (is_language_model_tensor(name)) unused.push_back(name);
+  }
+  if (!unused.empty()) {
+    // More layers than num_layers, or lm_head under tie_word_embeddings: running would silently differ.
+    throw Error(ErrorKind::Format, source->describe() + ": " + std::to_string(unused.size()) +
+                                       " language-model tensor(s) that " + (dir / "model.ini").string() +
+                                       " gives no place to, first '" + unused.front() +
+                                       "' (check llm.num_layers and llm.tie_word_embeddings)");
+  }
   net->to(options.device);
   net->eval();
   auto shared = std::make_shared<const text::Tokenizer>(std::move(tokenizer));
@@ -84,12 +98,23 @@ LanguageModel LanguageModel::load(const std::filesystem::path& dir, const LoadOp
                        options.dtype};
 }
 
-torch::Device parse_device(const std::string& name) {
-  try {
-    return torch::Device(name);
-  } catch (const c10::Error&) {
-    throw Error(ErrorKind::InvalidArgument, "--device '" + name + "': expected cpu, cuda or cuda:N");
+bool is_language_model_tensor(const std::string& name) {
+  for (const char* prefix : {"model.embed_tokens.", "model.layers.", "model.norm.", "lm_head."}) {
+    if (name.rfind(prefix, 0) == 0) return true;
   }
+  return false;
+}
+
+torch::Device parse_device(const std::string& name) {
+  const auto refuse = [&] { return Error(ErrorKind::InvalidArgument, "--device '" + name + "': expected cpu, cuda or cuda:N"); };
+  torch::Device device(torch::kCPU);
+  try {
+    device = torch::Device(name);
+  } catch (const c10::Error&) {
+    throw refuse();
+  }
+  if (!device.is_cpu() && !device.is_cuda()) throw refuse();  // mps, xpu, meta, ...: not built for here
+  return device;
 }
 
 torch::ScalarType parse_dtype(const std::string& name) {

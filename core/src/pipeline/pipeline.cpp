@@ -56,7 +56,25 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::filesystem::path& dir, const
   std::unique_ptr<Pipeline> p(new Pipeline(LanguageModel::load(dir, options), std::move(host)));
   const auto ini = (dir / "model.ini").string();
   const auto& tok = p->tokenizer();
-  auto source = weights::open_tensor_source(dir);  // one mapping: each tensor is loaded once
+  const auto file_source = weights::open_tensor_source(dir);  // one mapping: each tensor is loaded once
+  // Remembers which tensors the modalities take, so that tensors nothing uses are an error, not ignored.
+  class Recording : public TensorSource {
+   public:
+    explicit Recording(const TensorSource& inner) : inner_(inner) {}
+    std::vector<std::string> names() const override { return inner_.names(); }
+    bool contains(const std::string& name) const override { return inner_.contains(name); }
+    TensorInfo info(const std::string& name) const override { return inner_.info(name); }
+    at::Tensor get(const std::string& name) const override {
+      used.insert(name);
+      return inner_.get(name);
+    }
+    std::string describe() const override { return inner_.describe(); }
+    mutable std::set<std::string> used;
+
+   private:
+    const TensorSource& inner_;
+  };
+  const auto source = std::make_unique<Recording>(*file_source);
   std::set<std::string> placeholders;
   for (auto& [section, spec] : modality_sections(p->llm_.config, dir)) {
     Entry e;
@@ -91,6 +109,19 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::filesystem::path& dir, const
         throw Error(ErrorKind::Format, ini + ": [" + a + "] and [" + b + "] share the start token " + ea.frame[0]);
       }
     }
+  }
+  if (p->llm_.config.has("model.media_order")) p->llm_.config.get_list("model.media_order");
+  if (const auto unknown = p->llm_.config.unread_keys(); !unknown.empty()) {
+    throw Error(ErrorKind::Format, ini + ": unknown key '" + unknown.front() + "' (no part of lego or of the plugin of its section reads it)");
+  }
+  std::vector<std::string> unused;
+  for (const auto& name : source->names()) {
+    if (!is_language_model_tensor(name) && !source->used.count(name)) unused.push_back(name);
+  }
+  if (!unused.empty()) {
+    throw Error(ErrorKind::Format, source->describe() + ": " + std::to_string(unused.size()) +
+                                       " tensor(s) that no part of the model in " + ini + " uses, first '" +
+                                       unused.front() + "' (a missing or misconfigured modality section?)");
   }
   std::vector<std::string> names;
   for (const auto& [n, e] : p->modalities_) names.push_back(n);

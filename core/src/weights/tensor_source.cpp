@@ -2,11 +2,15 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
-#include <torch/serialize.h>
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/import_read.h>
+#include <torch/csrc/jit/serialization/storage_context.h>
 
 #include <algorithm>
 #include <fstream>
 #include <iterator>
+#include <limits>
+#include <optional>
 #include <sstream>
 #include <unordered_map>
 
@@ -16,16 +20,57 @@
 namespace lego::weights {
 namespace {
 
-// A state dict loaded whole from a `torch.save` zip archive.
+// Bytes of storage a tensor view reaches, (offset + extent) x item size, or nullopt when a size, stride
+// or offset is negative or the product overflows.
+std::optional<uint64_t> view_bytes(const at::Tensor& t) {
+  if (t.numel() == 0) return 0;
+  if (t.storage_offset() < 0) return std::nullopt;
+  unsigned __int128 last = static_cast<uint64_t>(t.storage_offset());
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) < 0 || t.stride(d) < 0) return std::nullopt;
+    last += static_cast<unsigned __int128>(t.size(d) - 1) * static_cast<uint64_t>(t.stride(d));
+  }
+  const unsigned __int128 bytes = (last + 1) * t.element_size();
+  if (bytes > std::numeric_limits<uint64_t>::max()) return std::nullopt;
+  return static_cast<uint64_t>(bytes);
+}
+
+// A state dict loaded whole from a `torch.save` zip archive. Each storage record is read once, at its real
+// size, before the pickle is: torch's unpickler sizes a storage from the pickle's declared element count,
+// not from the record, so a short or empty record would be read past its end. Every tensor is then checked
+// to lie inside the storage it views.
 class TorchBinSource : public TensorSource {
  public:
   explicit TorchBinSource(const std::filesystem::path& file) : file_(file) {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) throw Error(ErrorKind::NotFound, file.string() + ": cannot open");
-    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::error_code ec;
+    const auto file_bytes = std::filesystem::file_size(file, ec);
+    if (ec) throw Error(ErrorKind::NotFound, file.string() + ": cannot open: " + ec.message());
+    {
+      std::ifstream in(file, std::ios::binary);
+      char magic[4] = {};
+      if (!in || !in.read(magic, 4) || std::string(magic, 4) != std::string("PK\x03\x04", 4)) {
+        throw Error(ErrorKind::Format, file.string() + ": not a zip-format torch.save checkpoint (files of torch "
+                                                       "< 1.6 are not read: load and save them again with a current torch)");
+      }
+    }
     c10::IValue value;
     try {
-      value = torch::pickle_load(bytes);
+      caffe2::serialize::PyTorchStreamReader reader(file.string());
+      auto storages = std::make_shared<torch::jit::DeserializationStorageContext>();
+      for (const auto& record : reader.getAllRecords()) {
+        if (record.rfind("data/", 0) != 0 || record.size() == 5) continue;
+        // torch.save stores records uncompressed: one larger than the file would be a decompression bomb.
+        if (reader.getRecordSize(record) > file_bytes) {
+          throw Error(ErrorKind::Format, file.string() + ": record '" + record + "' claims " +
+                                             std::to_string(reader.getRecordSize(record)) +
+                                             " bytes, more than the file holds");
+        }
+        auto [data, bytes] = reader.getRecord(record);
+        storages->addStorage(record.substr(5), c10::Storage(c10::Storage::use_byte_size_t(), bytes, std::move(data),
+                                                            /*allocator=*/nullptr, /*resizable=*/false));
+      }
+      value = torch::jit::readArchiveAndTensors("data", "", "", std::nullopt, std::nullopt, at::Device(at::kCPU),
+                                                reader, torch::jit::Unpickler::defaultTypeParser, storages);
     } catch (const c10::Error& e) {
       throw Error(ErrorKind::Format, file.string() + ": not a readable PyTorch checkpoint: " +
                                          e.what_without_backtrace());
@@ -35,7 +80,17 @@ class TorchBinSource : public TensorSource {
       if (!item.key().isString() || !item.value().isTensor()) {
         throw Error(ErrorKind::Format, file.string() + ": state dict entries must map names to tensors");
       }
-      tensors_.emplace(item.key().toStringRef(), item.value().toTensor());
+      const auto& name = item.key().toStringRef();
+      const at::Tensor t = item.value().toTensor();
+      const auto need = view_bytes(t);
+      const uint64_t have = t.storage().nbytes();
+      if (!need || *need > have) {
+        throw Error(ErrorKind::Format, file.string() + ": tensor '" + name + "' of shape " + shape_string(t.sizes()) +
+                                           (need ? " needs " + std::to_string(*need) + " bytes of storage but its storage holds " +
+                                                       std::to_string(have)
+                                                 : " has a negative or overflowing size, stride or offset"));
+      }
+      tensors_.emplace(name, t);
     }
   }
 

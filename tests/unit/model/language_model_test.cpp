@@ -75,5 +75,43 @@ TEST(LanguageModel, LoadsInBfloat16) {
   EXPECT_TRUE(torch::isfinite(out).all().item<bool>());
 }
 
+TEST(LanguageModel, IntegerTensorsAreNotConvertedToWeights) {
+  TempDir dir;
+  auto m = edited_copy(dir, [](auto& t) {
+    for (auto& [name, tensor] : t) {
+      if (name == "model.norm.weight") tensor = tensor.to(torch::kInt32);
+    }
+  });
+  expect_error([&] { LanguageModel::load(m); }, ErrorKind::Format, {"model.norm.weight", "Int", "floating-point"});
+}
+
+TEST(LanguageModel, LanguageModelTensorsWithoutAPlaceAreAnError) {
+  TempDir dir;
+  auto m = edited_copy(dir, [](auto&) {});
+  auto cfg = config::read_file(m / "model.ini");
+  cfg.set("llm.num_layers", "1");  // the weights have two
+  lego::testing::write_bytes(m / "model.ini", cfg.to_ini());
+  expect_error([&] { LanguageModel::load(m); }, ErrorKind::Format, {"model.layers.1.", "num_layers"});
+  cfg.set("llm.num_layers", "2");
+  cfg.set("llm.tie_word_embeddings", "true");  // lm_head.weight present
+  lego::testing::write_bytes(m / "model.ini", cfg.to_ini());
+  expect_error([&] { LanguageModel::load(m); }, ErrorKind::Format, {"lm_head.weight"});
+}
+
+TEST(LanguageModel, UnknownKeysOfItsSectionsAreAnError) {
+  TempDir dir;
+  auto m = edited_copy(dir, [](auto&) {});
+  auto cfg = config::read_file(m / "model.ini");
+  cfg.set("llm.rope_scaling_factr", "2");
+  lego::testing::write_bytes(m / "model.ini", cfg.to_ini());
+  expect_error([&] { LanguageModel::load(m); }, ErrorKind::Format, {"model.ini", "llm.rope_scaling_factr"});
+}
+
+TEST(LanguageModel, DevicesOtherThanCpuAndCudaAreRefusedByName) {
+  expect_error([] { parse_device("mps"); }, ErrorKind::InvalidArgument, {"--device 'mps'"});
+  expect_error([] { parse_device("gpu"); }, ErrorKind::InvalidArgument, {"--device 'gpu'"});
+  EXPECT_TRUE(parse_device("cuda:1").is_cuda());
+}
+
 }  // namespace
 }  // namespace lego

@@ -42,6 +42,10 @@ struct LanguageModel {
   static LanguageModel load(const std::filesystem::path& dir, const LoadOptions& options = {});
 };
 
+// Whether a checkpoint tensor belongs to the language model (HF LLaMA names: model.embed_tokens, model.layers,
+// model.norm, lm_head) rather than to a modality. LanguageModel::load refuses such tensors that it does not use.
+bool is_language_model_tensor(const std::string& name);
+
 // Parses "cpu", "cuda", "cuda:1" and "fp32"/"float32", "bf16"/"bfloat16", "fp16"/"float16".
 torch::Device parse_device(const std::string& name);
 torch::ScalarType parse_dtype(const std::string& name);
