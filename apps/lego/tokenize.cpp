@@ -8,6 +8,7 @@
 #include "commands.h"
 #include "lego/model/language_model.h"
 #include "lego/sdk/error.h"
+#include "lego/sdk/files.h"
 
 namespace lego::cli {
 namespace po = boost::program_options;
@@ -25,8 +26,9 @@ int run_tokenize(const Args& args) {
       ("no-bos", po::bool_switch(&no_bos), "do not prepend the BOS token");
   if (!parse_args(args, d, "lego tokenize --model DIR (--text TEXT ... | --in FILE.jsonl)")) return 0;
   if (!in_file.empty()) {
+    require_regular_file(in_file, "input");
     std::ifstream in(in_file);
-    if (!in) throw Error(ErrorKind::NotFound, in_file + ": cannot open");
+    if (!in) throw Error(ErrorKind::Io, in_file + ": cannot open");
     int line_no = 0;
     for (std::string line; std::getline(in, line);) {
       ++line_no;

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "lego/sdk/abi.h"
+#include "lego/sdk/files.h"
 #include "lego/sdk/grounding.h"
 #include "lego/sdk/image/clip_preprocess.h"
 #include "lego/sdk/io/image_reader.h"
@@ -43,7 +44,7 @@ const ImageMeta& image_meta(const Media& m) {
 
 nn::ClipVisionOptions clip_options(const config::ConfigSection& c) {
   nn::ClipVisionOptions o;
-  o.image_size(c.get_int("image_size", o.image_size()))
+  o.image_size(c.get_int("image_size", o.image_size(), 1, 4096))
       .patch_size(c.get_int("patch_size", o.patch_size()))
       .width(c.get_int("width", o.width()))
       .layers(c.get_int("layers", o.layers()))
@@ -54,8 +55,11 @@ nn::ClipVisionOptions clip_options(const config::ConfigSection& c) {
 }
 
 nlohmann::json read_json(const std::filesystem::path& file) {
+  if (require_regular_file(file, "JSON file") > (uint64_t{1} << 28)) {
+    throw Error(ErrorKind::InvalidArgument, file.string() + ": JSON file over 256 MiB; a checkpoint's is a few KB");
+  }
   std::ifstream in(file);
-  if (!in) throw Error(ErrorKind::NotFound, file.string() + ": cannot open");
+  if (!in) throw Error(ErrorKind::Io, file.string() + ": cannot open");
   try {
     return nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {

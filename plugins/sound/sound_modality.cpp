@@ -61,8 +61,9 @@ class SoundModality : public EncoderAdapterModality {
       : encoder_(std::make_shared<SoundEncoder>(imagebind_options(config.section))) {
     const config::ConfigSection& c = config.section;
     if (config.llm_hidden_size <= 0) throw Error(ErrorKind::InvalidArgument, "sound: llm_hidden_size must be positive");
-    clips_.clips = c.get_int("clips", clips_.clips);
-    clips_.clip_seconds = c.get_double("clip_seconds", clips_.clip_seconds);
+    // clips = 0 or a negative clip length reached torch (stack of nothing, negative narrow).
+    clips_.clips = c.get_int("clips", clips_.clips, 1, 64);
+    clips_.clip_seconds = c.get_double("clip_seconds", clips_.clip_seconds, 0.1, 600.0);
     const int64_t out_dim = encoder_->audio_encoder->options().out_dim();
     nn::QFormerOptions q;
     q.hidden(c.get_int("qformer_hidden", q.hidden()))

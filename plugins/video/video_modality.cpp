@@ -42,7 +42,7 @@ const VideoMeta& video_meta(const Media& m) {
 
 nn::EvaVisionOptions eva_options(const config::ConfigSection& c) {
   nn::EvaVisionOptions o;
-  o.image_size(c.get_int("eva_image_size", o.image_size()))
+  o.image_size(c.get_int("eva_image_size", o.image_size(), 1, 4096))
       .patch_size(c.get_int("eva_patch_size", o.patch_size()))
       .width(c.get_int("eva_width", o.width()))
       .layers(c.get_int("eva_layers", o.layers()))
@@ -94,7 +94,7 @@ class VideoModality : public EncoderAdapterModality {
       : VideoModality(config.section, config.llm_hidden_size) {}
 
   VideoModality(const config::ConfigSection& c, int64_t llm_hidden_size)
-      : frames_(c.get_int("frames", 64)),
+      : frames_(c.get_int("frames", 64, 1, 1024)),
         random_crop_(c.get_bool("random_crop", false)),
         encoder_(std::make_shared<FrameEncoder>(eva_options(c), qformer_options(c, c.get_int("eva_width", 1408), "qformer_layers", 12,
                                                                                 c.get_int("qformer_cross_freq", 2)),

@@ -1,6 +1,10 @@
 #include "lego/sdk/config.h"
 
+#include <algorithm>
 #include <charconv>
+#include <cmath>
+#include <mutex>
+#include <set>
 #include <sstream>
 
 #include "lego/sdk/error.h"
@@ -18,6 +22,31 @@ std::string trim(std::string_view s) {
 
 }  // namespace
 
+struct Config::ReadRecord {
+  std::mutex mutex;
+  std::set<std::string> keys;
+};
+
+Config::Config() : read_(std::make_shared<ReadRecord>()) {}
+
+Config::Config(std::filesystem::path source) : source_(std::move(source)), read_(std::make_shared<ReadRecord>()) {}
+
+void Config::mark_read(const std::string& key) const {
+  std::lock_guard<std::mutex> lock(read_->mutex);
+  read_->keys.insert(key);
+}
+
+std::vector<std::string> Config::unread_keys(const std::vector<std::string>& sections) const {
+  std::lock_guard<std::mutex> lock(read_->mutex);
+  std::vector<std::string> out;
+  for (const auto& [k, v] : values_) {
+    const std::string section = k.substr(0, k.find('.'));
+    if (!sections.empty() && std::find(sections.begin(), sections.end(), section) == sections.end()) continue;
+    if (!read_->keys.count(k)) out.push_back(k);
+  }
+  return out;
+}
+
 void Config::set(std::string_view assignment) {
   const auto eq = assignment.find('=');
   const std::string key = trim(assignment.substr(0, eq));
@@ -31,7 +60,11 @@ void Config::set(std::string_view assignment) {
 
 void Config::set(const std::string& key, const std::string& value) { values_[key] = value; }
 
-bool Config::has(const std::string& key) const { return values_.count(key) != 0; }
+bool Config::has(const std::string& key) const {
+  if (values_.count(key) == 0) return false;
+  mark_read(key);
+  return true;
+}
 
 std::string Config::where() const { return source_.empty() ? std::string("config") : source_.string(); }
 
@@ -42,6 +75,7 @@ void Config::bad_value(const std::string& key, const std::string& value, const c
 std::string Config::get_string(const std::string& key) const {
   auto it = values_.find(key);
   if (it == values_.end()) throw Error(ErrorKind::NotFound, where() + ": missing key '" + key + "'");
+  mark_read(key);
   return it->second;
 }
 
@@ -64,15 +98,34 @@ double Config::get_double(const std::string& key) const {
   try {
     size_t used = 0;
     const double out = std::stod(v, &used);
-    if (used != v.size()) bad_value(key, v, "a number");
+    if (used != v.size() || !std::isfinite(out)) bad_value(key, v, "a finite number");
     return out;
   } catch (const std::logic_error&) {
-    bad_value(key, v, "a number");
+    bad_value(key, v, "a finite number");
   }
 }
 
 double Config::get_double(const std::string& key, double fallback) const {
   return has(key) ? get_double(key) : fallback;
+}
+
+int64_t Config::get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) const {
+  const int64_t v = get_int(key, fallback);
+  if (v < min || v > max) {
+    throw Error(ErrorKind::Format, where() + ": key '" + key + "' = " + std::to_string(v) + " is outside [" +
+                                       std::to_string(min) + ", " + std::to_string(max) + "]");
+  }
+  return v;
+}
+
+double Config::get_double(const std::string& key, double fallback, double min, double max) const {
+  const double v = get_double(key, fallback);
+  if (v < min || v > max) {
+    std::ostringstream m;
+    m << where() << ": key '" << key << "' = " << v << " is outside [" << min << ", " << max << "]";
+    throw Error(ErrorKind::Format, m.str());
+  }
+  return v;
 }
 
 bool Config::get_bool(const std::string& key) const {

@@ -3,8 +3,10 @@
 #include <boost/program_options.hpp>
 
 #include <fstream>
+#include <set>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/files.h"
 
 namespace lego::config {
 namespace po = boost::program_options;
@@ -21,15 +23,20 @@ std::string trim(const std::string& s) {
 }  // namespace
 
 Config read_file(const std::filesystem::path& file) {
+  require_regular_file(file, "config");  // a folder read as an empty config; a FIFO blocked
   std::ifstream in(file);
-  if (!in) throw Error(ErrorKind::NotFound, file.string() + ": cannot open config");
+  if (!in) throw Error(ErrorKind::Io, file.string() + ": cannot open config");
   Config c(file);
   try {
     po::options_description none;
     const auto parsed = po::parse_config_file(in, none, /*allow_unregistered=*/true);
+    std::set<std::string> seen;
     for (const auto& opt : parsed.options) {
       if (opt.string_key.find('.') == std::string::npos) {
         throw Error(ErrorKind::Format, file.string() + ": key '" + opt.string_key + "' is outside any [section]");
+      }
+      if (!seen.insert(opt.string_key).second) {
+        throw Error(ErrorKind::Format, file.string() + ": key '" + opt.string_key + "' is given twice");
       }
       c.set(opt.string_key, opt.value.empty() ? "" : trim(opt.value.front()));
     }

@@ -18,46 +18,18 @@ namespace {
 
 }  // namespace
 
-AtomicFile::AtomicFile(const std::filesystem::path& target) : target_(target) {
-  temp_ = target;
-  temp_ += ".tmp." + std::to_string(::getpid());
-  fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) fail(temp_, "cannot create");
+namespace {
+
+std::filesystem::path beside(const std::filesystem::path& target, const std::string& tag) {
+  auto name = target.filename();
+  if (name.empty()) name = target.parent_path().filename();  // "dir/"
+  const auto dir = target.has_filename() ? target.parent_path() : target.parent_path().parent_path();
+  std::string hidden = ".";
+  hidden.append(name.string()).append(".").append(tag).append(".").append(std::to_string(::getpid()));
+  return dir / hidden;
 }
 
-AtomicFile::~AtomicFile() {
-  if (fd_ >= 0) {
-    ::close(fd_);
-    ::unlink(temp_.c_str());
-  }
-}
-
-void AtomicFile::write(const void* data, size_t bytes) {
-  const auto* p = static_cast<const char*>(data);
-  while (bytes > 0) {
-    const ssize_t n = ::write(fd_, p, bytes);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail(temp_, "cannot write");
-    }
-    p += n;
-    bytes -= static_cast<size_t>(n);
-  }
-}
-
-void AtomicFile::commit() {
-  if (::fsync(fd_) != 0) fail(temp_, "cannot fsync");
-  if (::close(fd_) != 0) {
-    fd_ = -1;
-    ::unlink(temp_.c_str());
-    fail(temp_, "cannot close");
-  }
-  fd_ = -1;
-  if (::rename(temp_.c_str(), target_.c_str()) != 0) {
-    ::unlink(temp_.c_str());
-    fail(target_, "cannot rename into place");
-  }
-  auto dir = target_.parent_path();
+void fsync_dir(const std::filesystem::path& dir) {
   const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     ::fsync(dfd);
@@ -65,10 +37,54 @@ void AtomicFile::commit() {
   }
 }
 
-void write_file_atomically(const std::filesystem::path& target, std::string_view text) {
-  AtomicFile f(target);
-  f.write(text);
-  f.commit();
+}  // namespace
+
+StagedDirectory::StagedDirectory(const std::filesystem::path& target) : target_(target) {
+  std::error_code ec;
+  if (std::filesystem::exists(target, ec) && !std::filesystem::is_directory(target, ec)) {
+    throw Error(ErrorKind::InvalidArgument, target.string() + ": exists and is not a directory");
+  }
+  staging_ = beside(target, "staging");
+  std::filesystem::remove_all(staging_, ec);  // left by a killed run of this same pid
+  if (!staging_.parent_path().empty()) std::filesystem::create_directories(staging_.parent_path(), ec);
+  if (!std::filesystem::create_directory(staging_, ec) || ec) {
+    throw Error(ErrorKind::Io, staging_.string() + ": cannot create: " + (ec ? ec.message() : "exists"));
+  }
+}
+
+StagedDirectory::~StagedDirectory() {
+  if (committed_) return;
+  std::error_code ec;
+  std::filesystem::remove_all(staging_, ec);
+}
+
+void StagedDirectory::commit() {
+  for (const auto& e : std::filesystem::directory_iterator(staging_)) {
+    if (e.is_regular_file()) {
+      const int fd = ::open(e.path().c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd >= 0) {
+        ::fsync(fd);
+        ::close(fd);
+      }
+    }
+  }
+  fsync_dir(staging_);
+  std::error_code ec;
+  std::filesystem::path old;
+  if (std::filesystem::exists(target_, ec)) {
+    old = beside(target_, "old");
+    std::filesystem::remove_all(old, ec);
+    if (::rename(target_.c_str(), old.c_str()) != 0) fail(target_, "cannot move the old directory aside");
+  }
+  if (::rename(staging_.c_str(), target_.c_str()) != 0) {
+    const int saved = errno;
+    if (!old.empty()) ::rename(old.c_str(), target_.c_str());  // put the old one back
+    errno = saved;
+    fail(target_, "cannot rename the new directory into place");
+  }
+  committed_ = true;
+  fsync_dir(target_.parent_path());
+  if (!old.empty()) std::filesystem::remove_all(old, ec);
 }
 
 }  // namespace lego::fs

@@ -4,8 +4,12 @@
 #include <boost/dll/shared_library.hpp>
 #include <torch/version.h>
 
+#include <elf.h>
+
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -26,6 +30,41 @@ struct Loaded {
 
 bool is_shared_library(const std::filesystem::path& p) {
   return p.extension() == ".so" && std::filesystem::is_regular_file(p);
+}
+
+// Why `file` cannot be a loadable shared library of this machine, or "" when its ELF header, program
+// headers and every loaded segment lie inside the file. The loader maps segments without reading them,
+// so a truncated library would otherwise fault (SIGBUS) on first touch instead of failing to load.
+std::string elf_problem(const std::filesystem::path& file) {
+  std::error_code ec;
+  const uint64_t size = std::filesystem::file_size(file, ec);
+  if (ec) return "cannot read its size: " + ec.message();
+  std::ifstream in(file, std::ios::binary);
+  Elf64_Ehdr eh{};
+  if (!in.read(reinterpret_cast<char*>(&eh), sizeof eh)) return "shorter than an ELF header";
+  if (std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) return "not an ELF file";
+  if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB || eh.e_type != ET_DYN) {
+    return "not a 64-bit little-endian ELF shared object";
+  }
+  if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum == 0 || eh.e_phnum == PN_XNUM) {
+    return "malformed ELF program header table";
+  }
+  const uint64_t table_end = eh.e_phoff + uint64_t{eh.e_phnum} * sizeof(Elf64_Phdr);
+  if (eh.e_phoff > size || table_end > size) return "truncated: its program headers lie past the end of the file";
+  if (eh.e_shoff > size || eh.e_shoff + uint64_t{eh.e_shnum} * eh.e_shentsize > size) {
+    return "truncated: its section headers lie past the end of the file";
+  }
+  in.seekg(static_cast<std::streamoff>(eh.e_phoff));
+  for (uint16_t i = 0; i < eh.e_phnum; ++i) {
+    Elf64_Phdr ph{};
+    if (!in.read(reinterpret_cast<char*>(&ph), sizeof ph)) return "cannot read its program headers";
+    if (ph.p_type != PT_LOAD && ph.p_type != PT_DYNAMIC) continue;
+    if (ph.p_offset > size || ph.p_filesz > size - ph.p_offset) {
+      return "truncated: segment " + std::to_string(i) + " ends at byte " + std::to_string(ph.p_offset + ph.p_filesz) +
+             " of a " + std::to_string(size) + "-byte file";
+    }
+  }
+  return "";
 }
 
 // Makes a modality that keeps its library alive and is destroyed by the plugin that made it.
@@ -51,9 +90,11 @@ struct PluginHost::Impl {
     PluginRecord& r = records.back();
     r.file = file;
     auto refuse = [&](const std::string& why) { r.reason = why; };
+    if (const auto problem = elf_problem(file); !problem.empty()) return refuse("cannot load: " + problem);
     Library lib;
     try {
-      lib = std::make_shared<boost::dll::shared_library>(file.string(), boost::dll::load_mode::rtld_lazy |
+      // Symbols bound now: one this SDK lacks is a refusal here, not an exit in the middle of a run.
+      lib = std::make_shared<boost::dll::shared_library>(file.string(), boost::dll::load_mode::rtld_now |
                                                                             boost::dll::load_mode::rtld_local);
     } catch (const std::exception& e) {
       return refuse(std::string("cannot load: ") + e.what());
@@ -134,6 +175,12 @@ std::vector<std::filesystem::path> PluginHost::search_path(const std::vector<std
 
 PluginHost::PluginHost(const std::vector<std::filesystem::path>& plugin_dirs) : impl_(std::make_unique<Impl>()) {
   std::set<std::filesystem::path> seen;
+  for (const auto& dir : plugin_dirs) {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(dir, ec)) {
+      throw Error(ErrorKind::NotFound, "--plugin-dir " + dir.string() + ": no such directory");
+    }
+  }
   for (const auto& dir : search_path(plugin_dirs)) {
     std::error_code ec;
     if (!std::filesystem::is_directory(dir, ec)) continue;

@@ -3,9 +3,11 @@
 #include <ATen/ATen.h>
 #include <torch/nn/functional/linear.h>
 
+#include <algorithm>
 #include <string>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/files.h"
 
 namespace lego::llm {
 namespace {
@@ -53,6 +55,20 @@ void LlamaOptions::validate() const {
   require(rope_theta_ > 0, "rope_theta must be positive");
   require(rope_scaling_factor_ > 0, "rope_scaling_factor must be positive");
   require(max_position_ > 0, "max_position must be positive");
+  // Checked before anything is allocated: this libtorch aborts on a failed allocation.
+  require_allocatable(2.0 * parameter_count(), "llm options: a model of " + std::to_string(parameter_count() / 1e9).substr(0, 6) +
+                                                   "B parameters (vocab_size, hidden_size, intermediate_size, num_layers)");
+}
+
+double LlamaOptions::parameter_count() const {
+  const double h = static_cast<double>(hidden_size_);
+  const double q = static_cast<double>(num_heads_) * static_cast<double>(head_width());
+  const double kv = static_cast<double>(kv_heads()) * static_cast<double>(head_width());
+  const double attention = h * (q + 2 * kv) + q * h + (attention_bias_ ? q + 2 * kv : 0.0);
+  const double mlp = 3.0 * h * static_cast<double>(intermediate_size_);
+  const double layer = attention + mlp + 2 * h;
+  const double embeddings = static_cast<double>(vocab_size_) * h * (tie_word_embeddings_ ? 1 : 2);
+  return embeddings + static_cast<double>(num_layers_) * layer + h;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -63,6 +79,11 @@ KvCache::KvCache(const LlamaOptions& options, int64_t batch, int64_t capacity,
     throw Error(ErrorKind::InvalidArgument, "KvCache: batch and capacity must be positive, got " +
                                                 std::to_string(batch) + " and " + std::to_string(capacity));
   }
+  const double bytes = 2.0 * static_cast<double>(options.num_layers()) * static_cast<double>(batch) *
+                       static_cast<double>(options.kv_heads()) * static_cast<double>(capacity) *
+                       static_cast<double>(options.head_width()) * static_cast<double>(tensor_options.dtype().itemsize());
+  require_allocatable(bytes, "a key/value cache of " + std::to_string(capacity) + " positions x " + std::to_string(batch) +
+                                 " sequences");
   keys_.reserve(options.num_layers());
   values_.reserve(options.num_layers());
   for (int64_t i = 0; i < options.num_layers(); ++i) {
@@ -109,18 +130,29 @@ RotaryEmbeddingImpl::RotaryEmbeddingImpl(const LlamaOptions& options) : options_
 void RotaryEmbeddingImpl::reset() {
   const int64_t dim = options_.head_width();
   auto exponents = torch::arange(0, dim, 2, torch::kInt64).to(torch::kFloat32) / static_cast<double>(dim);
-  auto inv_freq = 1.0 / torch::pow(options_.rope_theta(), exponents);
-  inv_freq = inv_freq / options_.rope_scaling_factor();
-  auto positions = torch::arange(options_.max_position(), torch::kInt64).to(torch::kFloat32);
-  auto freqs = torch::outer(positions, inv_freq);
+  inv_freq_ = 1.0 / torch::pow(options_.rope_theta(), exponents);
+  inv_freq_ = inv_freq_ / options_.rope_scaling_factor();
+  cos_ = sin_ = torch::Tensor();
+  built_ = 0;
+}
+
+void RotaryEmbeddingImpl::build(int64_t positions, torch::Device device) {
+  // Grown by doubling, never past the context: a 10-million-position context costs nothing until used.
+  const int64_t n = std::min(options_.max_position(), std::max({positions, 2 * built_, int64_t{256}}));
+  const int64_t dim = options_.head_width();
+  auto freqs = torch::outer(torch::arange(n, torch::kInt64).to(torch::kFloat32), inv_freq_);
   auto angles = torch::cat({freqs, freqs}, -1);
   cos_ = angles.cos();
   sin_ = angles.sin();
   sin_.narrow(1, 0, dim / 2).neg_();
+  cos_ = cos_.to(device);
+  sin_ = sin_.to(device);
+  built_ = n;
 }
 
 std::pair<torch::Tensor, torch::Tensor> RotaryEmbeddingImpl::tables(const torch::Tensor& positions,
-                                                                    torch::ScalarType dtype) {
+                                                                    torch::ScalarType dtype, int64_t limit) {
+  if (limit > built_) build(limit, positions.device());
   if (cos_.device() != positions.device()) {
     cos_ = cos_.to(positions.device());
     sin_ = sin_.to(positions.device());
@@ -225,9 +257,10 @@ torch::Tensor LlamaModelImpl::embed(const torch::Tensor& ids) { return embed_tok
 
 LayerInputs LlamaModelImpl::prepare(const AttentionContext& ctx, int64_t new_tokens, torch::ScalarType dtype) {
   LayerInputs in;
-  std::tie(in.cos, in.sin) = rotary_emb->tables(ctx.positions, dtype);
   const int64_t past = ctx.cache != nullptr ? ctx.cache->length() : 0;
   const int64_t total = past + new_tokens;
+  // Positions count the valid tokens before each one, so all lie below past + new_tokens.
+  std::tie(in.cos, in.sin) = rotary_emb->tables(ctx.positions, dtype, total);
   if (!ctx.key_valid.defined()) {
     // No padding: a single new token sees every key; a fresh block is plainly causal.
     if (new_tokens == 1) return in;

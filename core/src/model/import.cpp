@@ -13,14 +13,18 @@
 #include "lego/model/language_model.h"
 #include "lego/model/released_defaults.h"
 #include "lego/sdk/error.h"
+#include "lego/sdk/files.h"
 #include "lego/weights/tensor_source.h"
 
 namespace lego {
 namespace {
 
 nlohmann::json read_json(const std::filesystem::path& file) {
+  if (require_regular_file(file, "JSON file") > (uint64_t{1} << 28)) {
+    throw Error(ErrorKind::InvalidArgument, file.string() + ": JSON file over 256 MiB; a checkpoint's is a few KB");
+  }
   std::ifstream in(file);
-  if (!in) throw Error(ErrorKind::NotFound, file.string() + ": cannot open");
+  if (!in) throw Error(ErrorKind::Io, file.string() + ": cannot open");
   try {
     return nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {
@@ -78,16 +82,29 @@ llm::LlamaOptions options_from_hf_config(const nlohmann::json& j, const std::fil
 // tokenizer_config.json's added_tokens_decoder. Their ids must continue the vocabulary without gaps.
 std::vector<std::string> added_tokens(const std::filesystem::path& in, int64_t sp_size) {
   std::map<int64_t, std::string> by_id;
-  if (std::filesystem::exists(in / "added_tokens.json")) {
-    const auto j = read_json(in / "added_tokens.json");
-    for (auto it = j.begin(); it != j.end(); ++it) by_id[it.value().get<int64_t>()] = it.key();
-  } else if (std::filesystem::exists(in / "tokenizer_config.json")) {
-    const auto j = read_json(in / "tokenizer_config.json");
-    if (j.contains("added_tokens_decoder")) {
-      for (auto it = j["added_tokens_decoder"].begin(); it != j["added_tokens_decoder"].end(); ++it) {
-        by_id[std::stoll(it.key())] = it.value().at("content").get<std::string>();
+  std::filesystem::path file;
+  try {
+    if (std::filesystem::exists(in / "added_tokens.json")) {
+      file = in / "added_tokens.json";
+      const auto j = read_json(file);
+      if (!j.is_object()) throw Error(ErrorKind::Format, file.string() + ": expected an object of token: id");
+      for (auto it = j.begin(); it != j.end(); ++it) by_id[it.value().get<int64_t>()] = it.key();
+    } else if (std::filesystem::exists(in / "tokenizer_config.json")) {
+      file = in / "tokenizer_config.json";
+      const auto j = read_json(file);
+      if (j.is_object() && j.contains("added_tokens_decoder")) {
+        for (auto it = j["added_tokens_decoder"].begin(); it != j["added_tokens_decoder"].end(); ++it) {
+          size_t used = 0;
+          const int64_t id = std::stoll(it.key(), &used);
+          if (used != it.key().size()) throw std::invalid_argument(it.key());
+          by_id[id] = it.value().at("content").get<std::string>();
+        }
       }
     }
+  } catch (const nlohmann::json::exception&) {
+    throw Error(ErrorKind::Format, file.string() + ": added tokens must map token text to integer ids");
+  } catch (const std::logic_error&) {  // stoll: not a number, or out of range
+    throw Error(ErrorKind::Format, file.string() + ": added_tokens_decoder keys must be integer token ids");
   }
   std::vector<std::string> out;
   for (const auto& [id, tok] : by_id) {
@@ -271,17 +288,18 @@ ImportReport import_checkpoint(const ImportOptions& options, const host::PluginH
   }
   for (const auto& [name, t] : collect.tensors()) report.imported.push_back(name);
 
-  std::filesystem::create_directories(out);
-  std::filesystem::copy_file(in / "tokenizer.model", out / "tokenizer.model",
+  fs::StagedDirectory staged(out);  // the model folder appears whole or not at all
+  std::filesystem::copy_file(in / "tokenizer.model", staged.path() / "tokenizer.model",
                              std::filesystem::copy_options::overwrite_existing);
-  weights::write_safetensors(out / "model.safetensors", collect.tensors(),
+  weights::write_safetensors(staged.path() / "model.safetensors", collect.tensors(),
                              {{"format", "pt"}, {"producer", "lego import " + options.kind}});
   llama_options_to_config(llama, ini);
   ini.set("tokenizer.file", "tokenizer.model");
   std::string names;
   for (const auto& a : added) names += (names.empty() ? "" : " ") + a;
   if (!names.empty()) ini.set("tokenizer.added_tokens", names);
-  fs::write_file_atomically(out / "model.ini", ini.to_ini());
+  fs::write_file_atomically(staged.path() / "model.ini", ini.to_ini());
+  staged.commit();
   return report;
 }
 

@@ -5,6 +5,7 @@
 #include "lego/model/language_model.h"
 #include "lego/model/released_defaults.h"
 #include "lego/pipeline/pipeline.h"
+#include "lego/sdk/error.h"
 #include "lego/sdk/nn/linear.h"
 #include "lego/weights/tensor_source.h"
 
@@ -16,15 +17,18 @@ constexpr double kInitStd = 0.02;
 void init_model(const config::Config& config, const std::filesystem::path& out, uint64_t seed,
                 const host::PluginHost& host) {
   auto cfg = config;
-  std::filesystem::create_directories(out);
+  // Everything is written into a staging folder renamed into place at the end: a failure (bad config,
+  // full disk, plugin error) leaves no half-written model folder, and an existing one stays as it was.
+  fs::StagedDirectory staged(out);
+  const auto& dir = staged.path();
   // Tokenizer first: its size fixes the vocabulary.
   const auto corpus = config.source().parent_path() / cfg.get_string("tokenizer.corpus");
   text::TrainerOptions trainer;
   trainer.vocab_size = cfg.get_int("tokenizer.vocab_size", trainer.vocab_size);
-  text::train_sentencepiece(corpus, out / "tokenizer", trainer);
-  std::filesystem::remove(out / "tokenizer.vocab");
+  text::train_sentencepiece(corpus, dir / "tokenizer", trainer);
+  std::filesystem::remove(dir / "tokenizer.vocab");
   const auto added = cfg.get_list("tokenizer.added_tokens");
-  const auto tokenizer = text::Tokenizer::from_file(out / "tokenizer.model", added);
+  const auto tokenizer = text::Tokenizer::from_file(dir / "tokenizer.model", added);
 
   cfg.set("llm.vocab_size", std::to_string(tokenizer.vocab_size()));
   const auto options = llama_options_from_config(cfg);
@@ -38,7 +42,7 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
   config::Config model_ini;
   uint64_t branch_seed = seed;
   std::vector<std::string> sections;
-  for (auto& [section, spec] : modality_sections(cfg, out)) {
+  for (auto& [section, spec] : modality_sections(cfg, dir)) {
     sections.push_back(section);
     auto modality = host.create(spec.first, spec.second);
     torch::nn::Module holder;
@@ -64,7 +68,11 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
     }
     model_ini.set("model.media_order", order);
   }
-  weights::write_safetensors(out / "model.safetensors", tensors, {{"format", "pt"}, {"producer", "lego init-model"}});
+  if (const auto unknown = cfg.unread_keys(); !unknown.empty()) {
+    throw Error(ErrorKind::Format, config.source().string() + ": unknown key '" + unknown.front() +
+                                       "' (no part of lego or of the plugin of its section reads it)");
+  }
+  weights::write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}, {"producer", "lego init-model"}});
 
   llama_options_to_config(options, model_ini);
   model_ini.set("tokenizer.file", "tokenizer.model");
@@ -73,7 +81,8 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
     for (const auto& a : added) joined += (joined.empty() ? "" : " ") + a;
     model_ini.set("tokenizer.added_tokens", joined);
   }
-  fs::write_file_atomically(out / "model.ini", model_ini.to_ini());
+  fs::write_file_atomically(dir / "model.ini", model_ini.to_ini());
+  staged.commit();
 }
 
 }  // namespace lego

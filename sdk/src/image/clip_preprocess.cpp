@@ -3,6 +3,10 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <string>
+
+#include "lego/sdk/error.h"
+#include "lego/sdk/io/image_reader.h"
 
 namespace lego::image {
 
@@ -18,6 +22,13 @@ at::Tensor clip_preprocess(const io::Image& image, const ClipPreprocessOptions& 
   int64_t h = image.height, w = image.width;
   if (o.pad_to_square && h != w) {
     const int64_t side = std::max(h, w);
+    // The square is materialised (the antialiased resize needs it whole): it gets the reader's budget.
+    if (side > io::ImageReader::kMaxPixels / side) {
+      throw Error(ErrorKind::InvalidArgument,
+                  "image of " + std::to_string(w) + " x " + std::to_string(h) + " pixels: padding it to a square of side " +
+                      std::to_string(side) + " would pass the budget of " + std::to_string(io::ImageReader::kMaxPixels) +
+                      " pixels (aspect ratio too extreme)");
+    }
     const auto fill = pad_colour(o);
     const auto colour = at::tensor({fill[0], fill[1], fill[2]}, at::kByte).view({1, 1, 3});
     auto square = at::empty({side, side, 3}, at::kByte);

@@ -10,13 +10,14 @@
 #include <fstream>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/files.h"
 #include "lego/sdk/io/av_readers.h"
 #include "lego/sdk/io/image_reader.h"
 
 namespace lego::io {
 namespace {
 
-// Encodes by the extension of `out`, then writes a temporary file beside it and renames it into place.
+// Encodes by the extension of `out`, then writes it atomically (temporary file, fsync, rename).
 void write_image(const cv::Mat& bgr, const std::filesystem::path& out) {
   std::vector<uchar> bytes;
   bool ok = false;
@@ -29,22 +30,9 @@ void write_image(const cv::Mat& bgr, const std::filesystem::path& out) {
     throw Error(ErrorKind::InvalidArgument, out.string() + ": cannot write an image with the extension '" +
                                                 out.extension().string() + "' (use .png, .jpg, ...)");
   }
-  const auto tmp = out.string() + ".tmp" + std::to_string(::getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    if (!f.flush()) {
-      std::error_code ec;
-      std::filesystem::remove(tmp, ec);
-      throw Error(ErrorKind::Io, out.string() + ": cannot write");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, out, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    throw Error(ErrorKind::Io, out.string() + ": cannot rename the written file into place");
-  }
+  AtomicFile file(out);  // a failed write leaves an existing file as it was, and is an error
+  file.write(bytes.data(), bytes.size());
+  file.commit();
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/nn/linear.h"
 #include "lego/sdk/weights.h"
 
 namespace lego::nn {
@@ -24,6 +25,7 @@ void ClipVisionOptions::validate() const {
 ClipEmbeddingsImpl::ClipEmbeddingsImpl(const ClipVisionOptions& o) : options_(o) { reset(); }
 
 void ClipEmbeddingsImpl::reset() {
+  check_sizes({options_.width(), 3, options_.patch_size(), options_.patch_size()}, "CLIP patch embedding");
   class_embedding = register_parameter("class_embedding", torch::empty({options_.width()}));
   patch_embedding = register_module(
       "patch_embedding", torch::nn::Conv2d(torch::nn::Conv2dOptions(3, options_.width(), options_.patch_size())

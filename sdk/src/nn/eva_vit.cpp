@@ -7,6 +7,7 @@
 #include <string>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/nn/linear.h"
 #include "lego/sdk/nn/nest.h"
 #include "lego/sdk/weights.h"
 
@@ -30,7 +31,7 @@ void EvaBlockImpl::reset() {
   norm1 = register_module("norm1", make_layer_norm(w, options_.layer_norm_eps()));
   auto attn = register_module("attn", Nest());
   auto qkv = attn->register_module("qkv", Nest());
-  qkv_weight = qkv->register_parameter("weight", torch::empty({3 * w, w}));
+  qkv_weight = qkv->register_parameter("weight", uninitialised({3 * w, w}, "EVA attention"));
   q_bias = attn->register_parameter("q_bias", torch::empty({w}));
   v_bias = attn->register_parameter("v_bias", torch::empty({w}));
   proj = attn->register_module("proj", Linear(LinearOptions(w, w)));
@@ -59,7 +60,8 @@ EvaVisionTransformerImpl::EvaVisionTransformerImpl(const EvaVisionOptions& o) : 
 void EvaVisionTransformerImpl::reset() {
   const int64_t w = options_.width();
   cls_token = register_parameter("cls_token", torch::empty({1, 1, w}));
-  pos_embed = register_parameter("pos_embed", torch::empty({1, options_.patches() + 1, w}));
+  pos_embed = register_parameter("pos_embed", uninitialised({1, options_.patches() + 1, w}, "EVA position embedding"));
+  check_sizes({w, 3, options_.patch_size(), options_.patch_size()}, "EVA patch embedding");
   auto patch_embed = register_module("patch_embed", Nest());
   patch_proj = patch_embed->register_module(
       "proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(3, w, options_.patch_size()).stride(options_.patch_size())));

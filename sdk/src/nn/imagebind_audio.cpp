@@ -9,6 +9,7 @@
 #include <string>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/nn/linear.h"
 #include "lego/sdk/nn/nest.h"
 #include "lego/sdk/weights.h"
 
@@ -30,7 +31,7 @@ ImageBindBlockImpl::ImageBindBlockImpl(const ImageBindAudioOptions& o) : options
 void ImageBindBlockImpl::reset() {
   const int64_t w = options_.width();
   auto attn = register_module("attn", Nest());
-  in_proj_weight = attn->register_parameter("in_proj_weight", torch::empty({3 * w, w}));
+  in_proj_weight = attn->register_parameter("in_proj_weight", uninitialised({3 * w, w}, "ImageBind attention"));
   in_proj_bias = attn->register_parameter("in_proj_bias", torch::empty({3 * w}));
   bias_k = attn->register_parameter("bias_k", torch::empty({1, 1, w}));
   bias_v = attn->register_parameter("bias_v", torch::empty({1, 1, w}));
@@ -64,13 +65,14 @@ void ImageBindAudioEncoderImpl::reset() {
   const int64_t w = options_.width();
   auto pre = register_module("modality_preprocessors", Nest())->register_module("audio", Nest());
   cls_token = pre->register_parameter("cls_token", torch::empty({1, 1, w}));
+  check_sizes({w, 1, options_.kernel(), options_.kernel()}, "ImageBind audio stem");
   auto rgbt_stem = pre->register_module("rgbt_stem", Nest());
   // A single-layer stem: ImageBind's PatchEmbedGeneric stores it as `proj` itself, not `proj.0`.
   stem = rgbt_stem->register_module(
       "proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, w, options_.kernel()).stride(options_.stride()).bias(false)));
   stem_norm = rgbt_stem->register_module("norm_layer", make_layer_norm(w, 1e-5));  // nn.LayerNorm's default eps
   pos_embed = pre->register_module("pos_embedding_helper", Nest())
-                  ->register_parameter("pos_embed", torch::empty({1, options_.patches() + 1, w}));
+                  ->register_parameter("pos_embed", uninitialised({1, options_.patches() + 1, w}, "ImageBind position embedding"));
   auto trunk = register_module("modality_trunks", Nest())->register_module("audio", Nest());
   // The blocks live only in the list: clone() refills it with copies, which a second container of
   // pointers would not see.

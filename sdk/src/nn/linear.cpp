@@ -6,13 +6,31 @@
 #include <string>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/files.h"
+#include "lego/sdk/weights.h"
 
 namespace lego::nn {
+
+torch::Tensor uninitialised(at::IntArrayRef sizes, const std::string& what) {
+  check_sizes(sizes, what);
+  return torch::empty(sizes);
+}
+
+void check_sizes(at::IntArrayRef sizes, const std::string& what) {
+  double elements = 1;
+  for (const auto n : sizes) {
+    if (n <= 0) {
+      throw Error(ErrorKind::InvalidArgument, what + ": sizes must be positive, got " + shape_string(sizes));
+    }
+    elements *= static_cast<double>(n);
+  }
+  require_allocatable(4.0 * elements, what + " of shape " + shape_string(sizes));
+}
 
 LinearImpl::LinearImpl(const LinearOptions& options_) : options(options_) { reset(); }
 
 void LinearImpl::reset() {
-  weight = register_parameter("weight", torch::empty({options.out_features(), options.in_features()}));
+  weight = register_parameter("weight", uninitialised({options.out_features(), options.in_features()}, "linear layer"));
   if (options.bias()) {
     bias = register_parameter("bias", torch::empty({options.out_features()}));
   } else {
@@ -25,7 +43,8 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return torch::nn::fu
 EmbeddingImpl::EmbeddingImpl(const EmbeddingOptions& options_) : options(options_) { reset(); }
 
 void EmbeddingImpl::reset() {
-  weight = register_parameter("weight", torch::empty({options.num_embeddings(), options.embedding_dim()}));
+  weight = register_parameter("weight",
+                              uninitialised({options.num_embeddings(), options.embedding_dim()}, "embedding table"));
 }
 
 torch::Tensor EmbeddingImpl::forward(const torch::Tensor& ids) {

@@ -4,6 +4,7 @@
 #include <torch/nn/functional/linear.h>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/nn/linear.h"
 
 namespace lego::nn {
 
@@ -14,7 +15,7 @@ void ProjectorImpl::reset() {
     first = register_module("0", Linear(LinearOptions(options.in_features(), options.out_features())));
     second = register_module("2", Linear(LinearOptions(options.out_features(), options.out_features())));
   } else if (options.type() == "linear") {
-    weight = register_parameter("weight", torch::empty({options.out_features(), options.in_features()}));
+    weight = register_parameter("weight", uninitialised({options.out_features(), options.in_features()}, "projector"));
     bias = register_parameter("bias", torch::empty({options.out_features()}));
   } else {
     throw Error(ErrorKind::Unsupported, "projector type '" + options.type() + "' (want linear or mlp2x_gelu)");

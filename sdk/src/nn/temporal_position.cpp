@@ -3,6 +3,7 @@
 #include <string>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/nn/linear.h"
 
 namespace lego::nn {
 
@@ -11,7 +12,7 @@ TemporalPositionEmbeddingImpl::TemporalPositionEmbeddingImpl(int64_t positions, 
   reset();
 }
 
-void TemporalPositionEmbeddingImpl::reset() { weight = register_parameter("weight", torch::empty({positions_, width_})); }
+void TemporalPositionEmbeddingImpl::reset() { weight = register_parameter("weight", uninitialised({positions_, width_}, "position embedding")); }
 
 torch::Tensor TemporalPositionEmbeddingImpl::forward(const torch::Tensor& x) {
   const int64_t steps = x.size(1);

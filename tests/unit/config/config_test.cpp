@@ -56,5 +56,35 @@ TEST(Config, MalformedFilesAndOverridesAreRefused) {
   expect_error([&] { c.set(std::string_view("nosection=1")); }, ErrorKind::InvalidArgument, {"nosection"});
 }
 
+TEST(Config, DuplicateKeysNonFiniteNumbersAndFoldersAreRefused) {
+  TempDir dir;
+  write_bytes(dir / "dup.ini", "[llm]\nhidden_size = 64\n[llm]\nhidden_size = 128\n");
+  expect_error([&] { read_file(dir / "dup.ini"); }, ErrorKind::Format, {"dup.ini", "llm.hidden_size", "twice"});
+  write_bytes(dir / "nan.ini", "[llm]\nrope_theta = nan\neps = inf\nx = 1e999\nsize = 64.5\n");
+  auto c = read_file(dir / "nan.ini");
+  expect_error([&] { c.get_double("llm.rope_theta"); }, ErrorKind::Format, {"llm.rope_theta", "finite"});
+  expect_error([&] { c.get_double("llm.eps"); }, ErrorKind::Format, {"llm.eps"});
+  expect_error([&] { c.get_double("llm.x"); }, ErrorKind::Format, {"llm.x"});
+  expect_error([&] { c.get_int("llm.size"); }, ErrorKind::Format, {"llm.size", "64.5"});
+  std::filesystem::create_directories(dir / "folder.ini");
+  expect_error([&] { read_file(dir / "folder.ini"); }, ErrorKind::InvalidArgument, {"folder.ini", "directory"});
+}
+
+TEST(Config, KeysNothingReadAreReported) {
+  TempDir dir;
+  write_bytes(dir / "a.ini", "[llm]\nhidden_size = 64\nrope_scaling_factr = 2\n[video]\nframes = 8\nframs = 4\n");
+  const auto c = read_file(dir / "a.ini");
+  EXPECT_EQ(c.unread_keys(), (std::vector<std::string>{"llm.hidden_size", "llm.rope_scaling_factr", "video.frames",
+                                                        "video.frams"}));
+  c.get_int("llm.hidden_size");
+  EXPECT_TRUE(c.has("video.frames"));  // asking counts as reading
+  EXPECT_FALSE(c.has("video.absent"));
+  // A copy (as a plugin's ConfigSection holds) shares the record of what was read.
+  const auto shared = std::make_shared<const Config>(c);
+  ConfigSection(shared, "video").get_int("frams", 0);
+  EXPECT_EQ(c.unread_keys(), (std::vector<std::string>{"llm.rope_scaling_factr"}));
+  EXPECT_EQ(c.unread_keys({"video"}), (std::vector<std::string>{}));
+}
+
 }  // namespace
 }  // namespace lego::config

@@ -119,10 +119,44 @@ TEST(Llama, LinearRopeScalingDividesPositions) {
   auto scaled = make_model(LlamaOptions(97, 32, 64, 2, 4).num_kv_heads(2).max_position(64).rope_scaling_factor(2.0));
   auto plain = make_model(tiny());
   auto q = torch::randn({1, 4, 1, 8});
-  auto [cs, ss] = scaled->model->rotary_emb->tables(torch::full({1, 1}, 6, torch::kInt64), torch::kFloat32);
-  auto [cp, sp] = plain->model->rotary_emb->tables(torch::full({1, 1}, 3, torch::kInt64), torch::kFloat32);
+  auto [cs, ss] = scaled->model->rotary_emb->tables(torch::full({1, 1}, 6, torch::kInt64), torch::kFloat32, 7);
+  auto [cp, sp] = plain->model->rotary_emb->tables(torch::full({1, 1}, 3, torch::kInt64), torch::kFloat32, 4);
   EXPECT_TRUE(torch::allclose(RotaryEmbeddingImpl::rotate(q, cs, ss), RotaryEmbeddingImpl::rotate(q, cp, sp), 1e-6, 1e-6));
   EXPECT_FALSE(torch::allclose(RotaryEmbeddingImpl::rotate(q, cs, ss), q, 1e-3, 1e-3));
+}
+
+}  // namespace
+}  // namespace lego::llm
+
+namespace lego::llm {
+namespace {
+
+TEST(Llama, RotaryTablesCoverOnlyThePositionsUsed) {
+  // A 10-million-position context used to build 10M x D tables (2.4 GB) for an 8-token prompt.
+  torch::NoGradGuard ng;
+  auto m = make_model(LlamaOptions(97, 32, 64, 2, 4).num_kv_heads(2).max_position(10'000'000));
+  auto out = m->forward(m->model->embed(torch::tensor({{1, 5, 7, 9, 11, 13, 15, 17}}, torch::kInt64)),
+                        AttentionContext{torch::arange(8, torch::kInt64).unsqueeze(0)});
+  EXPECT_EQ(out.size(1), 8);
+  EXPECT_LE(m->model->rotary_emb->built(), 256);
+  // Growing the table keeps every earlier entry bit for bit.
+  auto before = m->model->rotary_emb->tables(torch::tensor({{3, 200}}, torch::kInt64), torch::kFloat32, 201);
+  m->model->rotary_emb->tables(torch::tensor({{5000}}, torch::kInt64), torch::kFloat32, 5001);
+  EXPECT_GE(m->model->rotary_emb->built(), 5001);
+  auto after = m->model->rotary_emb->tables(torch::tensor({{3, 200}}, torch::kInt64), torch::kFloat32, 201);
+  EXPECT_TRUE(torch::equal(before.first, after.first));
+  EXPECT_TRUE(torch::equal(before.second, after.second));
+}
+
+TEST(Llama, SizesBeyondTheMachineAreRefusedBeforeAllocating) {
+  // hidden_size = 2^32 aborted the process inside the allocator.
+  lego::testing::expect_error([] { LlamaOptions(32000, int64_t{1} << 32, 11008, 32, 32).validate(); },
+                              ErrorKind::InvalidArgument, {"GiB", "memory"});
+  lego::testing::expect_error(
+      [] {
+        KvCache(LlamaOptions(97, 32, 64, 2, 4), 1'000'000, 1'000'000'000, torch::TensorOptions(torch::kFloat32));
+      },
+      ErrorKind::InvalidArgument, {"key/value cache", "GiB"});
 }
 
 }  // namespace

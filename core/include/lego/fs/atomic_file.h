@@ -1,34 +1,36 @@
-// AtomicFile: writes a file so that readers see either the old contents or the complete new ones.
-//
-// Data goes to a temporary file beside the target; commit() fsyncs it, renames it over the target and
-// fsyncs the directory. Destroyed without commit(), it removes the temporary file: nothing is lost on
-// failure. Used for weights, model directories and (later) training checkpoints.
+// Atomic outputs of core: AtomicFile (from the SDK, lego/sdk/files.h) for single files, StagedDirectory for
+// whole model folders. Used for weights, model directories and (later) training checkpoints.
 #pragma once
 
 #include <cstddef>
 #include <filesystem>
 #include <string_view>
 
+#include "lego/sdk/files.h"
+
 namespace lego::fs {
 
-class AtomicFile {
- public:
-  explicit AtomicFile(const std::filesystem::path& target);
-  ~AtomicFile();
-  AtomicFile(const AtomicFile&) = delete;
-  AtomicFile& operator=(const AtomicFile&) = delete;
+using lego::AtomicFile;
+using lego::write_file_atomically;
 
-  void write(const void* data, size_t bytes);
-  void write(std::string_view text) { write(text.data(), text.size()); }
+// A directory built whole or not at all (model folders of init-model and import). Files are written into
+// path(), a fresh staging folder beside the target; commit() renames it into place, replacing a directory
+// already there only once the new one is complete. Destroyed without commit(), the staging folder is
+// removed and the target is left as it was. A target that exists but is no directory is refused.
+class StagedDirectory {
+ public:
+  explicit StagedDirectory(const std::filesystem::path& target);
+  ~StagedDirectory();
+  StagedDirectory(const StagedDirectory&) = delete;
+  StagedDirectory& operator=(const StagedDirectory&) = delete;
+
+  const std::filesystem::path& path() const { return staging_; }
   void commit();
 
  private:
   std::filesystem::path target_;
-  std::filesystem::path temp_;
-  int fd_ = -1;
+  std::filesystem::path staging_;
+  bool committed_ = false;
 };
-
-// Writes `text` to `target` atomically.
-void write_file_atomically(const std::filesystem::path& target, std::string_view text);
 
 }  // namespace lego::fs

@@ -33,9 +33,11 @@ struct PluginRecord {
 
 class PluginHost {
  public:
-  // Directories searched, in order (missing ones are skipped).
+  // Directories searched, in order (missing LEGO_PLUGIN_PATH entries and the default folder are skipped).
   static std::vector<std::filesystem::path> search_path(const std::vector<std::filesystem::path>& plugin_dirs);
 
+  // `plugin_dirs` (e.g. from --plugin-dir) must exist: a missing one is a NotFound error, not skipped.
+  // A library whose ELF headers or segments lie past its end is refused before it is mapped.
   explicit PluginHost(const std::vector<std::filesystem::path>& plugin_dirs = {});
   ~PluginHost();
   PluginHost(const PluginHost&) = delete;

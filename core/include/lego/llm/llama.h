@@ -25,8 +25,11 @@ struct LlamaOptions {
 
   int64_t kv_heads() const { return num_kv_heads_ > 0 ? num_kv_heads_ : num_heads_; }
   int64_t head_width() const { return head_dim_ > 0 ? head_dim_ : hidden_size_ / num_heads_; }
-  // Throws lego::Error(InvalidArgument) naming the first inconsistent field.
+  // Throws lego::Error(InvalidArgument) naming the first inconsistent field, or saying that the model
+  // would not fit in this machine's memory even in half precision.
   void validate() const;
+  // Parameters of the model these options describe (a double: absurd sizes must not overflow).
+  double parameter_count() const;
 
   TORCH_ARG(int64_t, vocab_size);
   TORCH_ARG(int64_t, hidden_size);
@@ -108,20 +111,32 @@ class RMSNormImpl : public torch::nn::Cloneable<RMSNormImpl> {
 };
 TORCH_MODULE(RMSNorm);
 
-// Rotary position embedding: cos/sin tables for every position up to max_position, computed once.
+// Rotary position embedding: cos/sin tables for the positions used so far (grown by doubling, at most
+// max_position), so a long context costs memory only once it is used.
 class RotaryEmbeddingImpl : public torch::nn::Cloneable<RotaryEmbeddingImpl> {
  public:
   explicit RotaryEmbeddingImpl(const LlamaOptions& options);
   void reset() override;
-  // cos and signed sin [B, 1, T, D] for `positions` [B, T], cast to `dtype`.
-  std::pair<torch::Tensor, torch::Tensor> tables(const torch::Tensor& positions, torch::ScalarType dtype);
+  // cos and signed sin [B, 1, T, D] for `positions` [B, T], each below `limit` (<= max_position), cast to
+  // `dtype`.
+  std::pair<torch::Tensor, torch::Tensor> tables(const torch::Tensor& positions, torch::ScalarType dtype,
+                                                 int64_t limit);
   // Rotates x [B, heads, T, D] by the angles whose tables() are given.
   static torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 
  private:
+  void build(int64_t positions, torch::Device device);
+
+ public:
+  int64_t built() const { return built_; }  // positions the tables hold now
+
+ private:
+
   LlamaOptions options_;
-  torch::Tensor cos_;  // [max_position, D] float32; derived from the options, never in a checkpoint
-  torch::Tensor sin_;  // [max_position, D] float32, first half negated (see rotate)
+  torch::Tensor inv_freq_;  // [D/2] float32; derived from the options, never in a checkpoint
+  torch::Tensor cos_;       // [built_, D] float32
+  torch::Tensor sin_;       // [built_, D] float32, first half negated (see rotate)
+  int64_t built_ = 0;
 };
 TORCH_MODULE(RotaryEmbedding);
 

@@ -18,9 +18,9 @@ namespace lego::config {
 
 class Config {
  public:
-  Config() = default;
+  Config();
   // An empty config that says `source` in its messages (for configs built in memory from a file's data).
-  explicit Config(std::filesystem::path source) : source_(std::move(source)) {}
+  explicit Config(std::filesystem::path source);
 
   // Applies "section.key=value"; throws InvalidArgument on a malformed assignment.
   void set(std::string_view assignment);
@@ -31,8 +31,12 @@ class Config {
   std::string get_string(const std::string& key, const std::string& fallback) const;
   int64_t get_int(const std::string& key) const;
   int64_t get_int(const std::string& key, int64_t fallback) const;
+  // The value (or fallback) must lie in [min, max]; out of range is a Format error naming file, key and range.
+  int64_t get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) const;
+  // A finite number: nan and inf are refused like any other bad value.
   double get_double(const std::string& key) const;
   double get_double(const std::string& key, double fallback) const;
+  double get_double(const std::string& key, double fallback, double min, double max) const;
   // true/1/yes/on and false/0/no/off.
   bool get_bool(const std::string& key) const;
   bool get_bool(const std::string& key, bool fallback) const;
@@ -45,6 +49,10 @@ class Config {
   std::vector<std::string> section_keys(const std::string& section) const;
   // INI text, sections in sorted order.
   std::string to_ini() const;
+  // Keys (section.key) of `sections` (all sections when empty) that no getter or has() has asked for yet,
+  // sorted: after everything that reads a config has read it, these are typos or keys nothing knows.
+  // Copies of a Config share this record, so a plugin's reads through its ConfigSection count.
+  std::vector<std::string> unread_keys(const std::vector<std::string>& sections = {}) const;
   // The file this came from ("" when built in memory), for messages and relative paths.
   const std::filesystem::path& source() const { return source_; }
 
@@ -52,8 +60,12 @@ class Config {
   [[noreturn]] void bad_value(const std::string& key, const std::string& value, const char* want) const;
   std::string where() const;
 
+  void mark_read(const std::string& key) const;
+
+  struct ReadRecord;
   std::filesystem::path source_;
   std::map<std::string, std::string> values_;
+  std::shared_ptr<ReadRecord> read_;
 };
 
 // A read-only view of one section: what a plugin's constructor receives. Keys are given without the
@@ -74,8 +86,14 @@ class ConfigSection {
   }
   int64_t get_int(const std::string& key) const { return config_->get_int(full(key)); }
   int64_t get_int(const std::string& key, int64_t fallback) const { return config_->get_int(full(key), fallback); }
+  int64_t get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) const {
+    return config_->get_int(full(key), fallback, min, max);
+  }
   double get_double(const std::string& key) const { return config_->get_double(full(key)); }
   double get_double(const std::string& key, double fallback) const { return config_->get_double(full(key), fallback); }
+  double get_double(const std::string& key, double fallback, double min, double max) const {
+    return config_->get_double(full(key), fallback, min, max);
+  }
   bool get_bool(const std::string& key) const { return config_->get_bool(full(key)); }
   bool get_bool(const std::string& key, bool fallback) const { return config_->get_bool(full(key), fallback); }
   std::vector<std::string> get_list(const std::string& key, const std::vector<std::string>& fallback = {}) const {

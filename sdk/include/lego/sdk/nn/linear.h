@@ -12,6 +12,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <string>
 
 namespace lego::nn {
 
@@ -52,6 +53,13 @@ class EmbeddingImpl : public torch::nn::Cloneable<EmbeddingImpl> {
   torch::Tensor weight;  // [num_embeddings, embedding_dim]
 };
 TORCH_MODULE(Embedding);
+
+// An uninitialised float32 parameter of `sizes`, after checking that every size is positive and that the
+// tensor fits in this machine's memory (a size from a config must not reach the allocator unchecked: this
+// libtorch aborts on a failed allocation). `what` names the layer in the message.
+torch::Tensor uninitialised(at::IntArrayRef sizes, const std::string& what);
+// The checks of `uninitialised` alone, for layers that torch allocates (and initialises) itself.
+void check_sizes(at::IntArrayRef sizes, const std::string& what);
 
 // LayerNorm over the last dimension of `width` (weight 1, bias 0).
 torch::nn::LayerNorm make_layer_norm(int64_t width, double eps);

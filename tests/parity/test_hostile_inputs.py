@@ -1,0 +1,264 @@
+"""Hostile inputs (issue 8): every case here crashed, hung, ran out of memory or answered silently wrong
+before; now each is refused in one line naming the file, key or argument, quickly and without a crash.
+All inputs are made here: a tiny model by `lego init-model`, checkpoints by torch.save, images by hand."""
+import os
+import resource
+import shutil
+import struct
+import subprocess
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, lego_bin, run_lego
+
+
+def lego(*args, timeout=30):
+    return subprocess.run([str(lego_bin()), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def refused(r, *words):
+    """One line on stderr, rc 1 or 2 (never a signal), naming each of `words`."""
+    assert r.returncode in (1, 2), f"rc {r.returncode}: {r.stderr[-2000:]}"
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, f"not one line: {r.stderr[-2000:]!r}"
+    for w in words:
+        assert str(w) in lines[0], f"{w!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "m"
+    run_lego("init-model", "--config", ROOT / "configs/models/tiny.ini", "--out", out)
+    return out
+
+
+def copy_model(tiny, dst):
+    shutil.copytree(tiny, dst)
+    return dst
+
+
+def edit_ini(model, old, new):
+    ini = model / "model.ini"
+    text = ini.read_text()
+    assert old in text, old
+    ini.write_text(text.replace(old, new, 1))
+
+
+def generate(model, *extra):
+    return lego("generate", "--model", model, "--prompt", "hello", "--max-new-tokens", "2", *extra)
+
+
+# ---- weights ---------------------------------------------------------------------------------------------
+def to_bin(model, **save_kwargs):
+    """The model's weights as pytorch_model.bin (torch.save of the state dict) instead of safetensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(model / "model.safetensors"))
+    (model / "model.safetensors").unlink()
+    torch.save(state, model / "pytorch_model.bin", **save_kwargs)
+    return state
+
+
+def rewrite_record(path, suffix, fn):
+    """Rewrites the zip record whose name ends with `suffix` with fn(bytes)."""
+    with zipfile.ZipFile(path) as z:
+        items = [(i, z.read(i.filename)) for i in z.infolist()]
+    names = [i.filename for i, _ in items if i.filename.endswith(suffix)]
+    assert names, suffix
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for info, data in items:
+            z.writestr(info.filename, fn(data) if info.filename.endswith(suffix) else data)
+
+
+def test_bin_checkpoint_loads(tmp_path, tiny):
+    m = copy_model(tiny, tmp_path / "m")
+    to_bin(m)
+    r = generate(m)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("cut", ["empty", "short"])
+def test_bin_storage_shorter_than_its_tensor_is_refused(tmp_path, tiny, cut):
+    # Empty storages segfaulted; short ones were read past their end (rc 0, different text).
+    m = copy_model(tiny, tmp_path / "m")
+    state = to_bin(m)
+    key = next(i for i, k in enumerate(state) if k == "model.embed_tokens.weight")
+    with zipfile.ZipFile(m / "pytorch_model.bin") as z:
+        record = next(n for n in z.namelist() if n.endswith(f"/data/{key}"))
+    rewrite_record(m / "pytorch_model.bin", record, lambda b: b"" if cut == "empty" else b[: len(b) // 2])
+    refused(generate(m), "pytorch_model.bin", "bytes of storage")
+
+
+def test_legacy_bin_is_refused_in_one_line(tmp_path, tiny):
+    m = copy_model(tiny, tmp_path / "m")
+    to_bin(m, _use_new_zipfile_serialization=False)
+    refused(generate(m), "pytorch_model.bin", "torch < 1.6")
+
+
+def test_integer_tensor_is_not_converted_to_float_weights(tmp_path, tiny):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    m = copy_model(tiny, tmp_path / "m")
+    state = load_file(str(m / "model.safetensors"))
+    state["model.norm.weight"] = state["model.norm.weight"].to(torch.int32)
+    save_file(state, str(m / "model.safetensors"))
+    refused(generate(m), "model.norm.weight", "Int")
+
+
+def test_extra_layers_are_an_error(tmp_path, tiny):
+    # num_layers = 1 over 2-layer weights ran one layer.
+    m = copy_model(tiny, tmp_path / "m")
+    edit_ini(m, "num_layers = 2", "num_layers = 1")
+    refused(generate(m), "model.layers.1", "num_layers")
+
+
+def test_lm_head_under_tied_embeddings_is_an_error(tmp_path, tiny):
+    m = copy_model(tiny, tmp_path / "m")
+    edit_ini(m, "tie_word_embeddings = false", "tie_word_embeddings = true")
+    refused(generate(m), "lm_head.weight")
+
+
+def test_tensors_no_modality_uses_are_an_error(tmp_path, tiny):
+    m = copy_model(tiny, tmp_path / "m")
+    text = (m / "model.ini").read_text()
+    start = text.index("[sound]")
+    end = text.index("[tokenizer]")
+    (m / "model.ini").write_text(text[:start] + text[end:])
+    edit_ini(m, "media_order = sound video image", "media_order = video image")
+    r = lego("infer", "--model", m, "--prompt", "hi", "--max-new-tokens", "1")
+    refused(r, "model.audio", "no part of the model")
+
+
+# ---- model.ini ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("old,new,words", [
+    ("rope_theta = 10000", "rope_theta = 10000\nrope_scaling_factr = 2", ["unknown key", "llm.rope_scaling_factr"]),
+    ("rope_theta = 10000", "rope_theta = 10000\nrope_theta = 500", ["llm.rope_theta", "twice"]),
+    ("hidden_size = 64", "hidden_size: 64.5", ["model.ini"]),
+    ("hidden_size = 64", "hidden_size = 64.5", ["llm.hidden_size", "64.5"]),
+    ("rope_theta = 10000", "rope_theta = nan", ["llm.rope_theta", "finite"]),
+    ("hidden_size = 64", "hidden_size = 4294967296", ["model.ini", "GiB"]),
+    ("vocab_size = 521", "vocab_size = 521\n[llm2]\nx = 1", ["model.ini"]),
+])
+def test_bad_model_ini(tmp_path, tiny, old, new, words):
+    m = copy_model(tiny, tmp_path / "m")
+    edit_ini(m, old, new)
+    refused(generate(m), *words)
+
+
+def test_unknown_key_in_a_modality_section(tmp_path, tiny):
+    m = copy_model(tiny, tmp_path / "m")
+    edit_ini(m, "plugin = video", "plugin = video\nframs = 4")
+    refused(lego("infer", "--model", m, "--prompt", "hi", "--max-new-tokens", "1"), "unknown key", "video.frams")
+
+
+def test_model_ini_that_is_a_folder(tmp_path, tiny):
+    m = copy_model(tiny, tmp_path / "m")
+    (m / "model.ini").unlink()
+    (m / "model.ini").mkdir()
+    refused(generate(m), "model.ini", "directory")
+
+
+def test_huge_context_builds_rotary_tables_only_for_what_is_used(tmp_path, tiny):
+    # max_position = 1e7 cost 2.4 GB for an 8-token prompt.
+    m = copy_model(tiny, tmp_path / "m")
+    edit_ini(m, "max_position = 1024", "max_position = 10000000")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = generate(m)
+    assert r.returncode == 0, r.stderr
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kib < 1_000_000 or peak_kib == before, f"peak RSS {peak_kib} KiB"
+
+
+# ---- files that are not files ---------------------------------------------------------------------------
+def test_fifos_are_refused_not_waited_on(tmp_path, tiny):
+    m = copy_model(tiny, tmp_path / "m")
+    (m / "tokenizer.model").unlink()
+    os.mkfifo(m / "tokenizer.model")
+    refused(generate(m), "tokenizer.model", "not a regular file")
+    fifo = tmp_path / "in.png"
+    os.mkfifo(fifo)
+    refused(lego("encode", "--model", tiny, "--modality", "image", "--in", fifo, "--out", tmp_path / "o.st", timeout=10),
+            "in.png", "not a regular file")
+    cfg = tmp_path / "c.ini"
+    os.mkfifo(cfg)
+    refused(lego("init-model", "--config", cfg, "--out", tmp_path / "x", timeout=10), "c.ini", "not a regular file")
+
+
+# ---- images ---------------------------------------------------------------------------------------------
+def png(width, height, rows):
+    """A PNG of grey pixels with the given rows of raw filtered data (may be fewer than `height`)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    raw = b"".join(b"\x00" + bytes([128]) * width for _ in range(rows))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("w,h,words", [
+    (30000, 30000, ["30000 x 30000", "budget"]),      # accepted before: 5.5 GB
+    (1, 1_000_000, ["1 x 1000000", "budget"]),        # 2,986 bytes asked for 3 TB when padded to a square
+    (1, 40_000, ["square", "budget"]),                # 4.9 GB when padded
+])
+def test_image_pixel_budget_comes_from_the_header(tmp_path, tiny, w, h, words):
+    p = tmp_path / "big.png"
+    p.write_bytes(png(w, h, min(h, 40_000) if w == 1 else 1))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = lego("encode", "--model", tiny, "--modality", "image", "--in", p, "--out", tmp_path / "o.st", timeout=60)
+    refused(r, "big.png", *words)
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < max(before, 2_000_000)
+
+
+# ---- plugins ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cut", [1000, 20000, 50000])
+def test_truncated_plugin_is_refused_not_a_sigbus(tmp_path, tiny, cut):
+    plugins = lego_bin().parent.parent / "lib" / "lego" / "plugins"
+    src = next(plugins.glob("*image*.so"))
+    d = tmp_path / "plugins"
+    d.mkdir()
+    (d / src.name).write_bytes(src.read_bytes()[:cut])
+    r = lego("plugins", "--plugin-dir", d)
+    assert r.returncode == 0, r.stderr
+    assert "truncated" in r.stdout or "ELF" in r.stdout, r.stdout
+    r = lego("infer", "--model", tiny, "--plugin-dir", d, "--prompt", "hi", "--max-new-tokens", "1")
+    assert r.returncode >= 0, f"killed by signal {-r.returncode}"
+
+
+def test_missing_plugin_dir_is_an_error(tmp_path, tiny):
+    refused(lego("plugins", "--plugin-dir", tmp_path / "nope"), "nope", "no such directory")
+
+
+# ---- outputs --------------------------------------------------------------------------------------------
+def test_failed_init_model_leaves_no_folder_and_keeps_an_old_one(tmp_path):
+    cfg = tmp_path / "bad.ini"
+    cfg.write_text((ROOT / "configs/models/tiny.ini").read_text().replace("[video]", "[video]\nframs = 3"))
+    text = cfg.read_text()
+    cfg.write_text(text.replace("corpus = ../corpus/tiny.txt", f"corpus = {ROOT / 'configs/corpus/tiny.txt'}"))
+    out = tmp_path / "new"
+    r = lego("init-model", "--config", cfg, "--out", out, timeout=120)
+    refused(r, "video.frams")
+    assert not out.exists()
+    assert not any(p.name.startswith(".new.") for p in tmp_path.iterdir())
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "keep.txt").write_text("mine")
+    r = lego("init-model", "--config", cfg, "--out", old, timeout=120)
+    assert r.returncode != 0
+    assert (old / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--set", "foo"], ["--set", "foo"]),
+    (["--temperature", "nan"], ["temperature"]),
+])
+def test_bad_flags(tmp_path, tiny, args, words):
+    if args[0] == "--set":
+        r = lego("init-model", "--config", ROOT / "configs/models/tiny.ini", "--out", tmp_path / "x", *args)
+    else:
+        r = generate(tiny, *args)
+    refused(r, *words)
