@@ -18,6 +18,6 @@ log=$work/logs/$name.log
   -artifact_prefix="$work/artifacts/$name/" "${dict[@]}" "$@" "$work/corpus/$name" "$here/corpus/$name" >"$log" 2>&1
 rc=$?
 # The summary a reader wants: executions, speed, coverage, and what was found.
-grep -E '^stat::number_of_executed_units|^stat::average_exec_per_sec|^#[0-9]+ +DONE|ERROR: |SUMMARY: |invariant broken|Test unit written' "$log" | head -20
+grep -E '^stat::number_of_executed_units|^stat::average_exec_per_sec|^#[0-9]+[[:space:]]+DONE|ERROR: |SUMMARY: |invariant broken|Test unit written' "$log" | head -20
 echo "fuzz $name: exit $rc, $(ls "$work/artifacts/$name" | wc -l) artifact(s) in $work/artifacts/$name, log $log"
 exit $rc
