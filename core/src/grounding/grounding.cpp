@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <regex>
+#include <string_view>
 
 namespace lego::grounding {
 namespace {
@@ -46,6 +48,35 @@ std::string phrase_before(std::string_view text, size_t from, size_t begin) {
   return p;
 }
 
+// Digits as matched by kNumber. strtod, not stod: a number too large or too small for a double (a model may
+// write a hundred digits) becomes +-inf or 0, which clipping turns into 1 or 0, instead of throwing.
+double to_double(const std::ssub_match& m) { return std::strtod(m.str().c_str(), nullptr); }
+
+// Mentions are short ("[0.128, 0.565, 0.204, 0.720]"), and libstdc++'s regex recurses once per character it
+// matches: a long run of digits or spaces after a bracket overflowed the stack. So only a bracket and the
+// text up to the first closing bracket within kMaxMentionBytes are matched, as a whole.
+constexpr size_t kMaxMentionBytes = 1024;
+
+// Calls on_match(begin, end, match) for each `open` ... `close` mention of `re` in `s`, left to right.
+template <typename OnMatch>
+void for_each_mention(const std::string& s, char open, char close, const std::regex& re, OnMatch&& on_match) {
+  const std::string_view all(s);
+  for (size_t begin = all.find(open); begin != std::string_view::npos;) {
+    const size_t close_at = all.substr(begin + 1, kMaxMentionBytes).find(close);
+    std::smatch m;
+    if (close_at != std::string_view::npos) {
+      const size_t end = begin + 1 + close_at + 1;
+      if (std::regex_match(s.begin() + static_cast<std::ptrdiff_t>(begin), s.begin() + static_cast<std::ptrdiff_t>(end),
+                           m, re)) {
+        on_match(begin, end, m);
+        begin = all.find(open, end);
+        continue;
+      }
+    }
+    begin = all.find(open, begin + 1);
+  }
+}
+
 }  // namespace
 
 std::string format_box(const Box& b) {
@@ -72,17 +103,14 @@ Mentions parse(std::string_view text) {
   };
   std::vector<Hit> hits;
   const std::string s(text);
-  for (auto it = std::sregex_iterator(s.begin(), s.end(), box_re); it != std::sregex_iterator(); ++it) {
-    const auto& m = *it;
+  for_each_mention(s, '[', ']', box_re, [&](size_t begin, size_t end, const std::smatch& m) {
     std::vector<double> v;
-    for (size_t g = 1; g < m.size() && m[g].matched; ++g) v.push_back(std::stod(m[g]));
-    hits.push_back({static_cast<size_t>(m.position()), static_cast<size_t>(m.position() + m.length()), true, v});
-  }
-  for (auto it = std::sregex_iterator(s.begin(), s.end(), span_re); it != std::sregex_iterator(); ++it) {
-    const auto& m = *it;
-    hits.push_back({static_cast<size_t>(m.position()), static_cast<size_t>(m.position() + m.length()), false,
-                    {std::stod(m[1]), std::stod(m[2])}});
-  }
+    for (size_t g = 1; g < m.size() && m[g].matched; ++g) v.push_back(to_double(m[g]));
+    hits.push_back({begin, end, true, v});
+  });
+  for_each_mention(s, '{', '}', span_re, [&](size_t begin, size_t end, const std::smatch& m) {
+    hits.push_back({begin, end, false, {to_double(m[1]), to_double(m[2])}});
+  });
   std::sort(hits.begin(), hits.end(), [](const Hit& a, const Hit& b) { return a.begin < b.begin; });
 
   Mentions out;

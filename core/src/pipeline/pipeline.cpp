@@ -197,7 +197,9 @@ std::string Pipeline::place_media(const std::string& message, const std::vector<
     return prefix + message;
   }
   for (const auto& [name, e] : modalities_) {
-    const size_t want = std::count_if(media.begin(), media.end(), [&](const MediaInput& in) { return in.modality == name; });
+    // Captured by name: clang before 16 cannot capture a structured binding.
+    const size_t want =
+        std::count_if(media.begin(), media.end(), [&name = name](const MediaInput& in) { return in.modality == name; });
     const size_t have = count_of(message, e.placeholder);
     if (want != have) {
       throw Error(ErrorKind::InvalidArgument, "the prompt has " + std::to_string(have) + " " + e.placeholder +

@@ -1,6 +1,8 @@
 // Grounding text: exact formatting, tolerant parsing, de-normalisation from the padded square, IoU.
 #include <gtest/gtest.h>
 
+#include <string>
+
 #include "lego/grounding/grounding.h"
 
 namespace lego::grounding {
@@ -73,6 +75,25 @@ TEST(Grounding, IgnoresBracketsThatAreNotBoxes) {
 
 // The released code's post-processing (GroundingGPT mm_utils.postprocess_output; its issue #11): boxes
 // are relative to the padded square, so a wide image's y values lose the top padding.
+TEST(Grounding, NumbersBeyondADoubleAreClippedInsteadOfThrown) {
+  // std::stod threw std::out_of_range out of parse() (replayed through tests/fuzz/grounding_fuzz).
+  const auto m = parse("a cat [" + std::string(400, '9') + ", 0, 0, 0.5] at {0." + std::string(400, '0') + "1, 0.5}");
+  ASSERT_EQ(m.boxes.size(), 1u);
+  expect_box(m.boxes[0].box, 0.0, 0.0, 1.0, 0.5);
+  ASSERT_EQ(m.spans.size(), 1u);
+  EXPECT_EQ(m.spans[0].span.t1, 0.0);
+  EXPECT_EQ(m.spans[0].span.t2, 0.5);
+}
+
+TEST(Grounding, LongRunsAfterABracketDoNotOverflowTheStack) {
+  // std::regex recursed once per matched character: 40 000 digits after '[' overflowed an 8 MB stack.
+  EXPECT_TRUE(parse("[" + std::string(200000, '1')).boxes.empty());
+  const auto m = parse("[" + std::string(100000, ' ') + "] then {" + std::string(100000, '0') + "} the cat [0.1, 0.2, 0.3, 0.4]");
+  ASSERT_EQ(m.boxes.size(), 1u);
+  expect_box(m.boxes[0].box, 0.1, 0.2, 0.3, 0.4);
+  EXPECT_TRUE(m.spans.empty());
+}
+
 TEST(Grounding, UnpadsAWideImageAsTheReleasedCode) {
   // 640 x 480: padded to 640 x 640 with 80 px on top. y = 0.5 of the square is pixel 320 -> 240 of 480.
   expect_box(unpad_box({0.25, 0.5, 0.75, 0.625}, 640, 480), 0.25, 0.5, 0.75, 0.667);
