@@ -1,6 +1,7 @@
 #include "lego/sdk/config.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <mutex>
@@ -58,7 +59,25 @@ void Config::set(std::string_view assignment) {
   set(key, trim(assignment.substr(eq + 1)));
 }
 
-void Config::set(const std::string& key, const std::string& value) { values_[key] = value; }
+void Config::set(const std::string& key, const std::string& value) {
+  // What to_ini() writes must read back the same: INI has no escapes, so '#' (a comment), line breaks and
+  // other control characters cannot be stored, and a key is letters, digits, '_', '-' and one '.'.
+  const auto dot = key.find('.');
+  const bool key_ok = dot != std::string::npos && dot > 0 && dot + 1 < key.size() &&
+                      key.find('.', dot + 1) == std::string::npos &&
+                      std::all_of(key.begin(), key.end(), [](unsigned char c) {
+                        return std::isalnum(c) || c == '_' || c == '-' || c == '.';
+                      });
+  if (!key_ok) {
+    throw Error(ErrorKind::InvalidArgument, where() + ": key '" + key + "' is not section.key (letters, digits, _ and -)");
+  }
+  if (std::any_of(value.begin(), value.end(), [](unsigned char c) { return c == '#' || c < 0x20 || c == 0x7F; }) ||
+      value != trim(value)) {
+    throw Error(ErrorKind::InvalidArgument, where() + ": value of '" + key +
+                                                "' holds '#', a line break, a control character or outer spaces, which INI cannot keep");
+  }
+  values_[key] = value;
+}
 
 bool Config::has(const std::string& key) const {
   if (values_.count(key) == 0) return false;

@@ -57,8 +57,16 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
     nn::init_normal(holder, kInitStd, ++branch_seed);
     tensors.insert(tensors.end(), params.begin(), params.end());
     model_ini.set(section + ".plugin", spec.first);
-    for (const auto& k : spec.second.section.keys()) {
-      if (k != "plugin") model_ini.set(section + "." + k, spec.second.section.get_string(k));
+  }
+  // Before the sections are copied (copying reads every key): keys no plugin read are typos.
+  cfg.has("model.media_order");
+  if (const auto unknown = cfg.unread_keys(); !unknown.empty()) {
+    throw Error(ErrorKind::Format, config.source().string() + ": unknown key '" + unknown.front() +
+                                       "' (no part of lego or of the plugin of its section reads it)");
+  }
+  for (const auto& section : sections) {
+    for (const auto& k : cfg.section_keys(section)) {
+      if (k != "plugin") model_ini.set(section + "." + k, cfg.get_string(section + "." + k));
     }
   }
   if (!sections.empty()) {
@@ -67,10 +75,6 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
       order += (order.empty() ? "" : " ") + n;
     }
     model_ini.set("model.media_order", order);
-  }
-  if (const auto unknown = cfg.unread_keys(); !unknown.empty()) {
-    throw Error(ErrorKind::Format, config.source().string() + ": unknown key '" + unknown.front() +
-                                       "' (no part of lego or of the plugin of its section reads it)");
   }
   weights::write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}, {"producer", "lego init-model"}});
 

@@ -2,6 +2,7 @@
 
 #include <torch/cuda.h>
 
+#include <algorithm>
 #include <charconv>
 
 #include "lego/sdk/error.h"
@@ -66,7 +67,13 @@ LanguageModel LanguageModel::load(const std::filesystem::path& dir, const LoadOp
   auto cfg = config::read_file(dir / "model.ini");
   auto llama = llama_options_from_config(cfg);
   auto tokenizer = tokenizer_from_model_dir(dir, cfg);
-  if (const auto unknown = cfg.unread_keys({"llm", "tokenizer"}); !unknown.empty()) {
+  // Modality sections (those naming a plugin) and [model] are the Pipeline's to check; the rest is ours.
+  std::vector<std::string> own;
+  for (const auto& section : cfg.sections()) {
+    const auto keys = cfg.section_keys(section);
+    if (section != "model" && std::find(keys.begin(), keys.end(), "plugin") == keys.end()) own.push_back(section);
+  }
+  if (const auto unknown = cfg.unread_keys(own); !unknown.empty()) {
     throw Error(ErrorKind::Format, (dir / "model.ini").string() + ": unknown key '" + unknown.front() + "'");
   }
   if (tokenizer.vocab_size() != llama.vocab_size()) {

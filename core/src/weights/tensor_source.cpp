@@ -7,6 +7,8 @@
 #include <torch/csrc/jit/serialization/storage_context.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <limits>
@@ -33,6 +35,77 @@ std::optional<uint64_t> view_bytes(const at::Tensor& t) {
   const unsigned __int128 bytes = (last + 1) * t.element_size();
   if (bytes > std::numeric_limits<uint64_t>::max()) return std::nullopt;
   return static_cast<uint64_t>(bytes);
+}
+
+// Why the pickle `p` cannot be a torch.save state dict, or "" when every opcode is one torch's unpickler
+// reads and every length it declares fits in what follows. The unpickler reserves a declared length before
+// reading it, so a 3 KB file claiming a 4 GiB string cost 5 GB and 25 s before failing.
+std::string pickle_problem(const uint8_t* p, size_t n) {
+  auto fixed = [](uint8_t op) -> int {  // bytes of argument, or -1: length-prefixed/line/unknown
+    switch (op) {
+      case '(': case '.': case '0': case '2': case '1': case 'N': case 'R': case 'b': case 'a': case 'e':
+      case 's': case 'u': case 't': case ')': case ']': case '}': case 'Q': case 'l': case 'd': case 0x85:
+      case 0x86: case 0x87: case 0x88: case 0x89: case 0x81: case 0x94: case 0x8f: case 0x90: case 0x91:
+      case 0x92: case 0x93: case 0x97: case 0x98:
+        return 0;
+      case 'K': case 'q': case 'h': case 0x80:
+        return 1;
+      case 'M':
+        return 2;
+      case 'J': case 'r': case 'j':
+        return 4;
+      case 'G':
+        return 8;
+      default:
+        return -1;
+    }
+  };
+  size_t i = 0;
+  while (i < n) {
+    const uint8_t op = p[i++];
+    if (op == '.') return "";  // STOP
+    const int arg = fixed(op);
+    if (arg >= 0) {
+      if (n - i < static_cast<size_t>(arg)) return "cut short";
+      i += static_cast<size_t>(arg);
+      continue;
+    }
+    uint64_t len = 0;
+    size_t width = 0;
+    switch (op) {
+      case 'U': case 'C': case 0x8c: case 0x8a: width = 1; break;   // SHORT_BINSTRING/BYTES/UNICODE, LONG1
+      case 'T': case 'X': case 'B': case 0x8b: width = 4; break;    // BINSTRING, BINUNICODE, BINBYTES, LONG4
+      case 0x8d: case 0x8e: case 0x96: case 0x95: width = 8; break; // BINUNICODE8, BINBYTES8, BYTEARRAY8, FRAME
+      case 'c': {  // GLOBAL: module and name, each ending in a newline
+        for (int line = 0; line < 2; ++line) {
+          const auto* nl = static_cast<const uint8_t*>(std::memchr(p + i, '\n', n - i));
+          if (nl == nullptr) return "cut short";
+          i = static_cast<size_t>(nl - p) + 1;
+        }
+        continue;
+      }
+      case 'I': case 'L': case 'F': case 'S': case 'V': case 'g': case 'p': case 'P': {  // text up to a newline
+        const auto* nl = static_cast<const uint8_t*>(std::memchr(p + i, '\n', n - i));
+        if (nl == nullptr) return "cut short";
+        i = static_cast<size_t>(nl - p) + 1;
+        continue;
+      }
+      default: {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "0x%02x", op);
+        return std::string("holds pickle opcode ") + hex + ", which no state dict uses";
+      }
+    }
+    if (n - i < width) return "cut short";
+    for (size_t k = 0; k < width; ++k) len |= uint64_t{p[i + k]} << (8 * k);
+    i += width;
+    if (op == 0x95) continue;  // FRAME: a size hint, not data that follows inline
+    if (len > n - i) {
+      return "declares a " + std::to_string(len) + "-byte item with only " + std::to_string(n - i) + " bytes left";
+    }
+    i += static_cast<size_t>(len);
+  }
+  return "has no STOP opcode";
 }
 
 // A state dict loaded whole from a `torch.save` zip archive. Each storage record is read once, at its real
@@ -68,6 +141,15 @@ class TorchBinSource : public TensorSource {
         auto [data, bytes] = reader.getRecord(record);
         storages->addStorage(record.substr(5), c10::Storage(c10::Storage::use_byte_size_t(), bytes, std::move(data),
                                                             /*allocator=*/nullptr, /*resizable=*/false));
+      }
+      {
+        if (!reader.hasRecord("data.pkl")) throw Error(ErrorKind::Format, file.string() + ": no data.pkl record");
+        if (reader.getRecordSize("data.pkl") > file_bytes) {
+          throw Error(ErrorKind::Format, file.string() + ": record 'data.pkl' claims more bytes than the file holds");
+        }
+        auto [pickle, pickle_bytes] = reader.getRecord("data.pkl");
+        const auto problem = pickle_problem(static_cast<const uint8_t*>(pickle.get()), pickle_bytes);
+        if (!problem.empty()) throw Error(ErrorKind::Format, file.string() + ": data.pkl " + problem);
       }
       value = torch::jit::readArchiveAndTensors("data", "", "", std::nullopt, std::nullopt, at::Device(at::kCPU),
                                                 reader, torch::jit::Unpickler::defaultTypeParser, storages);

@@ -141,8 +141,11 @@ Image ImageReader::read(const std::filesystem::path& file) {
   if (!dims) {
     throw Error(ErrorKind::Format, file.string() + ": not a PNG, JPEG, BMP, WebP or TIFF image (or its header is cut)");
   }
-  if (dims->width <= 0 || dims->height <= 0 || dims->width > kMaxPixels / dims->height) {
-    throw Error(ErrorKind::InvalidArgument, file.string() + ": image of " + std::to_string(dims->width) + " x " +
+  if (dims->width <= 0 || dims->height <= 0) {
+    throw Error(ErrorKind::Format, file.string() + ": image header gives a zero width or height");
+  }
+  if (dims->width > kMaxPixels / dims->height) {
+    throw Error(ErrorKind::Format, file.string() + ": image of " + std::to_string(dims->width) + " x " +
                                                 std::to_string(dims->height) + " pixels, over the budget of " +
                                                 std::to_string(kMaxPixels) + " pixels");
   }

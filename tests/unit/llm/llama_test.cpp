@@ -135,8 +135,9 @@ TEST(Llama, RotaryTablesCoverOnlyThePositionsUsed) {
   // A 10-million-position context used to build 10M x D tables (2.4 GB) for an 8-token prompt.
   torch::NoGradGuard ng;
   auto m = make_model(LlamaOptions(97, 32, 64, 2, 4).num_kv_heads(2).max_position(10'000'000));
-  auto out = m->forward(m->model->embed(torch::tensor({{1, 5, 7, 9, 11, 13, 15, 17}}, torch::kInt64)),
-                        AttentionContext{torch::arange(8, torch::kInt64).unsqueeze(0)});
+  AttentionContext ctx;
+  ctx.positions = torch::arange(8, torch::kInt64).unsqueeze(0);
+  auto out = m->forward(m->model->embed(torch::tensor({{1, 5, 7, 9, 11, 13, 15, 17}}, torch::kInt64)), ctx);
   EXPECT_EQ(out.size(1), 8);
   EXPECT_LE(m->model->rotary_emb->built(), 256);
   // Growing the table keeps every earlier entry bit for bit.

@@ -27,7 +27,7 @@ std::string_view error_kind_name(ErrorKind kind);
 // that are not valid UTF-8 become \xNN, and text past `max_bytes` is cut with "...". Every Error message
 // passes through it, so a message quoting a hostile file (raw binary, a library's multi-line report)
 // still prints as the one line the CLI promises.
-std::string one_line(std::string_view text, size_t max_bytes = 600);
+std::string one_line(std::string_view text, size_t max_bytes = 2000);
 
 class Error : public std::runtime_error {
  public:
