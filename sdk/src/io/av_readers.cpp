@@ -408,7 +408,8 @@ Audio AudioReader::read(const std::filesystem::path& file, ChannelMix mix) {
   if (swr) drain(nullptr);  // the converter's tail (none without resampling; kept for safety)
   if (samples.empty()) fail(file, "no decodable audio samples");
   const auto n = static_cast<int64_t>(samples.size()) / out_channels;
-  out.samples = at::from_blob(samples.data(), {n, out_channels}, at::kFloat).t().contiguous();
+  // A copy that owns its memory (for one channel the transpose is already "contiguous" and would not copy).
+  out.samples = at::from_blob(samples.data(), {n, out_channels}, at::kFloat).t().clone(at::MemoryFormat::Contiguous);
   check_finite_samples(file, out.samples, out.rate);
   out.source_channels = channels;
   out.duration_s = static_cast<double>(n) / static_cast<double>(out.rate);
