@@ -227,3 +227,17 @@ def test_downmix_is_an_option(tmp_path, tiny, release):
     if r.returncode == 0:  # init-model may not build the plugin; loading the model must refuse the key
         r = lego("encode", "--model", bad, "--modality", "sound", "--in", path, "--out", tmp_path / "c.st")
     assert r.returncode == 1 and "sound.channels" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("rate", [0, 2_000_000, 2_147_483_647, 4_294_967_295])
+def test_absurd_sample_rates_in_the_header_are_refused(tmp_path, tiny, rate):
+    path = tmp_path / f"rate{rate}.wav"
+    write_wav(path, signal(16000, 1.0, 1, seed=1), 16000)
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<I", data, 24, rate)  # the fmt chunk's sample rate
+    path.write_bytes(bytes(data))
+    for args in (["probe", "--in", path, "--samples"],
+                 ["encode", "--model", tiny, "--modality", "sound", "--in", path, "--out", tmp_path / "o.st"]):
+        r = lego(*args, timeout=20)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and path.name in lines[0], (r.returncode, r.stderr[-300:])

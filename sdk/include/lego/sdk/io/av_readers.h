@@ -49,7 +49,7 @@ class VideoReader {
 // How AudioReader combines a file's channels.
 enum class ChannelMix {
   kKeep,     // every channel as decoded, as torchaudio.load returns them (the release)
-  kDownmix,  // one channel: FFmpeg's default down-mix matrix (stereo: (L + R) / sqrt(2) before normalisation)
+  kDownmix,  // one channel: FFmpeg's default down-mix matrix (stereo: (L + R) / sqrt(2), each at -3 dB)
 };
 
 struct Audio {
