@@ -46,9 +46,14 @@ class ConstantClipsPerVideoSampler:
 @pytest.fixture(scope="module")
 def release():
     """imagebind.data with its video-only imports stubbed (pytorchvideo, pkg_resources)."""
-    spec = importlib.util.find_spec("imagebind")
-    if spec is None:
-        pytest.skip("imagebind-unofficial is not installed")
+    loaded = sys.modules.get("imagebind")
+    if loaded is not None and hasattr(loaded, "__path__"):
+        locations = list(loaded.__path__)  # another test module's stand-in for the package
+    else:
+        spec = importlib.util.find_spec("imagebind")
+        if spec is None:
+            pytest.skip("imagebind-unofficial is not installed")
+        locations = list(spec.submodule_search_locations)
     saved = dict(sys.modules)
 
     def stub(name, **attrs):
@@ -64,9 +69,9 @@ def release():
     stub("pytorchvideo.data.encoded_video", EncodedVideo=None)
     if importlib.util.find_spec("pkg_resources") is None:
         stub("pkg_resources")
-    if "imagebind" not in sys.modules or not hasattr(sys.modules["imagebind"], "__path__"):
-        pkg = types.ModuleType("imagebind")
-        pkg.__path__ = list(spec.submodule_search_locations)
+    if loaded is None or not hasattr(loaded, "__path__"):
+        pkg = types.ModuleType("imagebind")  # without the package __init__, which needs pytorchvideo
+        pkg.__path__ = locations
         sys.modules["imagebind"] = pkg
     data = importlib.import_module("imagebind.data")
     yield lambda path: data.load_and_transform_audio_data([str(path)], "cpu")[0]
