@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
       auto wave = torch::randn({16000 * 10}) * 0.1;
       for (int r = 0; r < n + 1; ++r) {
         const auto t0 = Clock::now();
-        auto clips = lego::audio::imagebind_clips(wave);
+        auto clips = lego::audio::imagebind_clips(wave, 16000);
         if (clips.size(0) != 3) return 1;
         if (r > 0) runs.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
       }

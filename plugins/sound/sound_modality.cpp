@@ -1,9 +1,11 @@
 // The sound modality (`<sound>`, 8 tokens) as the released code builds it (shared/reference/
-// lego-original.md section 4): 16 kHz mono -> 3 clips of 2 s -> Kaldi fbank (128 x 204, normalised) ->
+// lego-original.md section 4): every channel at the file's rate -> torchaudio's sinc resampling to 16 kHz
+// -> 3 clips of 2 s, each minus its mean, channel 0 -> Kaldi fbank (128 x 204, normalised) ->
 // ImageBind-huge audio encoder -> [3, 1024] -> + audio position embedding -> audio Q-Former (8 queries,
 // 2 layers) -> audio_llama_proj.
 //
-// model.ini [sound]: plugin = sound; clips (3), clip_seconds (2); imagebind_width, imagebind_layers,
+// model.ini [sound]: plugin = sound; clips (3), clip_seconds (2); channels (first: the release's channel 0;
+// downmix: FFmpeg's down-mix to mono first); imagebind_width, imagebind_layers,
 // imagebind_heads, imagebind_mlp_dim, imagebind_out_dim; qformer_hidden, qformer_heads,
 // qformer_intermediate, audio_qformer_layers (2), queries (8), positions (8). Answers ground time spans,
 // mapped to seconds of the sound. Import reads the sizes from the released tensors' shapes; the release
@@ -64,6 +66,12 @@ class SoundModality : public EncoderAdapterModality {
     // clips = 0 or a negative clip length reached torch (stack of nothing, negative narrow).
     clips_.clips = c.get_int("clips", clips_.clips, 1, 64);
     clips_.clip_seconds = c.get_double("clip_seconds", clips_.clip_seconds, 0.1, 600.0);
+    const std::string channels = c.get_string("channels", "first");
+    if (channels == "downmix") {
+      mix_ = io::ChannelMix::kDownmix;
+    } else if (channels != "first") {
+      throw Error(ErrorKind::InvalidArgument, "sound.channels: '" + channels + "' is neither 'first' nor 'downmix'");
+    }
     const int64_t out_dim = encoder_->audio_encoder->options().out_dim();
     nn::QFormerOptions q;
     q.hidden(c.get_int("qformer_hidden", q.hidden()))
@@ -86,10 +94,10 @@ class SoundModality : public EncoderAdapterModality {
 
 
   Media load(const std::filesystem::path& file, uint64_t /*seed: no randomness*/) const override {
-    const auto audio = io::AudioReader::read(file, static_cast<int64_t>(clips_.fbank.sample_rate));
+    const auto audio = io::AudioReader::read(file, mix_);
     auto meta = std::make_shared<SoundMeta>();
     meta->duration_s = audio.duration_s;
-    return Media{file, audio::imagebind_clips(audio.samples, clips_), meta};  // [clips, 1, 128, 204]
+    return Media{file, audio::imagebind_clips(audio.samples, audio.rate, clips_), meta};  // [clips, 1, 128, 204]
   }
 
   // [B, clips, 1, 128, 204] -> ImageBind embeddings [B, clips, 1024]
@@ -142,6 +150,7 @@ class SoundModality : public EncoderAdapterModality {
  private:
   static constexpr const char* kPrefix = "model.";
   audio::ClipOptions clips_;
+  io::ChannelMix mix_ = io::ChannelMix::kKeep;
   std::shared_ptr<SoundEncoder> encoder_;
   std::shared_ptr<SoundAdapter> adapter_;
 };

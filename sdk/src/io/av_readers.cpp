@@ -14,9 +14,11 @@ extern "C" {
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 
+#include "lego/sdk/audio/resample.h"
 #include "lego/sdk/error.h"
 
 namespace lego::io {
@@ -286,43 +288,113 @@ VideoFrames VideoReader::sample_uniform(const std::filesystem::path& file, int64
   return out;
 }
 
-Audio AudioReader::read(const std::filesystem::path& file, int64_t rate) {
-  if (rate <= 0) throw Error(ErrorKind::InvalidArgument, "audio: sample rate must be positive");
+namespace {
+
+// Rates and channel counts come from the file: checked before any buffer or resampler is set up.
+constexpr int kMaxAudioChannels = 256;
+// Decoded samples (all channels) beyond this are refused rather than allocated: 2^31 floats, 8 GiB.
+constexpr size_t kMaxDecodedSamples = size_t{1} << 31;
+
+void check_audio_shape(const std::filesystem::path& file, int64_t rate, int channels) {
+  if (rate < 1 || rate > audio::kMaxSampleRate) {
+    fail(file, "has an unusable sample rate of " + std::to_string(rate) + " Hz (lego reads 1 Hz to " +
+                   std::to_string(audio::kMaxSampleRate) + " Hz)");
+  }
+  if (channels < 1 || channels > kMaxAudioChannels) {
+    fail(file, "has " + std::to_string(channels) + " audio channels (lego reads 1 to " + std::to_string(kMaxAudioChannels) + ")");
+  }
+}
+
+// A usable copy of a layout: an unspecified order becomes the default layout for its channel count.
+AVChannelLayout usable_layout(const AVChannelLayout& in) {
+  AVChannelLayout out{};
+  if (in.order == AV_CHANNEL_ORDER_UNSPEC || av_channel_layout_check(&in) == 0) {
+    av_channel_layout_default(&out, std::max(1, in.nb_channels));
+  } else {
+    av_channel_layout_copy(&out, &in);
+  }
+  return out;
+}
+
+// NaN or infinite samples (float and double files; a double beyond float range becomes infinite) are
+// refused, naming the first one in time.
+void check_finite_samples(const std::filesystem::path& file, const at::Tensor& x, int64_t rate) {
+  const auto bad = at::isfinite(x).logical_not();
+  if (!bad.any().item<bool>()) return;
+  const int64_t sample = bad.any(0).to(at::kByte).argmax().item<int64_t>();
+  const int64_t channel = bad.select(1, sample).to(at::kByte).argmax().item<int64_t>();
+  const float v = x[channel][sample].item<float>();
+  char when[32];
+  std::snprintf(when, sizeof when, "%.6f", static_cast<double>(sample) / static_cast<double>(rate));
+  fail(file, "sample " + std::to_string(sample) + " of channel " + std::to_string(channel) + " (at " + when + " s) is " +
+                 (std::isnan(v) ? "NaN" : "infinite or beyond float range") +
+                 "; audio with NaN or infinite samples is not read");
+}
+
+}  // namespace
+
+Audio AudioReader::read(const std::filesystem::path& file, ChannelMix mix) {
   Opened o = open_stream(file, AVMEDIA_TYPE_AUDIO, 1);
   AVCodecContext* c = o.codec.get();
-  if (c->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC || c->ch_layout.nb_channels <= 0) {
-    const int channels = std::max(1, c->ch_layout.nb_channels);
-    av_channel_layout_uninit(&c->ch_layout);
-    av_channel_layout_default(&c->ch_layout, channels);
-  }
-  if (c->sample_rate <= 0) fail(file, "has no sample rate");
-  Audio out;
-  out.rate = rate;
-  out.source_rate = c->sample_rate;
-  out.source_channels = c->ch_layout.nb_channels;
-  AVChannelLayout mono = AV_CHANNEL_LAYOUT_MONO;
-  SwrContext* raw_swr = nullptr;
-  int rc = swr_alloc_set_opts2(&raw_swr, &mono, AV_SAMPLE_FMT_FLT, static_cast<int>(rate), &c->ch_layout, c->sample_fmt,
-                               c->sample_rate, 0, nullptr);
-  std::unique_ptr<SwrContext, SwrDeleter> swr(raw_swr);
-  if (rc < 0 || swr_init(swr.get()) < 0) fail(file, "cannot set up resampling to mono " + std::to_string(rate) + " Hz");
+  // The stream's declared shape, checked before decoding; each frame is checked against it again.
+  const int64_t declared_rate = c->sample_rate;
+  if (declared_rate <= 0) fail(file, "has no sample rate");
+  check_audio_shape(file, declared_rate, std::max(1, c->ch_layout.nb_channels));
 
-  std::vector<float> samples;
+  Audio out;
+  std::unique_ptr<SwrContext, SwrDeleter> swr;
+  int channels = 0;  // of the decoded frames, fixed by the first one
+  int out_channels = 0;
+  int format = AV_SAMPLE_FMT_NONE;
+  std::vector<float> samples;  // interleaved [N, out_channels]
   std::unique_ptr<AVFrame, FrameDeleter> frame(av_frame_alloc());
   std::unique_ptr<AVPacket, PacketDeleter> packet(av_packet_alloc());
+
+  // Converts to interleaved float at the same rate: a copy or scaling, or the down-mix matrix.
+  auto setup = [&](const AVFrame* f) {
+    out.rate = f->sample_rate > 0 ? f->sample_rate : declared_rate;
+    channels = f->ch_layout.nb_channels > 0 ? f->ch_layout.nb_channels : std::max(1, c->ch_layout.nb_channels);
+    check_audio_shape(file, out.rate, channels);
+    format = f->format;
+    AVChannelLayout in_layout = usable_layout(f->ch_layout.nb_channels > 0 ? f->ch_layout : c->ch_layout);
+    AVChannelLayout out_layout{};
+    if (mix == ChannelMix::kDownmix) {
+      av_channel_layout_default(&out_layout, 1);
+    } else {
+      av_channel_layout_copy(&out_layout, &in_layout);
+    }
+    out_channels = out_layout.nb_channels;
+    SwrContext* raw = nullptr;
+    const int rc = swr_alloc_set_opts2(&raw, &out_layout, AV_SAMPLE_FMT_FLT, static_cast<int>(out.rate), &in_layout,
+                                       static_cast<AVSampleFormat>(format), static_cast<int>(out.rate), 0, nullptr);
+    swr.reset(raw);
+    av_channel_layout_uninit(&in_layout);
+    av_channel_layout_uninit(&out_layout);
+    if (rc < 0 || swr_init(swr.get()) < 0) fail(file, "cannot convert its samples to float");
+  };
   auto drain = [&](const AVFrame* f) {
     const int in_count = f ? f->nb_samples : 0;
     const int room = swr_get_out_samples(swr.get(), in_count);
     if (room <= 0) return;
     const size_t at = samples.size();
-    samples.resize(at + static_cast<size_t>(room));
+    const size_t more = static_cast<size_t>(room) * static_cast<size_t>(out_channels);
+    if (at + more > kMaxDecodedSamples) {
+      fail(file, "decodes to more than " + std::to_string(kMaxDecodedSamples) + " samples", ErrorKind::Unsupported);
+    }
+    samples.resize(at + more);
     uint8_t* dst = reinterpret_cast<uint8_t*>(samples.data() + at);
     const int got = swr_convert(swr.get(), &dst, room, f ? const_cast<const uint8_t**>(f->extended_data) : nullptr, in_count);
-    if (got < 0) fail(file, "resampling failed: " + av_error(got));
-    samples.resize(at + static_cast<size_t>(got));
+    if (got < 0) fail(file, "sample conversion failed: " + av_error(got));
+    samples.resize(at + static_cast<size_t>(got) * static_cast<size_t>(out_channels));
   };
   auto receive_all = [&]() {
     while (avcodec_receive_frame(c, frame.get()) == 0) {
+      if (!swr) {
+        setup(frame.get());
+      } else if (frame->format != format || (frame->sample_rate > 0 && frame->sample_rate != out.rate) ||
+                 (frame->ch_layout.nb_channels > 0 && frame->ch_layout.nb_channels != channels)) {
+        fail(file, "changes its sample format, rate or channel count mid-stream");
+      }
       drain(frame.get());
       av_frame_unref(frame.get());
     }
@@ -333,10 +405,14 @@ Audio AudioReader::read(const std::filesystem::path& file, int64_t rate) {
   }
   avcodec_send_packet(c, nullptr);
   receive_all();
-  drain(nullptr);  // the resampler's tail
+  if (swr) drain(nullptr);  // the converter's tail (none without resampling; kept for safety)
   if (samples.empty()) fail(file, "no decodable audio samples");
-  out.samples = at::from_blob(samples.data(), {static_cast<int64_t>(samples.size())}, at::kFloat).clone();
-  out.duration_s = static_cast<double>(samples.size()) / static_cast<double>(rate);
+  const auto n = static_cast<int64_t>(samples.size()) / out_channels;
+  // A copy that owns its memory (for one channel the transpose is already "contiguous" and would not copy).
+  out.samples = at::from_blob(samples.data(), {n, out_channels}, at::kFloat).t().clone(at::MemoryFormat::Contiguous);
+  check_finite_samples(file, out.samples, out.rate);
+  out.source_channels = channels;
+  out.duration_s = static_cast<double>(n) / static_cast<double>(out.rate);
   return out;
 }
 

@@ -54,14 +54,14 @@ TEST(Fbank, FramesAndBinsFollowKaldiSnipEdges) {
 }
 
 TEST(Fbank, ImageBindClipsArePaddedCroppedAndNormalised) {
-  auto clips = audio::imagebind_clips(torch::randn({16000 * 5}));
+  auto clips = audio::imagebind_clips(torch::randn({16000 * 5}), 16000);
   EXPECT_EQ(clips.sizes(), (std::vector<int64_t>{3, 1, 128, 204}));
   // A 1 s waveform gives 98 frames: the rest is zero log-mel, normalised to (0 + 4.268) / 9.138.
-  auto short_clips = audio::imagebind_clips(torch::randn({16000}));
+  auto short_clips = audio::imagebind_clips(torch::randn({16000}), 16000);
   EXPECT_NEAR(short_clips[0][0][0][150].item<float>(), 4.268 / 9.138, 1e-6);
-  const auto starts = audio::clip_starts(8.0, {});
-  ASSERT_EQ(starts.size(), 3u);
-  EXPECT_DOUBLE_EQ(starts[1], 2.0);  // i * (8 - 2) / 3
+  const auto bounds = audio::clip_bounds(8 * 16000, {});
+  ASSERT_EQ(bounds.size(), 3u);
+  EXPECT_EQ(bounds[1], std::make_pair(int64_t{32000}, int64_t{64000}));  // i * (8 - 2) / 3 s
 }
 
 }  // namespace

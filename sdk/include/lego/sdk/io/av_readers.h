@@ -4,9 +4,9 @@
 // VideoReader samples n frames uniformly with the released code's index formula, seeking to the keyframe
 // before each target and decoding forward only as far as needed, so a long file costs about n short
 // decodes. Frames come back resized (bicubic, aspect not kept) and rotated upright by the stream's display
-// matrix. AudioReader decodes any FFmpeg-readable audio (or a video's audio track) to mono float at a
-// chosen rate. Every failure is a lego::Error naming the file; reading stops at a bounded number of
-// packets, so corrupt input ends in an error rather than a hang.
+// matrix. AudioReader decodes any FFmpeg-readable audio (or a video's audio track) to float at its own
+// rate, all channels or one down-mix. Every failure is a lego::Error naming the file; reading stops at a
+// bounded number of packets, so corrupt input ends in an error rather than a hang.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -46,18 +46,24 @@ class VideoReader {
   static const std::vector<std::string>& extensions();
 };
 
+// How AudioReader combines a file's channels.
+enum class ChannelMix {
+  kKeep,     // every channel as decoded, as torchaudio.load returns them (the release)
+  kDownmix,  // one channel: FFmpeg's default down-mix matrix (stereo: (L + R) / sqrt(2), each at -3 dB)
+};
+
 struct Audio {
-  at::Tensor samples;         // [N] float32 mono at `rate`
-  int64_t rate = 0;
+  at::Tensor samples;  // [channels, N] float32 at `rate`, channels first; integer formats scaled to [-1, 1)
+  int64_t rate = 0;    // the file's own sample rate: nothing is resampled here (audio::resample does that)
   double duration_s = 0;
-  int64_t source_rate = 0;
   int64_t source_channels = 0;
 };
 
 class AudioReader {
  public:
-  // Decodes the best audio stream of `file`, down-mixed to mono, resampled to `rate`.
-  static Audio read(const std::filesystem::path& file, int64_t rate = 16000);
+  // Decodes the best audio stream of `file` at its own rate. The rate and channel count are checked before
+  // anything is allocated; NaN or infinite samples (float files) are refused, naming the first one.
+  static Audio read(const std::filesystem::path& file, ChannelMix mix = ChannelMix::kKeep);
   static const std::vector<std::string>& extensions();
 };
 
