@@ -20,6 +20,7 @@ extern "C" {
 
 #include "lego/sdk/audio/resample.h"
 #include "lego/sdk/error.h"
+#include "lego/sdk/files.h"
 
 namespace lego::io {
 namespace {
@@ -68,10 +69,8 @@ struct Opened {
 
 Opened open_stream(const std::filesystem::path& file, AVMediaType type, int threads) {
   quiet_ffmpeg_once();
-  std::error_code ec;
-  if (!std::filesystem::exists(file, ec)) fail(file, "no such file", ErrorKind::NotFound);
-  if (std::filesystem::is_directory(file, ec)) fail(file, "is a directory", ErrorKind::InvalidArgument);
-  if (std::filesystem::file_size(file, ec) == 0) fail(file, "empty file");
+  // A FIFO or device would block the demuxer forever; a folder is no medium.
+  if (require_regular_file(file, "media file") == 0) fail(file, "empty file");
   Opened o;
   AVFormatContext* raw = nullptr;
   int rc = avformat_open_input(&raw, file.c_str(), nullptr, nullptr);
