@@ -18,6 +18,7 @@ extern "C" {
 #include <cmath>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "lego/sdk/error.h"
 
@@ -152,6 +153,7 @@ struct PacketIndex {
   std::vector<int64_t> ts;          // presentation order: pts, else dts (stream time base); decode order if untimed
   std::vector<int64_t> key_before;  // per frame: the newest keyframe at or before it in presentation order
   bool timed = true;                // false when some packet has no timestamp: no seeking, frames counted instead
+  bool from_container = false;      // taken from the container's index: decoding checks each packet against it
 };
 
 int64_t packet_time(const AVPacket* p) { return p->pts != AV_NOPTS_VALUE ? p->pts : p->dts; }
@@ -164,31 +166,55 @@ void read_only_stream(Opened& o) {
   }
 }
 
-// One demux pass (packets only, nothing decoded). Containers whose index lists every packet still go
-// through it: an mp4 index holds decode times, and B-frames make presentation order differ.
-PacketIndex index_packets(const Opened& o) {
+// Sorts packets (timestamp, keyframe) into presentation order and marks each frame's keyframe.
+PacketIndex order_packets(std::vector<std::pair<int64_t, bool>> packets, bool timed) {
   PacketIndex idx;
-  std::vector<std::pair<int64_t, bool>> packets;  // timestamp, keyframe
-  std::unique_ptr<AVPacket, PacketDeleter> packet(av_packet_alloc());
-  while (av_read_frame(o.format.get(), packet.get()) >= 0) {
-    if (packet->stream_index == o.index) {
-      const int64_t ts = packet_time(packet.get());
-      idx.timed = idx.timed && ts != AV_NOPTS_VALUE;
-      packets.emplace_back(ts, (packet->flags & AV_PKT_FLAG_KEY) != 0);
-    }
-    av_packet_unref(packet.get());
-  }
-  if (idx.timed) {
+  idx.timed = timed;
+  if (timed) {
     std::stable_sort(packets.begin(), packets.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   }
   idx.ts.reserve(packets.size());
   idx.key_before.reserve(packets.size());
   int64_t key = 0;
   for (size_t i = 0; i < packets.size(); ++i) {
-    idx.ts.push_back(idx.timed ? packets[i].first : static_cast<int64_t>(i));
+    idx.ts.push_back(timed ? packets[i].first : static_cast<int64_t>(i));
     if (packets[i].second) key = static_cast<int64_t>(i);
     idx.key_before.push_back(key);
   }
+  return idx;
+}
+
+// One demux pass (packets only, nothing decoded).
+PacketIndex index_packets(const Opened& o) {
+  bool timed = true;
+  std::vector<std::pair<int64_t, bool>> packets;  // timestamp, keyframe
+  std::unique_ptr<AVPacket, PacketDeleter> packet(av_packet_alloc());
+  while (av_read_frame(o.format.get(), packet.get()) >= 0) {
+    if (packet->stream_index == o.index) {
+      const int64_t ts = packet_time(packet.get());
+      timed = timed && ts != AV_NOPTS_VALUE;
+      packets.emplace_back(ts, (packet->flags & AV_PKT_FLAG_KEY) != 0);
+    }
+    av_packet_unref(packet.get());
+  }
+  return order_packets(std::move(packets), timed);
+}
+
+// A container that lists every packet (mp4, mov) spares the demux pass, which reads the whole file. Its
+// times are decode times: they are the presentation times only when the stream does not reorder, so
+// decoding checks every packet it reads against them and falls back to the demux pass if one differs.
+std::optional<PacketIndex> index_from_container(const Opened& o) {
+  const int n = avformat_index_get_entries_count(o.stream);
+  if (n <= 0 || o.stream->nb_frames != n || o.stream->codecpar->video_delay != 0) return std::nullopt;
+  std::vector<std::pair<int64_t, bool>> packets;
+  packets.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    const AVIndexEntry* e = avformat_index_get_entry(o.stream, i);
+    if (e == nullptr || e->timestamp == AV_NOPTS_VALUE || (i > 0 && e->timestamp <= packets.back().first)) return std::nullopt;
+    packets.emplace_back(e->timestamp, (e->flags & AVINDEX_KEYFRAME) != 0);
+  }
+  PacketIndex idx = order_packets(std::move(packets), true);
+  idx.from_container = true;
   return idx;
 }
 
@@ -314,7 +340,8 @@ VideoInfo VideoReader::probe(const std::filesystem::path& file) {
   Opened o = open_stream(file, AVMEDIA_TYPE_VIDEO, 1);
   read_only_stream(o);
   VideoInfo info = info_of(o);
-  const auto idx = index_packets(o);
+  const auto from_container = index_from_container(o);
+  const auto idx = from_container ? *from_container : index_packets(o);
   if (!idx.ts.empty()) info.frames = static_cast<int64_t>(idx.ts.size());
   return info;
 }
@@ -333,30 +360,24 @@ std::vector<int64_t> VideoReader::uniform_indices(int64_t frames, int64_t wanted
   return out;
 }
 
-VideoFrames VideoReader::sample_uniform(const std::filesystem::path& file, int64_t wanted, int64_t width, int64_t height,
-                                        int threads) {
-  if (wanted <= 0 || width <= 0 || height <= 0) {
-    throw Error(ErrorKind::InvalidArgument, "video: frame count and size must be positive");
-  }
-  Opened o = open_stream(file, AVMEDIA_TYPE_VIDEO, threads);
-  read_only_stream(o);
-  VideoFrames out;
-  out.info = info_of(o);
-  const PacketIndex idx = index_packets(o);
+namespace {
+
+// Decodes the uniformly sampled frames of `idx`; nullopt when a packet contradicts a container's index.
+std::optional<VideoFrames> take_frames(Opened& o, const PacketIndex& idx, VideoFrames out, int64_t wanted, int64_t width,
+                                       int64_t height, const std::filesystem::path& file) {
   if (idx.ts.empty()) fail(file, "no decodable video frames");
   out.info.frames = static_cast<int64_t>(idx.ts.size());
-  rewind(o, idx, file, threads);
   const AVRational time_base = o.stream->time_base;
   const double start = idx.timed ? seconds(o.stream->start_time != AV_NOPTS_VALUE ? o.stream->start_time : idx.ts.front(), time_base) : 0.0;
   const double fps = out.info.fps > 0 ? out.info.fps : 1.0;
-  out.indices = uniform_indices(out.info.frames, wanted);
+  out.indices = VideoReader::uniform_indices(out.info.frames, wanted);
   std::vector<int64_t> target_ts;
   for (int64_t i : out.indices) target_ts.push_back(idx.ts[static_cast<size_t>(i)]);
 
   FrameScaler to_rgb(file, out.info.rotation, width, height);
   std::unique_ptr<AVFrame, FrameDeleter> frame(av_frame_alloc());
   std::unique_ptr<AVPacket, PacketDeleter> packet(av_packet_alloc());
-  bool eof = false, flushed = false;
+  bool eof = false, flushed = false, contradicted = false;
   int64_t counted = 0;  // frames out of the decoder, for untimed streams (never sought)
 
   // Decodes the next frame; false at the end of the stream. A packet that holds no target is decoded
@@ -379,6 +400,12 @@ VideoFrames VideoReader::sample_uniform(const std::filesystem::path& file, int64
         continue;
       }
       if (packet->stream_index == o.index) {
+        if (idx.from_container &&
+            (packet->pts != packet->dts || !std::binary_search(idx.ts.begin(), idx.ts.end(), packet->dts))) {
+          contradicted = true;
+          av_packet_unref(packet.get());
+          return false;
+        }
         if (idx.timed) {
           const bool target = std::binary_search(target_ts.begin(), target_ts.end(), packet_time(packet.get()));
           o.codec->skip_frame = target ? AVDISCARD_DEFAULT : AVDISCARD_NONREF;
@@ -423,6 +450,7 @@ VideoFrames VideoReader::sample_uniform(const std::filesystem::path& file, int64
         av_frame_unref(frame.get());
         break;
       }
+      if (contradicted) return std::nullopt;
     }
     if (!last.defined()) break;  // the stream ended before any target: nothing decodable
     frames.push_back(last);      // past the real end or a lost frame: the newest frame there is
@@ -432,6 +460,27 @@ VideoFrames VideoReader::sample_uniform(const std::filesystem::path& file, int64
   out.indices.resize(frames.size());
   out.frames = at::stack(frames, 0);
   return out;
+}
+
+}  // namespace
+
+VideoFrames VideoReader::sample_uniform(const std::filesystem::path& file, int64_t wanted, int64_t width, int64_t height,
+                                        int threads) {
+  if (wanted <= 0 || width <= 0 || height <= 0) {
+    throw Error(ErrorKind::InvalidArgument, "video: frame count and size must be positive");
+  }
+  Opened o = open_stream(file, AVMEDIA_TYPE_VIDEO, threads);
+  read_only_stream(o);
+  VideoFrames info;
+  info.info = info_of(o);
+  if (auto idx = index_from_container(o)) {
+    if (auto got = take_frames(o, *idx, info, wanted, width, height, file)) return std::move(*got);
+    o = open_stream(file, AVMEDIA_TYPE_VIDEO, threads);  // the index was not the presentation order
+    read_only_stream(o);
+  }
+  const PacketIndex idx = index_packets(o);
+  rewind(o, idx, file, threads);
+  return std::move(*take_frames(o, idx, info, wanted, width, height, file));
 }
 
 Audio AudioReader::read(const std::filesystem::path& file, int64_t rate) {
