@@ -132,3 +132,23 @@ def test_probe_reports_the_phone_videos_real_timestamps(tmp_path):
     assert info["indices"] == [0, 5, 10, 15, 20, 25, 30, 35]
     expected = [0.0] + [0.18 + (i - 1) / 30 for i in range(5, 36, 5)]
     np.testing.assert_allclose(info["timestamps"], expected, atol=1e-4)
+
+
+def test_sampling_decodes_only_what_the_targets_need(tmp_path):
+    """Item 14: each target is reached from the keyframe before it (a seek, or decoding on when that is
+    fewer frames), and frames that are neither targets nor references of targets are not decoded."""
+    path = tmp_path / "gop.mp4"
+    # 300 frames, a keyframe every 60, three non-reference B-frames between P-frames
+    write_vfr(path, 300, [1 / 30], 320, 240, options={
+        "preset": "veryfast", "x264-params": "keyint=60:min-keyint=60:scenecut=0:bframes=3:b-adapt=0:b-pyramid=none"})
+    info = json.loads(run_lego("probe", "--in", path, "--frames", 8, "--threads", 1).stdout)
+    targets = info["indices"]
+    assert targets == np.arange(0, 300, 300 / 8).astype(int).tolist()
+    # What decoding every frame from the nearest usable keyframe to each target costs (no frame skipped).
+    plan, done = 0, -1
+    for t in targets:
+        start = max(done + 1, t // 60 * 60)
+        plan += t - start + 1
+        done = t
+    print(f"decoded {info['decoded']} frames; every frame on the keyframe plan: {plan}; up to the last target: {targets[-1] + 1}")
+    assert len(targets) <= info["decoded"] <= 0.5 * plan

@@ -386,7 +386,10 @@ std::optional<VideoFrames> take_frames(Opened& o, const PacketIndex& idx, VideoF
   auto next_frame = [&]() -> bool {
     while (true) {
       const int rc = avcodec_receive_frame(o.codec.get(), frame.get());
-      if (rc == 0) return true;
+      if (rc == 0) {
+        ++out.decoded;
+        return true;
+      }
       if (rc == AVERROR_EOF) return false;
       if (rc != AVERROR(EAGAIN)) fail(file, "decoding failed: " + av_error(rc));
       if (eof) {

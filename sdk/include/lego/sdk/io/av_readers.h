@@ -35,6 +35,7 @@ struct VideoFrames {
   std::vector<int64_t> indices;     // the frame indices sampled
   std::vector<double> timestamps;   // seconds of each returned frame from the stream's start (its own pts)
   VideoInfo info;
+  int64_t decoded = 0;              // frames the decoder produced to get these (the work sampling took)
 };
 
 class VideoReader {
