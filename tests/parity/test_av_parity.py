@@ -250,8 +250,10 @@ def test_sampled_frames_match_pyav_decoding(av_model, tmp_path):
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1, 1)
     ours_rgb = ((got * std + mean) * 255).permute(1, 2, 3, 0).numpy()  # [T, H, W, 3]
+    # Bilinear, as the release's reader (decord) scales; exact parity with decord is in test_video_decord_parity.py.
+    # PyAV carries a newer libswscale whose rounding differs slightly, hence the loose bound.
     with av.open(str(tmp_path / "v.mp4")) as c:
-        frames = [f.to_ndarray(format="rgb24", width=SIZE, height=SIZE, interpolation="BICUBIC") for f in c.decode(video=0)]
+        frames = [f.to_ndarray(format="rgb24", width=SIZE, height=SIZE, interpolation="BILINEAR") for f in c.decode(video=0)]
     n = min(FRAMES, len(frames))
     indices = np.arange(0, len(frames), len(frames) / n).astype(int)
     ref = np.stack([frames[i] for i in indices]).astype(np.float32)

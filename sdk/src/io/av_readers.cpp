@@ -6,6 +6,7 @@ extern "C" {
 #include <libavutil/display.h>
 #include <libavutil/imgutils.h>
 #include <libavutil/opt.h>
+#include <libavutil/pixdesc.h>
 #include <libswresample/swresample.h>
 #include <libswscale/swscale.h>
 }
@@ -13,10 +14,12 @@ extern "C" {
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "lego/sdk/audio/resample.h"
 #include "lego/sdk/error.h"
@@ -141,7 +144,208 @@ const std::vector<std::string>& AudioReader::extensions() {
   return ext;
 }
 
-VideoInfo VideoReader::probe(const std::filesystem::path& file) { return info_of(open_stream(file, AVMEDIA_TYPE_VIDEO, 1)); }
+namespace {
+
+// decord, the release's reader, counts a video's frames as the packets of its stream and numbers them in
+// presentation order: frame i is the packet with the i-th smallest timestamp. A nominal frame rate says
+// nothing about where frame i lies in a variable-frame-rate (phone) video, so every index goes through
+// this table of the stream's own packets.
+struct PacketIndex {
+  std::vector<int64_t> ts;          // presentation order: pts, else dts (stream time base); decode order if untimed
+  std::vector<int64_t> key_before;  // per frame: the newest keyframe at or before it in presentation order
+  bool timed = true;                // false when some packet has no timestamp: no seeking, frames counted instead
+  bool from_container = false;      // taken from the container's index: decoding checks each packet against it
+};
+
+int64_t packet_time(const AVPacket* p) { return p->pts != AV_NOPTS_VALUE ? p->pts : p->dts; }
+int64_t frame_time(const AVFrame* f) { return f->pts != AV_NOPTS_VALUE ? f->pts : f->best_effort_timestamp; }
+
+// Other streams are not read at all: the demuxer skips their packets.
+void read_only_stream(Opened& o) {
+  for (unsigned i = 0; i < o.format->nb_streams; ++i) {
+    o.format->streams[i]->discard = static_cast<int>(i) == o.index ? AVDISCARD_DEFAULT : AVDISCARD_ALL;
+  }
+}
+
+// Sorts packets (timestamp, keyframe) into presentation order and marks each frame's keyframe.
+PacketIndex order_packets(std::vector<std::pair<int64_t, bool>> packets, bool timed) {
+  PacketIndex idx;
+  idx.timed = timed;
+  if (timed) {
+    std::stable_sort(packets.begin(), packets.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  }
+  idx.ts.reserve(packets.size());
+  idx.key_before.reserve(packets.size());
+  int64_t key = 0;
+  for (size_t i = 0; i < packets.size(); ++i) {
+    idx.ts.push_back(timed ? packets[i].first : static_cast<int64_t>(i));
+    if (packets[i].second) key = static_cast<int64_t>(i);
+    idx.key_before.push_back(key);
+  }
+  return idx;
+}
+
+// One demux pass (packets only, nothing decoded).
+PacketIndex index_packets(const Opened& o) {
+  bool timed = true;
+  std::vector<std::pair<int64_t, bool>> packets;  // timestamp, keyframe
+  std::unique_ptr<AVPacket, PacketDeleter> packet(av_packet_alloc());
+  while (av_read_frame(o.format.get(), packet.get()) >= 0) {
+    if (packet->stream_index == o.index) {
+      const int64_t ts = packet_time(packet.get());
+      timed = timed && ts != AV_NOPTS_VALUE;
+      packets.emplace_back(ts, (packet->flags & AV_PKT_FLAG_KEY) != 0);
+    }
+    av_packet_unref(packet.get());
+  }
+  return order_packets(std::move(packets), timed);
+}
+
+// A container that lists every packet (mp4, mov) spares the demux pass, which reads the whole file. Its
+// times are decode times: they are the presentation times only when the stream does not reorder, so
+// decoding checks every packet it reads against them and falls back to the demux pass if one differs.
+std::optional<PacketIndex> index_from_container(const Opened& o) {
+  const int n = avformat_index_get_entries_count(o.stream);
+  if (n <= 0 || o.stream->nb_frames != n || o.stream->codecpar->video_delay != 0) return std::nullopt;
+  std::vector<std::pair<int64_t, bool>> packets;
+  packets.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    const AVIndexEntry* e = avformat_index_get_entry(o.stream, i);
+    if (e == nullptr || e->timestamp == AV_NOPTS_VALUE || (i > 0 && e->timestamp <= packets.back().first)) return std::nullopt;
+    packets.emplace_back(e->timestamp, (e->flags & AVINDEX_KEYFRAME) != 0);
+  }
+  PacketIndex idx = order_packets(std::move(packets), true);
+  idx.from_container = true;
+  return idx;
+}
+
+// Back to the first packet after the index pass; reopens where the container cannot seek.
+void rewind(Opened& o, const PacketIndex& idx, const std::filesystem::path& file, int threads) {
+  if (idx.timed && !idx.ts.empty() &&
+      av_seek_frame(o.format.get(), o.index, idx.ts.front(), AVSEEK_FLAG_BACKWARD) >= 0) {
+    avcodec_flush_buffers(o.codec.get());
+    return;
+  }
+  o = open_stream(file, AVMEDIA_TYPE_VIDEO, threads);
+  read_only_stream(o);
+}
+
+// decord resizes in an FFmpeg filter graph: "transpose" for the display rotation, then "scale", whose
+// libswscale flags default to bilinear, with the frame's own YCbCr matrix and range. The same here:
+// planes turned upright first (when the format allows it), then one bilinear libswscale pass to RGB.
+class FrameScaler {
+ public:
+  FrameScaler(const std::filesystem::path& file, int rotation, int64_t width, int64_t height)
+      : file_(file), rotation_(rotation), width_(width), height_(height) {}
+
+  at::Tensor operator()(const AVFrame* f) {
+    const auto format = static_cast<AVPixelFormat>(f->format);
+    if (rotation_ != 0 && rotatable(format, f)) {
+      const AVPixFmtDescriptor* desc = av_pix_fmt_desc_get(format);
+      const int planes = av_pix_fmt_count_planes(format);
+      std::vector<at::Tensor> turned;
+      const uint8_t* data[4] = {nullptr, nullptr, nullptr, nullptr};
+      int stride[4] = {0, 0, 0, 0};
+      for (int p = 0; p < planes; ++p) {
+        const bool chroma = (p == 1 || p == 2) && desc->nb_components >= 3;
+        const int64_t w = chroma ? AV_CEIL_RSHIFT(f->width, desc->log2_chroma_w) : f->width;
+        const int64_t h = chroma ? AV_CEIL_RSHIFT(f->height, desc->log2_chroma_h) : f->height;
+        auto plane = at::from_blob(f->data[p], {h, w}, {f->linesize[p], 1}, at::kByte);
+        turned.push_back(upright(plane).contiguous());
+        data[p] = turned.back().data_ptr<uint8_t>();
+        stride[p] = static_cast<int>(turned.back().size(1));
+      }
+      const bool swap = rotation_ == 90 || rotation_ == 270;
+      return scale(f, swap ? f->height : f->width, swap ? f->width : f->height, format, data, stride, width_, height_);
+    }
+    // Other formats: scale to the stored shape, then turn the RGB picture.
+    const bool swap = rotation_ == 90 || rotation_ == 270;
+    return upright(scale(f, f->width, f->height, format, f->data, f->linesize, swap ? height_ : width_,
+                         swap ? width_ : height_))
+        .contiguous();
+  }
+
+ private:
+  // Planar 8-bit formats whose planes can be turned one by one (chroma subsampled alike both ways, as
+  // FFmpeg's transpose filter requires).
+  static bool rotatable(AVPixelFormat format, const AVFrame* f) {
+    const AVPixFmtDescriptor* desc = av_pix_fmt_desc_get(format);
+    if (desc == nullptr || (desc->flags & AV_PIX_FMT_FLAG_PLANAR) == 0 ||
+        (desc->flags & (AV_PIX_FMT_FLAG_PAL | AV_PIX_FMT_FLAG_BITSTREAM | AV_PIX_FMT_FLAG_HWACCEL)) != 0 ||
+        desc->log2_chroma_w != desc->log2_chroma_h || av_pix_fmt_count_planes(format) != desc->nb_components) {
+      return false;
+    }
+    for (int c = 0; c < desc->nb_components; ++c) {
+      if (desc->comp[c].depth != 8 || desc->comp[c].step != 1 || desc->comp[c].plane != c || f->linesize[c] <= 0) return false;
+    }
+    return true;
+  }
+
+  // [H, W, ...] turned clockwise by the stream's rotation.
+  at::Tensor upright(const at::Tensor& x) const {
+    switch (rotation_) {
+      case 90: return x.transpose(0, 1).flip({1});
+      case 180: return x.flip({0, 1});
+      case 270: return x.transpose(0, 1).flip({0});
+      default: return x;
+    }
+  }
+
+  at::Tensor scale(const AVFrame* f, int src_w, int src_h, AVPixelFormat format, const uint8_t* const* data,
+                   const int* stride, int64_t out_w, int64_t out_h) {
+    // sws_getCachedContext would rebuild the context for every full-range (yuvj) frame: it compares with the
+    // format the context rewrote internally. Keyed here on what was asked instead.
+    const std::array<int, 5> shape{src_w, src_h, static_cast<int>(format), static_cast<int>(out_w), static_cast<int>(out_h)};
+    if (!sws_ || shape != shape_) {
+      sws_.reset(sws_getContext(src_w, src_h, format, static_cast<int>(out_w), static_cast<int>(out_h), AV_PIX_FMT_RGB24,
+                                SWS_BILINEAR, nullptr, nullptr, nullptr));
+      if (!sws_) fail(file_, "cannot convert its pixel format");
+      shape_ = shape;
+      configured_ = false;
+    }
+    if (!configured_ || f->colorspace != colorspace_ || f->color_range != range_) {
+      // The frame's matrix (BT.709 for HD phone video) and range, as FFmpeg's scale filter takes them.
+      int* inv_table = nullptr;
+      int* table = nullptr;
+      int src_range = 0, dst_range = 0, brightness = 0, contrast = 0, saturation = 0;
+      if (sws_getColorspaceDetails(sws_.get(), &inv_table, &src_range, &table, &dst_range, &brightness, &contrast,
+                                   &saturation) >= 0) {
+        if (f->color_range != AVCOL_RANGE_UNSPECIFIED) src_range = f->color_range == AVCOL_RANGE_JPEG ? 1 : 0;
+        sws_setColorspaceDetails(sws_.get(), sws_getCoefficients(f->colorspace), src_range, table, dst_range, brightness,
+                                 contrast, saturation);
+      }
+      configured_ = true;
+      colorspace_ = f->colorspace;
+      range_ = f->color_range;
+    }
+    auto rgb = at::empty({out_h, out_w, 3}, at::kByte);
+    uint8_t* dst[4] = {rgb.data_ptr<uint8_t>(), nullptr, nullptr, nullptr};
+    int dst_stride[4] = {static_cast<int>(out_w * 3), 0, 0, 0};
+    sws_scale(sws_.get(), data, stride, 0, src_h, dst, dst_stride);
+    return rgb;
+  }
+
+  std::filesystem::path file_;
+  int rotation_;
+  int64_t width_, height_;
+  std::unique_ptr<SwsContext, SwsDeleter> sws_;
+  std::array<int, 5> shape_{};
+  bool configured_ = false;
+  AVColorSpace colorspace_ = AVCOL_SPC_UNSPECIFIED;
+  AVColorRange range_ = AVCOL_RANGE_UNSPECIFIED;
+};
+
+}  // namespace
+
+VideoInfo VideoReader::probe(const std::filesystem::path& file) {
+  Opened o = open_stream(file, AVMEDIA_TYPE_VIDEO, 1);
+  read_only_stream(o);
+  VideoInfo info = info_of(o);
+  const auto from_container = index_from_container(o);
+  const auto idx = from_container ? *from_container : index_packets(o);
+  if (!idx.ts.empty()) info.frames = static_cast<int64_t>(idx.ts.size());
+  return info;
+}
 
 std::vector<int64_t> VideoReader::uniform_indices(int64_t frames, int64_t wanted) {
   std::vector<int64_t> out;
@@ -157,52 +361,36 @@ std::vector<int64_t> VideoReader::uniform_indices(int64_t frames, int64_t wanted
   return out;
 }
 
-VideoFrames VideoReader::sample_uniform(const std::filesystem::path& file, int64_t wanted, int64_t width, int64_t height,
-                                        int threads) {
-  if (wanted <= 0 || width <= 0 || height <= 0) {
-    throw Error(ErrorKind::InvalidArgument, "video: frame count and size must be positive");
-  }
-  Opened o = open_stream(file, AVMEDIA_TYPE_VIDEO, threads);
-  VideoFrames out;
-  out.info = info_of(o);
-  if (out.info.frames <= 0) fail(file, "has no frame count and no duration to sample by");
-  const double fps = out.info.fps > 0 ? out.info.fps : static_cast<double>(out.info.frames) / std::max(out.info.duration_s, 1e-9);
-  const double start = o.stream->start_time != AV_NOPTS_VALUE ? seconds(o.stream->start_time, o.stream->time_base) : 0.0;
-  out.indices = uniform_indices(out.info.frames, wanted);
+namespace {
 
-  const bool swap = out.info.rotation == 90 || out.info.rotation == 270;
-  const int64_t scaled_w = swap ? height : width;
-  const int64_t scaled_h = swap ? width : height;
-  std::unique_ptr<SwsContext, SwsDeleter> sws;
+// Decodes the uniformly sampled frames of `idx`; nullopt when a packet contradicts a container's index.
+std::optional<VideoFrames> take_frames(Opened& o, const PacketIndex& idx, VideoFrames out, int64_t wanted, int64_t width,
+                                       int64_t height, const std::filesystem::path& file) {
+  if (idx.ts.empty()) fail(file, "no decodable video frames");
+  out.info.frames = static_cast<int64_t>(idx.ts.size());
+  const AVRational time_base = o.stream->time_base;
+  const double start = idx.timed ? seconds(o.stream->start_time != AV_NOPTS_VALUE ? o.stream->start_time : idx.ts.front(), time_base) : 0.0;
+  const double fps = out.info.fps > 0 ? out.info.fps : 1.0;
+  out.indices = VideoReader::uniform_indices(out.info.frames, wanted);
+  std::vector<int64_t> target_ts;
+  for (int64_t i : out.indices) target_ts.push_back(idx.ts[static_cast<size_t>(i)]);
+
+  FrameScaler to_rgb(file, out.info.rotation, width, height);
   std::unique_ptr<AVFrame, FrameDeleter> frame(av_frame_alloc());
   std::unique_ptr<AVPacket, PacketDeleter> packet(av_packet_alloc());
-  std::vector<at::Tensor> frames;
-  at::Tensor last;  // the newest converted frame, for targets past the real end
-  double last_converted_time = -1e300;
-  double last_time = -1e300;  // the newest decoded frame, converted or not
-  bool eof = false, flushed = false;
+  bool eof = false, flushed = false, contradicted = false;
+  int64_t counted = 0;  // frames out of the decoder, for untimed streams (never sought)
 
-  auto convert = [&](const AVFrame* f) {
-    sws.reset(sws_getCachedContext(sws.release(), f->width, f->height, static_cast<AVPixelFormat>(f->format),
-                                   static_cast<int>(scaled_w), static_cast<int>(scaled_h), AV_PIX_FMT_RGB24, SWS_BICUBIC,
-                                   nullptr, nullptr, nullptr));
-    if (!sws) fail(file, "cannot convert its pixel format");
-    auto rgb = at::empty({scaled_h, scaled_w, 3}, at::kByte);
-    uint8_t* dst[4] = {rgb.data_ptr<uint8_t>(), nullptr, nullptr, nullptr};
-    int dst_stride[4] = {static_cast<int>(scaled_w * 3), 0, 0, 0};
-    sws_scale(sws.get(), f->data, f->linesize, 0, f->height, dst, dst_stride);
-    switch (out.info.rotation) {
-      case 90: return rgb.transpose(0, 1).flip({1}).contiguous();
-      case 180: return rgb.flip({0, 1}).contiguous();
-      case 270: return rgb.transpose(0, 1).flip({0}).contiguous();
-      default: return rgb;
-    }
-  };
-  // Decodes the next frame; false at the end of the stream.
+  // Decodes the next frame; false at the end of the stream. A packet that holds no target is decoded
+  // only if other frames refer to it: the decoder drops non-reference frames (skip_frame), which the
+  // pictures taken do not depend on.
   auto next_frame = [&]() -> bool {
     while (true) {
       const int rc = avcodec_receive_frame(o.codec.get(), frame.get());
-      if (rc == 0) return true;
+      if (rc == 0) {
+        ++out.decoded;
+        return true;
+      }
       if (rc == AVERROR_EOF) return false;
       if (rc != AVERROR(EAGAIN)) fail(file, "decoding failed: " + av_error(rc));
       if (eof) {
@@ -211,80 +399,92 @@ VideoFrames VideoReader::sample_uniform(const std::filesystem::path& file, int64
         flushed = true;
         continue;
       }
-      const int read = av_read_frame(o.format.get(), packet.get());
-      if (read < 0) {
+      if (av_read_frame(o.format.get(), packet.get()) < 0) {
         eof = true;
         continue;
       }
       if (packet->stream_index == o.index) {
-        const int sent = avcodec_send_packet(o.codec.get(), packet.get());
+        if (idx.from_container &&
+            (packet->pts != packet->dts || !std::binary_search(idx.ts.begin(), idx.ts.end(), packet->dts))) {
+          contradicted = true;
+          av_packet_unref(packet.get());
+          return false;
+        }
+        if (idx.timed) {
+          const bool target = std::binary_search(target_ts.begin(), target_ts.end(), packet_time(packet.get()));
+          o.codec->skip_frame = target ? AVDISCARD_DEFAULT : AVDISCARD_NONREF;
+        }
         // A corrupt packet is skipped; a stream that never yields a frame ends in "no decodable frames".
-        (void)sent;
+        (void)avcodec_send_packet(o.codec.get(), packet.get());
       }
       av_packet_unref(packet.get());
     }
   };
+  // Position (presentation order) of a decoded frame's timestamp.
+  auto position_of = [&](int64_t ts) {
+    const auto at = std::lower_bound(idx.ts.begin(), idx.ts.end(), ts) - idx.ts.begin();
+    return std::min<int64_t>(at, static_cast<int64_t>(idx.ts.size()) - 1);
+  };
 
-  // Seek only when it skips enough work: when the keyframe before the target lies well past what was
-  // decoded (a seek flushes the decoder's threads, which costs about as much as decoding a few frames).
-  // Without an index (some containers), seek for targets far ahead and decode on to near ones.
-  constexpr double kSeekAheadSeconds = 2.0;
-  constexpr double kMinSkipSeconds = 1.0;
-  for (int64_t index : out.indices) {
-    const double target = start + static_cast<double>(index) / fps;
-    const double tolerance = 0.5 / fps;
-    const int64_t ts = static_cast<int64_t>(target / av_q2d(o.stream->time_base));
-    bool seek = false;
-    const int entry = av_index_search_timestamp(o.stream, ts, AVSEEK_FLAG_BACKWARD);
-    if (entry >= 0) {
-      const AVIndexEntry* key = avformat_index_get_entry(o.stream, entry);
-      seek = key != nullptr && seconds(key->timestamp, o.stream->time_base) > last_time + kMinSkipSeconds;
-    } else {
-      seek = target - last_time > kSeekAheadSeconds;
-    }
-    if (seek) {
-      if (av_seek_frame(o.format.get(), o.index, ts, AVSEEK_FLAG_BACKWARD) >= 0) {
-        avcodec_flush_buffers(o.codec.get());
-        eof = flushed = false;
+  // A seek flushes the decoder: the frames in flight on its threads are lost, and it refills. Seek when
+  // the keyframe before the target lies further ahead than that, else decode on through.
+  const int64_t seek_cost = std::max(1, o.codec->thread_count) + 1;
+  int64_t decoded = -1;  // position of the newest frame out of the decoder
+  at::Tensor last;       // the newest converted frame
+  int64_t last_ts = 0;
+  std::vector<at::Tensor> frames;
+  for (size_t k = 0; k < out.indices.size(); ++k) {
+    const int64_t t = out.indices[k], ts = target_ts[k];
+    if (!last.defined() || last_ts < ts) {
+      const int64_t key = idx.key_before[static_cast<size_t>(t)];
+      if (idx.timed && key > decoded && (key - decoded > seek_cost || (eof && flushed))) {
+        if (av_seek_frame(o.format.get(), o.index, idx.ts[static_cast<size_t>(key)], AVSEEK_FLAG_BACKWARD) >= 0) {
+          avcodec_flush_buffers(o.codec.get());
+          eof = flushed = false;
+          decoded = key - 1;
+        }
       }
-    }
-    at::Tensor chosen;
-    double chosen_time = last_converted_time;
-    if (last.defined() && last_converted_time >= target - tolerance) {
-      chosen = last;  // already decoded past it (duplicate index or dense sampling)
-    }
-    while (!chosen.defined()) {
-      if (!next_frame()) break;
-      const int64_t pts = frame->best_effort_timestamp != AV_NOPTS_VALUE ? frame->best_effort_timestamp : frame->pts;
-      const double t = pts != AV_NOPTS_VALUE ? seconds(pts, o.stream->time_base) : last_time + 1.0 / fps;
-      if (t < target - tolerance) {
-        last_time = t;
-        continue;  // before the target: skip without converting
+      while (next_frame()) {
+        int64_t got = idx.timed ? frame_time(frame.get()) : counted++;
+        if (got == AV_NOPTS_VALUE) got = decoded >= 0 ? idx.ts[static_cast<size_t>(decoded)] + 1 : idx.ts.front();
+        decoded = std::max(decoded, position_of(got));
+        if (got < ts) continue;  // before the target: not converted
+        last = to_rgb(frame.get());
+        last_ts = got;
+        av_frame_unref(frame.get());
+        break;
       }
-      last = convert(frame.get());
-      last_time = last_converted_time = t;
-      chosen = last;
-      chosen_time = t;
-      av_frame_unref(frame.get());
+      if (contradicted) return std::nullopt;
     }
-    if (!chosen.defined()) {
-      if (!last.defined()) {
-        // The stream ended before the target: take the newest frame there is, decoding from the start.
-        if (frames.empty()) break;
-        chosen = frames.back();
-        chosen_time = out.timestamps.back();
-      } else {
-        chosen = last;
-        chosen_time = last_converted_time;
-      }
-    }
-    frames.push_back(chosen);
-    out.timestamps.push_back(chosen_time - start);
+    if (!last.defined()) break;  // the stream ended before any target: nothing decodable
+    frames.push_back(last);      // past the real end or a lost frame: the newest frame there is
+    out.timestamps.push_back(idx.timed ? seconds(last_ts, time_base) - start : static_cast<double>(last_ts) / fps);
   }
   if (frames.empty()) fail(file, "no decodable video frames");
   out.indices.resize(frames.size());
   out.frames = at::stack(frames, 0);
   return out;
+}
+
+}  // namespace
+
+VideoFrames VideoReader::sample_uniform(const std::filesystem::path& file, int64_t wanted, int64_t width, int64_t height,
+                                        int threads) {
+  if (wanted <= 0 || width <= 0 || height <= 0) {
+    throw Error(ErrorKind::InvalidArgument, "video: frame count and size must be positive");
+  }
+  Opened o = open_stream(file, AVMEDIA_TYPE_VIDEO, threads);
+  read_only_stream(o);
+  VideoFrames info;
+  info.info = info_of(o);
+  if (auto idx = index_from_container(o)) {
+    if (auto got = take_frames(o, *idx, info, wanted, width, height, file)) return std::move(*got);
+    o = open_stream(file, AVMEDIA_TYPE_VIDEO, threads);  // the index was not the presentation order
+    read_only_stream(o);
+  }
+  const PacketIndex idx = index_packets(o);
+  rewind(o, idx, file, threads);
+  return std::move(*take_frames(o, idx, info, wanted, width, height, file));
 }
 
 namespace {

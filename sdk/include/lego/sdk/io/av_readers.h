@@ -1,12 +1,15 @@
 // VideoReader and AudioReader on FFmpeg (libavformat, libavcodec, libswscale, libswresample)
 // (DESIGN.md, sdk/io; shared/reference/lego-original.md sections 3 and 4).
 //
-// VideoReader samples n frames uniformly with the released code's index formula, seeking to the keyframe
-// before each target and decoding forward only as far as needed, so a long file costs about n short
-// decodes. Frames come back resized (bicubic, aspect not kept) and rotated upright by the stream's display
-// matrix. AudioReader decodes any FFmpeg-readable audio (or a video's audio track) to float at its own
-// rate, all channels or one down-mix. Every failure is a lego::Error naming the file; reading stops at a
-// bounded number of packets, so corrupt input ends in an error rather than a hang.
+// VideoReader samples n frames uniformly with the released code's index formula over the frames its
+// reader (decord) counts: the stream's packets in presentation order, timed by their own timestamps (the
+// container's index where it lists every packet and the stream does not reorder, else one demux pass).
+// Each target is reached from the keyframe before it (seeking, or decoding on when that is fewer frames),
+// and frames that are neither targets nor references are not decoded. Frames come back as decord's do:
+// turned upright by the display matrix, then scaled bilinearly (aspect not kept) with the frame's matrix.
+// AudioReader decodes any FFmpeg-readable audio (or a video's audio track) to float at its own rate, all
+// channels or one down-mix. Every failure is a lego::Error naming the file; reading stops at a bounded
+// number of packets, so corrupt input ends in an error rather than a hang.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -19,7 +22,7 @@
 namespace lego::io {
 
 struct VideoInfo {
-  int64_t frames = 0;       // from the container, else estimated from duration x frame rate
+  int64_t frames = 0;       // packets of the stream (decord's frame count)
   double duration_s = 0;    // from the stream or container, else frames / fps
   double fps = 0;           // average frame rate
   int64_t width = 0;        // as displayed (after rotation)
@@ -31,8 +34,9 @@ struct VideoInfo {
 struct VideoFrames {
   at::Tensor frames;                // [T, height, width, 3] uint8 RGB
   std::vector<int64_t> indices;     // the frame indices sampled
-  std::vector<double> timestamps;   // seconds of each returned frame
+  std::vector<double> timestamps;   // seconds of each returned frame from the stream's start (its own pts)
   VideoInfo info;
+  int64_t decoded = 0;              // frames the decoder produced to get these (the work sampling took)
 };
 
 class VideoReader {
@@ -40,7 +44,7 @@ class VideoReader {
   static VideoInfo probe(const std::filesystem::path& file);
   // The released code's sampling: n = min(wanted, frames); indices = arange(0, frames, frames / n) as int.
   static std::vector<int64_t> uniform_indices(int64_t frames, int64_t wanted);
-  // Samples `wanted` frames (fewer when the video has fewer) resized to width x height.
+  // Samples `wanted` frames (fewer when the video has fewer) resized to width x height (as displayed).
   static VideoFrames sample_uniform(const std::filesystem::path& file, int64_t wanted, int64_t width, int64_t height,
                                     int threads = 0);
   static const std::vector<std::string>& extensions();
