@@ -97,7 +97,11 @@ class ImageModality : public EncoderAdapterModality {
     auto meta = std::make_shared<ImageMeta>();
     meta->width = image.width;
     meta->height = image.height;
-    return Media{file, image::clip_preprocess(image, preprocess_), meta};
+    try {
+      return Media{file, image::clip_preprocess(image, preprocess_), meta};
+    } catch (const Error& e) {
+      throw Error(e.kind(), file.string() + ": " + e.what());  // preprocessing knows pixels, not the file
+    }
   }
 
   at::Tensor encode_features(const MediaBatch& batch) override {
