@@ -210,7 +210,8 @@ at::Tensor imagebind_clips(const at::Tensor& waveform_in, int64_t rate, const Cl
 
   const auto window = static_cast<int64_t>(o.fbank.sample_rate * o.fbank.frame_length_ms * 0.001);
   std::vector<at::Tensor> clips;
-  for (const auto& [begin, end] : bounds) {
+  for (const auto& bound : bounds) {
+    const int64_t begin = bound.first, end = bound.second;  // named copies: clang < 16 cannot capture bindings
     const auto& span = *std::find_if(spans.begin(), spans.end(), [&](const Span& s) { return s.begin <= begin && end <= s.end; });
     auto clip = span.samples.narrow(1, begin - span.begin, end - begin);
     if (clip.size(1) > 0) clip.sub_(clip.mean());
