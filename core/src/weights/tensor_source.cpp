@@ -108,6 +108,50 @@ std::string pickle_problem(const uint8_t* p, size_t n) {
   return "has no STOP opcode";
 }
 
+// Names of the entries of the zip `file`, from its central directory (zip64 too), or nullopt when that
+// directory is not where its end record says. libtorch's own listing aborts the process (a fatal
+// enforce, not an exception) on an entry outside the archive's folder, so lego lists and checks first.
+std::optional<std::vector<std::string>> zip_names(const std::filesystem::path& file, uint64_t size) {
+  std::ifstream in(file, std::ios::binary);
+  auto read_at = [&](uint64_t at, size_t n) -> std::optional<std::string> {
+    if (at > size || n > size - at) return std::nullopt;
+    std::string b(n, '\0');
+    in.seekg(static_cast<std::streamoff>(at));
+    if (!in.read(b.data(), static_cast<std::streamsize>(n))) return std::nullopt;
+    return b;
+  };
+  auto u16 = [](const std::string& b, size_t i) { return uint64_t{uint8_t(b[i])} | uint64_t{uint8_t(b[i + 1])} << 8; };
+  auto u32 = [&](const std::string& b, size_t i) { return u16(b, i) | u16(b, i + 2) << 16; };
+  auto u64 = [&](const std::string& b, size_t i) { return u32(b, i) | u32(b, i + 4) << 32; };
+  const uint64_t tail_len = std::min<uint64_t>(size, 22 + 65535);
+  const auto tail = read_at(size - tail_len, tail_len);
+  if (!tail || tail->size() < 22) return std::nullopt;
+  const auto eocd = tail->rfind(std::string("PK\x05\x06", 4));
+  if (eocd == std::string::npos || eocd + 22 > tail->size()) return std::nullopt;
+  uint64_t entries = u16(*tail, eocd + 10), cd_size = u32(*tail, eocd + 12), cd_offset = u32(*tail, eocd + 16);
+  if (entries == 0xFFFF || cd_size == 0xFFFFFFFF || cd_offset == 0xFFFFFFFF) {  // zip64
+    if (eocd < 20 || tail->compare(eocd - 20, 4, std::string("PK\x06\x07", 4)) != 0) return std::nullopt;
+    const auto rec = read_at(u64(*tail, eocd - 20 + 8), 56);
+    if (!rec || rec->compare(0, 4, std::string("PK\x06\x06", 4)) != 0) return std::nullopt;
+    entries = u64(*rec, 32);
+    cd_size = u64(*rec, 40);
+    cd_offset = u64(*rec, 48);
+  }
+  if (cd_size > (uint64_t{1} << 28) || entries > cd_size / 46) return std::nullopt;
+  const auto cd = read_at(cd_offset, static_cast<size_t>(cd_size));
+  if (!cd) return std::nullopt;
+  std::vector<std::string> names;
+  size_t i = 0;
+  for (uint64_t e = 0; e < entries; ++e) {
+    if (i + 46 > cd->size() || cd->compare(i, 4, std::string("PK\x01\x02", 4)) != 0) return std::nullopt;
+    const size_t name_len = u16(*cd, i + 28), rest = u16(*cd, i + 30) + u16(*cd, i + 32);
+    if (i + 46 + name_len + rest > cd->size()) return std::nullopt;
+    names.push_back(cd->substr(i + 46, name_len));
+    i += 46 + name_len + rest;
+  }
+  return names;
+}
+
 // A state dict loaded whole from a `torch.save` zip archive. Each storage record is read once, at its real
 // size, before the pickle is: torch's unpickler sizes a storage from the pickle's declared element count,
 // not from the record, so a short or empty record would be read past its end. Every tensor is then checked
@@ -126,11 +170,22 @@ class TorchBinSource : public TensorSource {
                                                        "< 1.6 are not read: load and save them again with a current torch)");
       }
     }
+    // Every entry must sit in one top folder (the archive's name), as torch.save writes them.
+    const auto names = zip_names(file, file_bytes);
+    if (!names || names->empty()) throw Error(ErrorKind::Format, file.string() + ": not a readable zip archive");
+    const auto slash = names->front().find('/');
+    const std::string folder = slash == std::string::npos ? "" : names->front().substr(0, slash + 1);
+    for (const auto& name : *names) {
+      if (folder.empty() || name.compare(0, folder.size(), folder) != 0 || name.size() == folder.size()) {
+        throw Error(ErrorKind::Format, file.string() + ": entry '" + name + "' is outside the archive folder '" + folder + "'");
+      }
+    }
     c10::IValue value;
     try {
       caffe2::serialize::PyTorchStreamReader reader(file.string());
       auto storages = std::make_shared<torch::jit::DeserializationStorageContext>();
-      for (const auto& record : reader.getAllRecords()) {
+      for (const auto& entry : *names) {
+        const std::string record = entry.substr(folder.size());
         if (record.rfind("data/", 0) != 0 || record.size() == 5) continue;
         // torch.save stores records uncompressed: one larger than the file would be a decompression bomb.
         if (reader.getRecordSize(record) > file_bytes) {
