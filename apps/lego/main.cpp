@@ -2,7 +2,9 @@
 #include <boost/program_options/errors.hpp>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <iostream>
+#include <string>
 #include <string_view>
 
 #include "commands.h"
@@ -29,6 +31,28 @@ constexpr Entry kCommands[] = {
     {"probe", "show what lego reads from a media file (frames or audio)", lego::cli::run_probe},
 };
 
+// Boost's what() substitutes the offending option and value into its message template until no
+// placeholder is left, so a value that itself contains one ("--temperature x%value%") loops forever.
+// Where any argument holds a '%', the message is composed here from the error's type and option name.
+std::string describe(const boost::program_options::error& e, const lego::cli::Args& args) {
+  namespace po = boost::program_options;
+  const auto* named = dynamic_cast<const po::error_with_option_name*>(&e);
+  const bool percent = std::any_of(args.begin(), args.end(), [](const std::string& a) { return a.find('%') != std::string::npos; });
+  if (named == nullptr || !percent) return lego::one_line(e.what());
+  const std::string option = named->get_option_name();
+  const auto say = [&option](const char* before, const char* after) {
+    std::string text(before);
+    text.append(" '").append(option).append("'").append(after);
+    return text;
+  };
+  if (dynamic_cast<const po::unknown_option*>(&e) != nullptr) return say("unrecognised option", "");
+  if (dynamic_cast<const po::ambiguous_option*>(&e) != nullptr) return say("option", " is ambiguous");
+  if (dynamic_cast<const po::required_option*>(&e) != nullptr) return say("option", " is required but missing");
+  if (dynamic_cast<const po::multiple_occurrences*>(&e) != nullptr) return say("option", " is given more than once");
+  if (dynamic_cast<const po::validation_error*>(&e) != nullptr) return say("the argument of option", " is invalid");
+  return say("option", " is malformed");
+}
+
 void print_help() {
   std::cout << "usage: lego <command> [options]   (lego <command> --help for its options)\n\ncommands:\n";
   for (const auto& c : kCommands) std::cout << "  " << c.name << std::string(14 - std::string_view(c.name).size(), ' ') << c.summary << '\n';
@@ -51,7 +75,7 @@ int main(int argc, char** argv) {
       std::cerr << "lego " << name << ": error (" << lego::error_kind_name(e.kind()) << "): " << e.what() << '\n';
       return 1;
     } catch (const boost::program_options::error& e) {
-      std::cerr << "lego " << name << ": " << lego::one_line(e.what()) << " (see lego " << name << " --help)\n";
+      std::cerr << "lego " << name << ": " << describe(e, args) << " (see lego " << name << " --help)\n";
       return 2;
     } catch (const c10::Error& e) {
       std::cerr << "lego " << name << ": error (torch): " << lego::one_line(e.what_without_backtrace()) << '\n';

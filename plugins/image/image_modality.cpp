@@ -9,11 +9,11 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
-#include <fstream>
 #include <sstream>
 
 #include "lego/sdk/abi.h"
 #include "lego/sdk/files.h"
+#include "lego/sdk/json.h"
 #include "lego/sdk/grounding.h"
 #include "lego/sdk/image/clip_preprocess.h"
 #include "lego/sdk/io/image_reader.h"
@@ -52,19 +52,6 @@ nn::ClipVisionOptions clip_options(const config::ConfigSection& c) {
       .mlp_dim(c.get_int("mlp_dim", o.mlp_dim()))
       .layer_norm_eps(c.get_double("layer_norm_eps", o.layer_norm_eps()));
   return o;
-}
-
-nlohmann::json read_json(const std::filesystem::path& file) {
-  if (require_regular_file(file, "JSON file") > (uint64_t{1} << 28)) {
-    throw Error(ErrorKind::InvalidArgument, file.string() + ": JSON file over 256 MiB; a checkpoint's is a few KB");
-  }
-  std::ifstream in(file);
-  if (!in) throw Error(ErrorKind::Io, file.string() + ": cannot open");
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(ErrorKind::Format, file.string() + ": not valid JSON: " + e.what());
-  }
 }
 
 int64_t json_int(const nlohmann::json& j, const char* key, const std::filesystem::path& file) {
@@ -151,7 +138,7 @@ class ImageModality : public EncoderAdapterModality {
                                                   " has an image projector: give the CLIP tower's directory with --clip");
     }
     const auto clip_file = clip_dir->second / "config.json";
-    auto j = read_json(clip_file);
+    auto j = read_json_file(clip_file, "CLIP config");
     if (j.contains("vision_config")) j = j["vision_config"];
     const std::string act = j.value("hidden_act", std::string("quick_gelu"));
     if (act != "quick_gelu") {
@@ -171,7 +158,7 @@ class ImageModality : public EncoderAdapterModality {
       o["layer_norm_eps"] = eps.str();
     }
     const auto lego_file = ctx.checkpoint_dir / "config.json";
-    const auto lego = read_json(lego_file);
+    const auto lego = read_json_file(lego_file, "checkpoint config");
     o["feature_layer"] = std::to_string(lego.contains("mm_vision_select_layer") && !lego["mm_vision_select_layer"].is_null()
                                             ? json_int(lego, "mm_vision_select_layer", lego_file)
                                             : -2);

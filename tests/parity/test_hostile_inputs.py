@@ -214,6 +214,27 @@ def test_image_pixel_budget_comes_from_the_header(tmp_path, tiny, w, h, words):
     assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < max(before, 2_000_000)
 
 
+def test_jpeg_decoder_lines_never_precede_ours(tmp_path, tiny):
+    # libjpeg printed "Corrupt JPEG data: ..." to stderr itself. A JPEG that still decodes (PIL decodes it
+    # for the release too) is read without a line; one that does not is refused in lego's one line.
+    import io
+    import numpy as np
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    cut = tmp_path / "cut.jpg"  # the scan stops early, the end-of-image marker kept
+    cut.write_bytes(data[:data.index(b"\xff\xda") + 200] + b"\xff\xd9")
+    r = lego("encode", "--model", tiny, "--modality", "image", "--in", cut, "--out", tmp_path / "o.st")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    bogus = bytearray(data)  # a Huffman table whose code counts overflow
+    dht = data.index(b"\xff\xc4")
+    bogus[dht + 5:dht + 21] = b"\xff" * 16
+    (tmp_path / "bogus.jpg").write_bytes(bytes(bogus))
+    refused(lego("encode", "--model", tiny, "--modality", "image", "--in", tmp_path / "bogus.jpg", "--out", tmp_path / "o.st"),
+            "bogus.jpg", "not a decodable image")
+
+
 # ---- plugins ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cut", [1000, 20000, 50000])
 def test_truncated_plugin_is_refused_not_a_sigbus(tmp_path, tiny, cut):
@@ -255,6 +276,9 @@ def test_failed_init_model_leaves_no_folder_and_keeps_an_old_one(tmp_path):
 @pytest.mark.parametrize("args,words", [
     (["--set", "foo"], ["--set", "foo"]),
     (["--temperature", "nan"], ["temperature"]),
+    # Boost's message substituted a value holding its own placeholder forever (fuzz finding).
+    (["--temperature", "x%value%"], ["temperature"]),
+    (["--x%canonical_option%"], ["unrecognised", "--x%canonical_option%"]),
 ])
 def test_bad_flags(tmp_path, tiny, args, words):
     if args[0] == "--set":

@@ -20,6 +20,21 @@ std::string trim(const std::string& s) {
   return s.substr(b, e - b + 1);
 }
 
+// The first line Boost's INI parser refuses, as Boost reads lines: text after '#' is a comment, blank
+// lines are skipped, "[name]" opens a section, anything else needs "name = value" with a name.
+std::string refused_line(std::istream& in) {
+  std::string line;
+  for (std::size_t number = 1; std::getline(in, line); ++number) {
+    const auto body = trim(line.substr(0, line.find('#')));
+    if (body.empty()) continue;
+    if (body.front() == '[' && body.back() == ']') continue;
+    const auto eq = body.find('=');
+    if (eq != std::string::npos && !trim(body.substr(0, eq)).empty()) continue;
+    return "line " + std::to_string(number) + " is not '[section]', 'key = value' or a comment: " + body;
+  }
+  return "not an INI file";
+}
+
 }  // namespace
 
 Config read_file(const std::filesystem::path& file) {
@@ -40,8 +55,12 @@ Config read_file(const std::filesystem::path& file) {
       }
       c.set(opt.string_key, opt.value.empty() ? "" : trim(opt.value.front()));
     }
-  } catch (const po::error& e) {
-    throw Error(ErrorKind::Format, file.string() + ": " + e.what());
+  } catch (const po::error&) {
+    // Not Boost's what(): it substitutes the offending line into its message until no placeholder is
+    // left, and a line that itself holds one ("x%invalid_line%") never ends (a fuzz finding).
+    in.clear();
+    in.seekg(0);
+    throw Error(ErrorKind::Format, file.string() + ": " + refused_line(in));
   }
   return c;
 }

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
@@ -14,23 +13,11 @@
 #include "lego/model/released_defaults.h"
 #include "lego/sdk/error.h"
 #include "lego/sdk/files.h"
+#include "lego/sdk/json.h"
 #include "lego/weights/tensor_source.h"
 
 namespace lego {
 namespace {
-
-nlohmann::json read_json(const std::filesystem::path& file) {
-  if (require_regular_file(file, "JSON file") > (uint64_t{1} << 28)) {
-    throw Error(ErrorKind::InvalidArgument, file.string() + ": JSON file over 256 MiB; a checkpoint's is a few KB");
-  }
-  std::ifstream in(file);
-  if (!in) throw Error(ErrorKind::Io, file.string() + ": cannot open");
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(ErrorKind::Format, file.string() + ": not valid JSON: " + e.what());
-  }
-}
 
 template <typename T>
 T field(const nlohmann::json& j, const char* key, const std::filesystem::path& file) {
@@ -86,12 +73,12 @@ std::vector<std::string> added_tokens(const std::filesystem::path& in, int64_t s
   try {
     if (std::filesystem::exists(in / "added_tokens.json")) {
       file = in / "added_tokens.json";
-      const auto j = read_json(file);
+      const auto j = read_json_file(file, "tokenizer file");
       if (!j.is_object()) throw Error(ErrorKind::Format, file.string() + ": expected an object of token: id");
       for (auto it = j.begin(); it != j.end(); ++it) by_id[it.value().get<int64_t>()] = it.key();
     } else if (std::filesystem::exists(in / "tokenizer_config.json")) {
       file = in / "tokenizer_config.json";
-      const auto j = read_json(file);
+      const auto j = read_json_file(file, "tokenizer file");
       if (j.is_object() && j.contains("added_tokens_decoder")) {
         for (auto it = j["added_tokens_decoder"].begin(); it != j["added_tokens_decoder"].end(); ++it) {
           size_t used = 0;
@@ -185,7 +172,7 @@ ImportReport import_checkpoint(const ImportOptions& options, const host::PluginH
   const auto& out = options.out;
   if (!std::filesystem::is_directory(in)) throw Error(ErrorKind::NotFound, in.string() + ": not a directory");
   const auto config_file = in / "config.json";
-  const auto hf_config = read_json(config_file);
+  const auto hf_config = read_json_file(config_file, "checkpoint config");
   const auto llama = options_from_hf_config(hf_config, config_file);
 
   const auto sp = text::Tokenizer::from_file(in / "tokenizer.model");

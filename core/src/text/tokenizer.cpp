@@ -3,15 +3,13 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <unordered_map>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/stderr_capture.h"
 #include "lego/sdk/files.h"
 
 namespace lego::text {
@@ -168,17 +166,8 @@ void train_sentencepiece(const std::filesystem::path& corpus, const std::filesys
                            " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1 --num_threads=1"
                            " --minloglevel=2";
   // The trainer logs every step to stderr and offers no switch; its failures come back in `status`.
-  fflush(stderr);
-  const int saved = ::dup(STDERR_FILENO);
-  const int devnull = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
-  if (saved >= 0 && devnull >= 0) ::dup2(devnull, STDERR_FILENO);
-  const auto status = sentencepiece::SentencePieceTrainer::Train(args);
-  if (saved >= 0) {
-    fflush(stderr);
-    ::dup2(saved, STDERR_FILENO);
-    ::close(saved);
-  }
-  if (devnull >= 0) ::close(devnull);
+  sentencepiece::util::Status status;
+  (void)capture_stderr([&] { status = sentencepiece::SentencePieceTrainer::Train(args); });
   if (!status.ok()) {
     throw Error(ErrorKind::InvalidArgument, corpus.string() + ": sentencepiece training failed: " + status.ToString());
   }

@@ -17,6 +17,7 @@
 #include <unordered_map>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/json.h"
 #include "lego/weights/tensor_source.h"
 
 namespace lego::weights {
@@ -286,14 +287,7 @@ std::unique_ptr<TensorSource> open_shard(const std::filesystem::path& index, con
 class ShardedSource : public TensorSource {
  public:
   explicit ShardedSource(const std::filesystem::path& index) : index_(index) {
-    std::ifstream in(index);
-    if (!in) throw Error(ErrorKind::NotFound, index.string() + ": cannot open");
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(ErrorKind::Format, index.string() + ": not valid JSON: " + e.what());
-    }
+    const nlohmann::json j = read_json_file(index, "shard index");
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
       throw Error(ErrorKind::Format, index.string() + ": missing the \"weight_map\" object");
     }

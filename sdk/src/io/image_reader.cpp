@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/stderr_capture.h"
 #include "lego/sdk/files.h"
 
 namespace lego::io {
@@ -151,14 +152,20 @@ Image ImageReader::read(const std::filesystem::path& file) {
   }
   if (jpeg_is_truncated(bytes)) throw Error(ErrorKind::Format, file.string() + ": truncated JPEG (no end-of-image marker)");
   cv::Mat bgr;
-  try {
-    // IMREAD_COLOR: 8-bit BGR whatever the source (grey, alpha, 16-bit, CMYK), EXIF orientation applied.
-    bgr = cv::imdecode(bytes, cv::IMREAD_COLOR);
-  } catch (const cv::Exception& e) {
-    throw Error(ErrorKind::Format, file.string() + ": cannot decode: " + e.what());
-  }
-  if (bgr.empty() || bgr.cols <= 0 || bgr.rows <= 0) {
-    throw Error(ErrorKind::Format, file.string() + ": not a decodable image (corrupt)");
+  std::string decoder_error;
+  // libjpeg and libpng print their warnings and errors to stderr: they become part of ours, or, where
+  // the image still decodes (as PIL decodes it for the release), are dropped.
+  const std::string printed = capture_stderr([&] {
+    try {
+      // IMREAD_COLOR: 8-bit BGR whatever the source (grey, alpha, 16-bit, CMYK), EXIF orientation applied.
+      bgr = cv::imdecode(bytes, cv::IMREAD_COLOR);
+    } catch (const cv::Exception& e) {
+      decoder_error = e.what();
+    }
+  });
+  if (!decoder_error.empty() || bgr.empty() || bgr.cols <= 0 || bgr.rows <= 0) {
+    std::string why = decoder_error.empty() ? printed : decoder_error;
+    throw Error(ErrorKind::Format, file.string() + ": not a decodable image (corrupt)" + (why.empty() ? "" : ": " + why));
   }
   Image out;
   out.width = bgr.cols;

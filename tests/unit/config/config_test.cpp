@@ -50,7 +50,10 @@ TEST(Config, MalformedFilesAndOverridesAreRefused) {
   write_bytes(dir / "nosection.ini", "key = 1\n");
   expect_error([&] { read_file(dir / "nosection.ini"); }, ErrorKind::Format, {"nosection.ini", "key"});
   write_bytes(dir / "garbage.ini", "[llm\nthis is not ini\n");
-  expect_error([&] { read_file(dir / "garbage.ini"); }, ErrorKind::Format, {"garbage.ini"});
+  expect_error([&] { read_file(dir / "garbage.ini"); }, ErrorKind::Format, {"garbage.ini", "line 1", "[llm"});
+  // A refused line holding Boost's own placeholder made its message substitute forever (fuzz finding).
+  write_bytes(dir / "placeholder.ini", "[llm]\nx%invalid_line%\n");
+  expect_error([&] { read_file(dir / "placeholder.ini"); }, ErrorKind::Format, {"placeholder.ini", "line 2", "x%invalid_line%"});
   Config c;
   expect_error([&] { c.set(std::string_view("novalue")); }, ErrorKind::InvalidArgument, {"novalue"});
   expect_error([&] { c.set(std::string_view("nosection=1")); }, ErrorKind::InvalidArgument, {"nosection"});
