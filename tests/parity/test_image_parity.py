@@ -58,12 +58,12 @@ def grounding_model(tmp_path_factory, sp_model):
     return llama, clip, projector, ours
 
 
-def make_images(dst, n=20):
+def make_images(dst, n=22):
     """Images of varied size and aspect: smooth gradients plus noise, so resampling differences show."""
     rng = np.random.default_rng(42)
     sizes = [(336, 336), (640, 480), (480, 640), (100, 300), (1000, 200), (57, 57), (1024, 768), (333, 335),
              (2000, 1000), (17, 900), (800, 800), (300, 100), (500, 375), (375, 500), (1280, 720), (64, 48),
-             (1, 336), (999, 1001), (448, 224), (224, 448)]
+             (1, 336), (999, 1001), (448, 224), (224, 448), (3, 4000), (4000, 3)]
     paths = []
     for i, (w, h) in enumerate(sizes[:n]):
         y, x = np.mgrid[0:h, 0:w]
@@ -103,17 +103,16 @@ def test_preprocessing_matches_expand2square_and_clip_image_processor(grounding_
                                    image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
     fill = tuple(int(x * 255) for x in CLIP_MEAN)
     maxes, means = [], []
-    for i, image in enumerate(make_images(tmp_path, 20)):
+    for i, image in enumerate(make_images(tmp_path)):
         got = lego_encode(ours, image, tmp_path / f"e{i}.safetensors")["input"].numpy()
         ref = processor(expand2square(Image.open(image).convert("RGB"), fill), return_tensors="np")["pixel_values"][0]
         assert got.shape == ref.shape
         d = np.abs(got - ref)
         maxes.append(d.max())
         means.append(d.mean())
-    print(f"preprocessing over 20 images: max abs diff {max(maxes):.4f}, mean abs diff {np.mean(means):.5f} "
-          f"(worst image mean {max(means):.5f})")
-    assert np.mean(means) <= 1e-2
-    assert max(means) <= 1e-2
+    print(f"preprocessing over {len(maxes)} images: max abs diff {max(maxes):.2e}, mean abs diff {np.mean(means):.2e}")
+    # PIL's resize bit for bit: what is left is float rounding in the normalisation.
+    assert max(maxes) <= 1e-5
 
 
 def test_image_prompt_logits_match_a_python_composition(grounding_model, tmp_path):

@@ -1,10 +1,15 @@
 // ImageReader: formats, orientation-free basics and every kind of bad file refused with a clear error.
 #include <gtest/gtest.h>
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <opencv2/imgcodecs.hpp>
 
+#include <array>
 #include <cstring>
+#include <vector>
 
 #include "lego/sdk/image/clip_preprocess.h"
+#include "lego/sdk/image/resample.h"
 #include "lego/sdk/io/image_reader.h"
 #include "test_files.h"
 
@@ -119,6 +124,56 @@ TEST(ImageReader, RefusesMissingFilesAndDirectories) {
   TempDir dir;
   expect_error([&] { ImageReader::read(dir / "none.png"); }, ErrorKind::NotFound, {"none.png"});
   expect_error([&] { ImageReader::read(dir.path()); }, ErrorKind::InvalidArgument, {"directory"});
+}
+
+at::Tensor random_image(int64_t h, int64_t w, uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return at::randint(0, 256, {h, w, 3}, gen, at::kByte);
+}
+
+image::ResizeWindow whole(int64_t w, int64_t h) { return {w, h, 0, 0, w, h}; }
+
+TEST(ResizeBicubicPil, VirtualPaddingEqualsTheBuiltCanvas) {
+  // A tall and a wide image on a square canvas: reading the fill where there is no image must give the
+  // same pixels as resizing the square built in memory, for downscaling and upscaling.
+  const std::array<uint8_t, 3> fill{122, 116, 104};
+  for (const auto& [h, w, out] : std::vector<std::array<int64_t, 3>>{{57, 13, 20}, {9, 40, 33}, {30, 7, 64}}) {
+    const auto img = random_image(h, w, static_cast<uint64_t>(h * w));
+    const int64_t side = std::max(h, w);
+    auto square = at::empty({side, side, 3}, at::kByte);
+    for (int c = 0; c < 3; ++c) square.select(2, c).fill_(fill[c]);
+    square.narrow(0, (side - h) / 2, h).narrow(1, (side - w) / 2, w).copy_(img);
+    const auto built = image::resize_bicubic_pil(square, {side, side, 0, 0, fill}, whole(out, out));
+    const auto virt = image::resize_bicubic_pil(img, {side, side, (side - w) / 2, (side - h) / 2, fill}, whole(out, out));
+    EXPECT_TRUE(at::equal(built, virt)) << h << "x" << w << " -> " << out;
+  }
+}
+
+TEST(ResizeBicubicPil, AWindowIsThatPartOfTheWholeResize) {
+  const auto img = random_image(41, 67, 3);
+  const image::Canvas canvas{67, 41, 0, 0, {0, 0, 0}};
+  const auto full = image::resize_bicubic_pil(img, canvas, whole(30, 19));
+  const auto part = image::resize_bicubic_pil(img, canvas, {30, 19, 7, 4, 12, 9});
+  EXPECT_TRUE(at::equal(part, full.narrow(0, 4, 9).narrow(1, 7, 12)));
+}
+
+TEST(ResizeBicubicPil, SameSizeIsTheImageAndAConstantStaysConstant) {
+  const auto img = random_image(23, 31, 5);
+  EXPECT_TRUE(at::equal(image::resize_bicubic_pil(img, {31, 23, 0, 0, {0, 0, 0}}, whole(31, 23)), img));
+  const auto grey = at::full({50, 80, 3}, 77, at::kByte);
+  const auto small = image::resize_bicubic_pil(grey, {80, 50, 0, 0, {0, 0, 0}}, whole(13, 8));
+  EXPECT_TRUE(at::equal(small, at::full({8, 13, 3}, 77, at::kByte)));
+}
+
+TEST(ResizeBicubicPil, BadGeometryIsRefused) {
+  const auto img = random_image(4, 6, 1);
+  expect_error([&] { image::resize_bicubic_pil(img, {5, 4, 0, 0, {}}, whole(2, 2)); }, ErrorKind::InvalidArgument, {"canvas"});
+  expect_error([&] { image::resize_bicubic_pil(img, {6, 4, 0, 0, {}}, {2, 2, 1, 1, 2, 2}); }, ErrorKind::InvalidArgument, {"window"});
+  const int64_t huge = image::kMaxResizeSide + 1;
+  expect_error([&] { image::resize_bicubic_pil(img, {huge, 4, 0, 0, {}}, whole(2, 2)); }, ErrorKind::InvalidArgument,
+               {std::to_string(huge)});
+  expect_error([&] { image::resize_bicubic_pil(img.to(at::kFloat), {6, 4, 0, 0, {}}, whole(2, 2)); }, ErrorKind::InvalidArgument,
+               {"uint8"});
 }
 
 TEST(ClipPreprocess, PadsWithTheMeanColourAndNormalises) {

@@ -1,6 +1,6 @@
-// CLIP image preprocessing as the released LEGO code does it (shared/reference/lego-original.md section 2):
-// pad to a centred square with the mean colour (LLaVA's expand2square), resize the shortest edge with
-// PIL-style antialiased bicubic, centre-crop, scale to [0, 1], normalise with CLIP's mean and std.
+// CLIP image preprocessing as the released LEGO code does it (LLaVA's, through CLIPImageProcessor):
+// pad to a centred square with the mean colour (LLaVA's expand2square, never built), resize the shortest edge with
+// PIL's bicubic bit for bit (image/resample.h), centre-crop, scale to [0, 1], normalise with CLIP's mean and std.
 #pragma once
 
 #include <ATen/core/Tensor.h>
