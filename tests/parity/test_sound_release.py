@@ -3,9 +3,10 @@
 The reference is imagebind.data.load_and_transform_audio_data itself (imagebind-unofficial, the code
 GroundingGPT vendors): torchaudio.load, torchaudio.functional.resample to 16 kHz, pytorchvideo 0.1.5 clip
 times, each clip's mean (over all channels) subtracted in place, Kaldi fbank of channel 0, pad/crop to 204,
-normalise. pytorchvideo is not installed: its ConstantClipsPerVideoSampler (0.1.5) is restated below, as
-data.py only needs that class. Media are written here (WAV headers by hand, samples from numpy)."""
+normalise. The clip times come from pytorchvideo 0.1.5's own ConstantClipsPerVideoSampler (its
+clip_sampling.py, loaded by file). Media are written here (WAV headers by hand, samples from numpy)."""
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -13,7 +14,7 @@ import struct
 import subprocess
 import sys
 import types
-from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,26 +27,26 @@ IB_STD = 9.138
 IB_MEAN_NEG = 4.268  # ImageBind normalises with mean -4.268
 
 
-class ConstantClipsPerVideoSampler:
-    """pytorchvideo 0.1.5: the span is float arithmetic (a float minus a Fraction is a float), then
-    Fractions: start_i = Fraction(span) / clips * i, end_i = start_i + clip_duration."""
-
-    def __init__(self, clip_duration, clips_per_video):
-        self.duration, self.clips, self.index = Fraction(clip_duration), clips_per_video, 0
-
-    def __call__(self, last_clip_time, video_duration, annotation):
-        span = Fraction(max(video_duration - self.duration, 0))
-        start = Fraction(span, self.clips) * self.index
-        self.index += 1
-        last = self.index >= self.clips
-        if last:
-            self.index = 0
-        return start, start + self.duration, self.index, 0, last
+def pytorchvideo_clip_sampling():
+    """pytorchvideo 0.1.5's own clip_sampling.py (installed --no-deps by scripts/setup.sh), loaded by file:
+    the package's __init__ imports its datasets, which need fvcore and more. The module needs only the
+    standard library."""
+    try:
+        dist = importlib.metadata.distribution("pytorchvideo")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail("pytorchvideo 0.1.5 is not installed (scripts/setup.sh installs it)")
+    assert dist.version == "0.1.5", dist.version
+    path = Path(dist.locate_file("pytorchvideo/data/clip_sampling.py"))
+    module_spec = importlib.util.spec_from_file_location("pytorchvideo.data.clip_sampling", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def release():
-    """imagebind.data with its video-only imports stubbed (pytorchvideo, pkg_resources)."""
+    """imagebind.data with pytorchvideo's real clip sampler and its video-only imports stubbed
+    (pytorchvideo's transforms and EncodedVideo, pkg_resources)."""
     loaded = sys.modules.get("imagebind")
     if loaded is not None and hasattr(loaded, "__path__"):
         locations = list(loaded.__path__)  # another test module's stand-in for the package
@@ -65,7 +66,7 @@ def release():
 
     stub("pytorchvideo").transforms = stub("pytorchvideo.transforms")
     stub("pytorchvideo.data")
-    stub("pytorchvideo.data.clip_sampling", ConstantClipsPerVideoSampler=ConstantClipsPerVideoSampler)
+    sys.modules["pytorchvideo.data.clip_sampling"] = pytorchvideo_clip_sampling()
     stub("pytorchvideo.data.encoded_video", EncodedVideo=None)
     if importlib.util.find_spec("pkg_resources") is None:
         stub("pkg_resources")
