@@ -99,6 +99,10 @@ TEST(Resample, CoprimeRatesAndLongInputsUseLinearMemory) {
   const int64_t io_bytes = (x.numel() + y.numel()) * 4;
   std::cout << "44101 -> 16000 Hz, " << seconds << " s: peak RSS grew " << grown / (1 << 20) << " MiB (input + output "
             << io_bytes / (1 << 20) << " MiB)\n";
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan keeps freed blocks in its quarantine (256 MiB) and adds shadow memory: RSS is not the program's.
+  GTEST_SKIP() << "peak RSS bound not checked under AddressSanitizer";
+#endif
   EXPECT_LT(grown, int64_t{128} << 20);
 }
 
