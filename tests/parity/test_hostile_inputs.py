@@ -94,6 +94,29 @@ def test_bin_storage_shorter_than_its_tensor_is_refused(tmp_path, tiny, cut):
     refused(generate(m), "pytorch_model.bin", "bytes of storage")
 
 
+@pytest.mark.parametrize("record,text", [
+    ("/version", b"abc\n"),                      # libtorch aborted: "Couldn't parse the version"
+    ("/version", b"99\n"),                       # aborted: newer than this libtorch reads
+    ("/version", b"0\n"),                        # aborted: older than it reads
+    ("/version", b"99999999999999999999999\n"),  # std::out_of_range escaped libtorch's reader
+    ("/.data/version", b"abc\n"),                # read instead of "version" where present
+])
+def test_bin_format_version_is_checked_before_libtorch_reads_it(tmp_path, tiny, record, text):
+    # Fuzz finding (torch_bin): libtorch's archive reader parses this record in its constructor and
+    # aborts the process on a bad one, so no exception can be caught.
+    m = copy_model(tiny, tmp_path / "m")
+    to_bin(m)
+    path = m / "pytorch_model.bin"
+    with zipfile.ZipFile(path) as z:
+        items = [(i.filename, z.read(i.filename)) for i in z.infolist()]
+    folder = items[0][0].split("/")[0]
+    items = [(n, d) for n, d in items if n != folder + record] + [(folder + record, text)]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, data in items:
+            z.writestr(name, data)
+    refused(generate(m), "pytorch_model.bin", "version", text.decode().strip())
+
+
 def test_legacy_bin_is_refused_in_one_line(tmp_path, tiny):
     m = copy_model(tiny, tmp_path / "m")
     to_bin(m, _use_new_zipfile_serialization=False)

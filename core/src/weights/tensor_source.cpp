@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
 #include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/versions.h>
 #include <torch/csrc/jit/serialization/import_read.h>
 #include <torch/csrc/jit/serialization/storage_context.h>
 
@@ -109,48 +110,119 @@ std::string pickle_problem(const uint8_t* p, size_t n) {
   return "has no STOP opcode";
 }
 
-// Names of the entries of the zip `file`, from its central directory (zip64 too), or nullopt when that
-// directory is not where its end record says. libtorch's own listing aborts the process (a fatal
-// enforce, not an exception) on an entry outside the archive's folder, so lego lists and checks first.
-std::optional<std::vector<std::string>> zip_names(const std::filesystem::path& file, uint64_t size) {
-  std::ifstream in(file, std::ios::binary);
-  auto read_at = [&](uint64_t at, size_t n) -> std::optional<std::string> {
-    if (at > size || n > size - at) return std::nullopt;
-    std::string b(n, '\0');
-    in.seekg(static_cast<std::streamoff>(at));
-    if (!in.read(b.data(), static_cast<std::streamsize>(n))) return std::nullopt;
+// An entry of a zip's central directory.
+struct ZipEntry {
+  std::string name;
+  uint64_t method = 0, compressed = 0, size = 0, local_header = 0;
+};
+
+// Little-endian reads of a zip file, bounded by its size.
+class ZipBytes {
+ public:
+  ZipBytes(const std::filesystem::path& file, uint64_t size) : in_(file, std::ios::binary), size_(size) {}
+  std::optional<std::string> at(uint64_t offset, uint64_t n) {
+    if (offset > size_ || n > size_ - offset) return std::nullopt;
+    std::string b(static_cast<size_t>(n), '\0');
+    in_.seekg(static_cast<std::streamoff>(offset));
+    if (!in_.read(b.data(), static_cast<std::streamsize>(n))) return std::nullopt;
     return b;
-  };
-  auto u16 = [](const std::string& b, size_t i) { return uint64_t{uint8_t(b[i])} | uint64_t{uint8_t(b[i + 1])} << 8; };
-  auto u32 = [&](const std::string& b, size_t i) { return u16(b, i) | u16(b, i + 2) << 16; };
-  auto u64 = [&](const std::string& b, size_t i) { return u32(b, i) | u32(b, i + 4) << 32; };
+  }
+  static uint64_t u16(const std::string& b, size_t i) { return uint64_t{uint8_t(b[i])} | uint64_t{uint8_t(b[i + 1])} << 8; }
+  static uint64_t u32(const std::string& b, size_t i) { return u16(b, i) | u16(b, i + 2) << 16; }
+  static uint64_t u64(const std::string& b, size_t i) { return u32(b, i) | u32(b, i + 4) << 32; }
+  uint64_t size() const { return size_; }
+
+ private:
+  std::ifstream in_;
+  uint64_t size_;
+};
+
+// The entries of the zip `file`, from its central directory (zip64 too), or nullopt when that directory
+// is not where its end record says. libtorch's own listing aborts the process (a fatal enforce, not an
+// exception) on an entry outside the archive's folder, so lego lists and checks first.
+std::optional<std::vector<ZipEntry>> zip_entries(ZipBytes& zip) {
+  const uint64_t size = zip.size();
   const uint64_t tail_len = std::min<uint64_t>(size, 22 + 65535);
-  const auto tail = read_at(size - tail_len, tail_len);
+  const auto tail = zip.at(size - tail_len, tail_len);
   if (!tail || tail->size() < 22) return std::nullopt;
   const auto eocd = tail->rfind(std::string("PK\x05\x06", 4));
   if (eocd == std::string::npos || eocd + 22 > tail->size()) return std::nullopt;
-  uint64_t entries = u16(*tail, eocd + 10), cd_size = u32(*tail, eocd + 12), cd_offset = u32(*tail, eocd + 16);
+  uint64_t entries = ZipBytes::u16(*tail, eocd + 10), cd_size = ZipBytes::u32(*tail, eocd + 12),
+           cd_offset = ZipBytes::u32(*tail, eocd + 16);
   if (entries == 0xFFFF || cd_size == 0xFFFFFFFF || cd_offset == 0xFFFFFFFF) {  // zip64
     if (eocd < 20 || tail->compare(eocd - 20, 4, std::string("PK\x06\x07", 4)) != 0) return std::nullopt;
-    const auto rec = read_at(u64(*tail, eocd - 20 + 8), 56);
+    const auto rec = zip.at(ZipBytes::u64(*tail, eocd - 20 + 8), 56);
     if (!rec || rec->compare(0, 4, std::string("PK\x06\x06", 4)) != 0) return std::nullopt;
-    entries = u64(*rec, 32);
-    cd_size = u64(*rec, 40);
-    cd_offset = u64(*rec, 48);
+    entries = ZipBytes::u64(*rec, 32);
+    cd_size = ZipBytes::u64(*rec, 40);
+    cd_offset = ZipBytes::u64(*rec, 48);
   }
   if (cd_size > (uint64_t{1} << 28) || entries > cd_size / 46) return std::nullopt;
-  const auto cd = read_at(cd_offset, static_cast<size_t>(cd_size));
+  const auto cd = zip.at(cd_offset, cd_size);
   if (!cd) return std::nullopt;
-  std::vector<std::string> names;
+  std::vector<ZipEntry> out;
   size_t i = 0;
   for (uint64_t e = 0; e < entries; ++e) {
     if (i + 46 > cd->size() || cd->compare(i, 4, std::string("PK\x01\x02", 4)) != 0) return std::nullopt;
-    const size_t name_len = u16(*cd, i + 28), rest = u16(*cd, i + 30) + u16(*cd, i + 32);
+    const size_t name_len = ZipBytes::u16(*cd, i + 28), extra_len = ZipBytes::u16(*cd, i + 30);
+    const size_t rest = extra_len + ZipBytes::u16(*cd, i + 32);
     if (i + 46 + name_len + rest > cd->size()) return std::nullopt;
-    names.push_back(cd->substr(i + 46, name_len));
+    ZipEntry entry{cd->substr(i + 46, name_len), ZipBytes::u16(*cd, i + 10), ZipBytes::u32(*cd, i + 20),
+                   ZipBytes::u32(*cd, i + 24), ZipBytes::u32(*cd, i + 42)};
+    // Sizes and offset of 0xFFFFFFFF live in the zip64 extra field, in this order, where they are so.
+    for (size_t x = i + 46 + name_len, end = x + extra_len; x + 4 <= end;) {
+      const uint64_t id = ZipBytes::u16(*cd, x), len = ZipBytes::u16(*cd, x + 2);
+      if (x + 4 + len > end) break;
+      if (id == 1) {
+        size_t f = x + 4;
+        for (uint64_t* field : {&entry.size, &entry.compressed, &entry.local_header}) {
+          if (*field != 0xFFFFFFFF) continue;
+          if (f + 8 > x + 4 + len) return std::nullopt;
+          *field = ZipBytes::u64(*cd, f);
+          f += 8;
+        }
+      }
+      x += 4 + len;
+    }
+    out.push_back(std::move(entry));
     i += 46 + name_len + rest;
   }
-  return names;
+  return out;
+}
+
+// The bytes of a small stored (uncompressed) entry, or nullopt when it is compressed, large or cut.
+std::optional<std::string> stored_bytes(ZipBytes& zip, const ZipEntry& e, uint64_t max_size) {
+  if (e.method != 0 || e.size != e.compressed || e.size > max_size) return std::nullopt;
+  const auto header = zip.at(e.local_header, 30);
+  if (!header || header->compare(0, 4, std::string("PK\x03\x04", 4)) != 0) return std::nullopt;
+  return zip.at(e.local_header + 30 + ZipBytes::u16(*header, 26) + ZipBytes::u16(*header, 28), e.size);
+}
+
+// libtorch's reader parses the archive's format version (".data/version" where there is one, else
+// "version") when it opens the file, and aborts the process, or lets std::out_of_range escape, on one
+// that is not a number in its range. So it is read and checked here first.
+void check_format_version(const std::filesystem::path& file, ZipBytes& zip, const std::vector<ZipEntry>& entries,
+                          const std::string& folder) {
+  const ZipEntry* record = nullptr;
+  for (const char* name : {".data/version", "version"}) {
+    for (const auto& e : entries) {
+      if (record == nullptr && e.name == folder + name) record = &e;
+    }
+  }
+  if (record == nullptr) throw Error(ErrorKind::Format, file.string() + ": no 'version' record (not a torch.save archive)");
+  const std::string what = file.string() + ": record '" + record->name.substr(folder.size()) + "'";
+  const auto bytes = stored_bytes(zip, *record, 64);
+  if (!bytes) throw Error(ErrorKind::Format, what + " is not a short uncompressed record, as torch.save writes it");
+  const auto b = bytes->find_first_not_of(" \t\r\n");
+  const auto e = bytes->find_last_not_of(" \t\r\n");
+  const std::string text = b == std::string::npos ? "" : bytes->substr(b, e - b + 1);
+  const bool digits = !text.empty() && text.size() <= 9 && text.find_first_not_of("0123456789") == std::string::npos;
+  const uint64_t version = digits ? std::stoull(text) : 0;
+  if (version < caffe2::serialize::kMinSupportedFileFormatVersion || version > caffe2::serialize::kMaxSupportedFileFormatVersion) {
+    throw Error(ErrorKind::Format, what + " holds '" + text + "', not a format version this libtorch reads (" +
+                                       std::to_string(caffe2::serialize::kMinSupportedFileFormatVersion) + " to " +
+                                       std::to_string(caffe2::serialize::kMaxSupportedFileFormatVersion) + ")");
+  }
 }
 
 // A state dict loaded whole from a `torch.save` zip archive. Each storage record is read once, at its real
@@ -172,20 +244,25 @@ class TorchBinSource : public TensorSource {
       }
     }
     // Every entry must sit in one top folder (the archive's name), as torch.save writes them.
-    const auto names = zip_names(file, file_bytes);
-    if (!names || names->empty()) throw Error(ErrorKind::Format, file.string() + ": not a readable zip archive");
-    const auto slash = names->front().find('/');
-    const std::string folder = slash == std::string::npos ? "" : names->front().substr(0, slash + 1);
-    for (const auto& name : *names) {
+    ZipBytes zip(file, file_bytes);
+    const auto entries = zip_entries(zip);
+    if (!entries || entries->empty()) throw Error(ErrorKind::Format, file.string() + ": not a readable zip archive");
+    const auto slash = entries->front().name.find('/');
+    const std::string folder = slash == std::string::npos ? "" : entries->front().name.substr(0, slash + 1);
+    std::vector<std::string> names;
+    for (const auto& entry : *entries) {
+      const auto& name = entry.name;
       if (folder.empty() || name.compare(0, folder.size(), folder) != 0 || name.size() == folder.size()) {
         throw Error(ErrorKind::Format, file.string() + ": entry '" + name + "' is outside the archive folder '" + folder + "'");
       }
+      names.push_back(name);
     }
+    check_format_version(file, zip, *entries, folder);
     c10::IValue value;
     try {
       caffe2::serialize::PyTorchStreamReader reader(file.string());
       auto storages = std::make_shared<torch::jit::DeserializationStorageContext>();
-      for (const auto& entry : *names) {
+      for (const auto& entry : names) {
         const std::string record = entry.substr(folder.size());
         if (record.rfind("data/", 0) != 0 || record.size() == 5) continue;
         // torch.save stores records uncompressed: one larger than the file would be a decompression bomb.

@@ -379,6 +379,11 @@ std::optional<VideoFrames> take_frames(Opened& o, const PacketIndex& idx, VideoF
   std::unique_ptr<AVFrame, FrameDeleter> frame(av_frame_alloc());
   std::unique_ptr<AVPacket, PacketDeleter> packet(av_packet_alloc());
   bool eof = false, flushed = false, contradicted = false;
+  // Draining: once the current target's packet is in and the next target lies past a seek, the decoder
+  // is told the stream ends instead of being fed packets whose frames the seek would throw away (with
+  // frame threads, one per thread). Such a decoder must seek before it decodes again.
+  bool drain_after_target = false, target_sent = false, drained = false;
+  int64_t target_now = AV_NOPTS_VALUE;
   int64_t counted = 0;  // frames out of the decoder, for untimed streams (never sought)
 
   // Decodes the next frame; false at the end of the stream. A packet that holds no target is decoded
@@ -399,6 +404,11 @@ std::optional<VideoFrames> take_frames(Opened& o, const PacketIndex& idx, VideoF
         flushed = true;
         continue;
       }
+      if (drain_after_target && target_sent) {
+        avcodec_send_packet(o.codec.get(), nullptr);
+        eof = flushed = drained = true;
+        continue;
+      }
       if (av_read_frame(o.format.get(), packet.get()) < 0) {
         eof = true;
         continue;
@@ -413,6 +423,7 @@ std::optional<VideoFrames> take_frames(Opened& o, const PacketIndex& idx, VideoF
         if (idx.timed) {
           const bool target = std::binary_search(target_ts.begin(), target_ts.end(), packet_time(packet.get()));
           o.codec->skip_frame = target ? AVDISCARD_DEFAULT : AVDISCARD_NONREF;
+          target_sent = target_sent || packet_time(packet.get()) == target_now;
         }
         // A corrupt packet is skipped; a stream that never yields a frame ends in "no decodable frames".
         (void)avcodec_send_packet(o.codec.get(), packet.get());
@@ -437,13 +448,24 @@ std::optional<VideoFrames> take_frames(Opened& o, const PacketIndex& idx, VideoF
     const int64_t t = out.indices[k], ts = target_ts[k];
     if (!last.defined() || last_ts < ts) {
       const int64_t key = idx.key_before[static_cast<size_t>(t)];
-      if (idx.timed && key > decoded && (key - decoded > seek_cost || (eof && flushed))) {
+      if (idx.timed && (drained || (key > decoded && (key - decoded > seek_cost || (eof && flushed))))) {
         if (av_seek_frame(o.format.get(), o.index, idx.ts[static_cast<size_t>(key)], AVSEEK_FLAG_BACKWARD) >= 0) {
           avcodec_flush_buffers(o.codec.get());
-          eof = flushed = false;
+          eof = flushed = drained = false;
           decoded = key - 1;
+        } else if (drained) {  // a drained decoder cannot go on: start again from the first packet
+          o = open_stream(file, AVMEDIA_TYPE_VIDEO, o.codec->thread_count);
+          read_only_stream(o);
+          eof = flushed = drained = false;
+          decoded = -1;
         }
       }
+      // Drain after this target when the next one will seek anyway (or there is none).
+      const size_t next = k + 1;
+      drain_after_target = idx.timed && (next >= out.indices.size() ||
+                            idx.key_before[static_cast<size_t>(out.indices[next])] > t + seek_cost);
+      target_sent = false;
+      target_now = ts;
       while (next_frame()) {
         int64_t got = idx.timed ? frame_time(frame.get()) : counted++;
         if (got == AV_NOPTS_VALUE) got = decoded >= 0 ? idx.ts[static_cast<size_t>(decoded)] + 1 : idx.ts.front();
