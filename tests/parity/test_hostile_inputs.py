@@ -117,6 +117,40 @@ def test_bin_format_version_is_checked_before_libtorch_reads_it(tmp_path, tiny, 
     refused(generate(m), "pytorch_model.bin", "version", text.decode().strip())
 
 
+def test_bin_entry_outside_the_archive_folder_is_refused(tmp_path, tiny):
+    # Fuzz finding (torch_bin): libtorch's record listing aborted the process on such an entry.
+    m = copy_model(tiny, tmp_path / "m")
+    to_bin(m)
+    path = m / "pytorch_model.bin"
+    with zipfile.ZipFile(path) as z:
+        items = [(i.filename, z.read(i.filename)) for i in z.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, data in items + [("Elsewhere/data/0", b"\0" * 8)]:
+            z.writestr(name, data)
+    refused(generate(m), "pytorch_model.bin", "Elsewhere/data/0", "outside the archive folder")
+
+
+def test_bin_damaged_record_and_duplicate_entry_are_refused(tmp_path, tiny):
+    # lego reads the zip itself (libtorch's reader aborted on damage it found): a record whose bytes do not
+    # match their CRC-32, and a name given twice, are refused.
+    m = copy_model(tiny, tmp_path / "m")
+    to_bin(m)
+    path = m / "pytorch_model.bin"
+    original = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 16)
+        items = [(i.filename, z.read(i.filename)) for i in z.infolist()]
+    raw = bytearray(original)
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    raw[info.header_offset + 30 + name_len + extra_len + 5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    refused(generate(m), "pytorch_model.bin", info.filename.split("/", 1)[1], "CRC-32")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, data in items + [items[-1]]:
+            z.writestr(name, data)
+    refused(generate(m), "pytorch_model.bin", "appears twice")
+
+
 def test_legacy_bin_is_refused_in_one_line(tmp_path, tiny):
     m = copy_model(tiny, tmp_path / "m")
     to_bin(m, _use_new_zipfile_serialization=False)

@@ -1,10 +1,11 @@
 // Sharded indexes, PyTorch .bin archives, directory discovery and loading tensors into modules.
 #include <ATen/ATen.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
-#include <caffe2/serialize/inline_container.h>
+#include <zlib.h>
 #include <caffe2/serialize/versions.h>
-#include <torch/csrc/jit/serialization/import_read.h>
+#include <torch/csrc/jit/serialization/unpickler.h>
 #include <torch/csrc/jit/serialization/storage_context.h>
 
 #include <algorithm>
@@ -13,11 +14,13 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <unordered_map>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/files.h"
 #include "lego/sdk/json.h"
 #include "lego/weights/tensor_source.h"
 
@@ -113,7 +116,7 @@ std::string pickle_problem(const uint8_t* p, size_t n) {
 // An entry of a zip's central directory.
 struct ZipEntry {
   std::string name;
-  uint64_t method = 0, compressed = 0, size = 0, local_header = 0;
+  uint64_t method = 0, compressed = 0, size = 0, local_header = 0, crc = 0, flags = 0;
 };
 
 // Little-endian reads of a zip file, bounded by its size.
@@ -131,6 +134,11 @@ class ZipBytes {
   static uint64_t u32(const std::string& b, size_t i) { return u16(b, i) | u16(b, i + 2) << 16; }
   static uint64_t u64(const std::string& b, size_t i) { return u32(b, i) | u32(b, i + 4) << 32; }
   uint64_t size() const { return size_; }
+  bool read_into(uint64_t offset, void* out, uint64_t n) {
+    if (offset > size_ || n > size_ - offset) return false;
+    in_.seekg(static_cast<std::streamoff>(offset));
+    return static_cast<bool>(in_.read(static_cast<char*>(out), static_cast<std::streamsize>(n)));
+  }
 
  private:
   std::ifstream in_;
@@ -168,7 +176,8 @@ std::optional<std::vector<ZipEntry>> zip_entries(ZipBytes& zip) {
     const size_t rest = extra_len + ZipBytes::u16(*cd, i + 32);
     if (i + 46 + name_len + rest > cd->size()) return std::nullopt;
     ZipEntry entry{cd->substr(i + 46, name_len), ZipBytes::u16(*cd, i + 10), ZipBytes::u32(*cd, i + 20),
-                   ZipBytes::u32(*cd, i + 24), ZipBytes::u32(*cd, i + 42)};
+                   ZipBytes::u32(*cd, i + 24), ZipBytes::u32(*cd, i + 42), ZipBytes::u32(*cd, i + 16),
+                   ZipBytes::u16(*cd, i + 8)};
     // Sizes and offset of 0xFFFFFFFF live in the zip64 extra field, in this order, where they are so.
     for (size_t x = i + 46 + name_len, end = x + extra_len; x + 4 <= end;) {
       const uint64_t id = ZipBytes::u16(*cd, x), len = ZipBytes::u16(*cd, x + 2);
@@ -190,19 +199,47 @@ std::optional<std::vector<ZipEntry>> zip_entries(ZipBytes& zip) {
   return out;
 }
 
-// The bytes of a small stored (uncompressed) entry, or nullopt when it is compressed, large or cut.
-std::optional<std::string> stored_bytes(ZipBytes& zip, const ZipEntry& e, uint64_t max_size) {
-  if (e.method != 0 || e.size != e.compressed || e.size > max_size) return std::nullopt;
+// Where a stored (uncompressed) entry's bytes start, or nullopt when it is compressed, encrypted or its
+// local header or bytes lie outside the file.
+std::optional<uint64_t> stored_data_offset(ZipBytes& zip, const ZipEntry& e) {
+  if (e.method != 0 || e.size != e.compressed || (e.flags & 0x61) != 0) return std::nullopt;  // 0x61: encrypted, patched
   const auto header = zip.at(e.local_header, 30);
   if (!header || header->compare(0, 4, std::string("PK\x03\x04", 4)) != 0) return std::nullopt;
-  return zip.at(e.local_header + 30 + ZipBytes::u16(*header, 26) + ZipBytes::u16(*header, 28), e.size);
+  const uint64_t data = e.local_header + 30 + ZipBytes::u16(*header, 26) + ZipBytes::u16(*header, 28);
+  if (data > zip.size() || e.size > zip.size() - data) return std::nullopt;
+  return data;
+}
+
+uint32_t crc32_of(const void* data, uint64_t n) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  const auto* p = static_cast<const Bytef*>(data);
+  for (uint64_t done = 0; done < n;) {
+    const auto chunk = static_cast<uInt>(std::min<uint64_t>(n - done, uint64_t{1} << 30));
+    crc = crc32(crc, p + done, chunk);
+    done += chunk;
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+// A record's bytes, read into `out` (e.size bytes), checked against the directory's CRC-32.
+void read_record_into(ZipBytes& zip, const ZipEntry& e, void* out, const std::filesystem::path& file,
+                      const std::string& record) {
+  const auto at = stored_data_offset(zip, e);
+  if (!at) {
+    throw Error(ErrorKind::Format, file.string() + ": record '" + record +
+                                       "' is compressed, encrypted or lies outside the file (torch.save stores records as they are)");
+  }
+  if (!zip.read_into(*at, out, e.size)) throw Error(ErrorKind::Io, file.string() + ": cannot read record '" + record + "'");
+  if (crc32_of(out, e.size) != e.crc) {
+    throw Error(ErrorKind::Format, file.string() + ": record '" + record + "' does not match its CRC-32 (the file is damaged)");
+  }
 }
 
 // libtorch's reader parses the archive's format version (".data/version" where there is one, else
 // "version") when it opens the file, and aborts the process, or lets std::out_of_range escape, on one
 // that is not a number in its range. So it is read and checked here first.
-void check_format_version(const std::filesystem::path& file, ZipBytes& zip, const std::vector<ZipEntry>& entries,
-                          const std::string& folder) {
+uint64_t check_format_version(const std::filesystem::path& file, ZipBytes& zip, const std::vector<ZipEntry>& entries,
+                              const std::string& folder) {
   const ZipEntry* record = nullptr;
   for (const char* name : {".data/version", "version"}) {
     for (const auto& e : entries) {
@@ -210,19 +247,22 @@ void check_format_version(const std::filesystem::path& file, ZipBytes& zip, cons
     }
   }
   if (record == nullptr) throw Error(ErrorKind::Format, file.string() + ": no 'version' record (not a torch.save archive)");
-  const std::string what = file.string() + ": record '" + record->name.substr(folder.size()) + "'";
-  const auto bytes = stored_bytes(zip, *record, 64);
-  if (!bytes) throw Error(ErrorKind::Format, what + " is not a short uncompressed record, as torch.save writes it");
-  const auto b = bytes->find_first_not_of(" \t\r\n");
-  const auto e = bytes->find_last_not_of(" \t\r\n");
-  const std::string text = b == std::string::npos ? "" : bytes->substr(b, e - b + 1);
+  const std::string name = record->name.substr(folder.size());
+  if (record->size > 64) throw Error(ErrorKind::Format, file.string() + ": record '" + name + "' is too long for a version");
+  std::string bytes(static_cast<size_t>(record->size), '\0');
+  read_record_into(zip, *record, bytes.data(), file, name);
+  const auto b = bytes.find_first_not_of(" \t\r\n");
+  const auto e = bytes.find_last_not_of(" \t\r\n");
+  const std::string text = b == std::string::npos ? "" : bytes.substr(b, e - b + 1);
   const bool digits = !text.empty() && text.size() <= 9 && text.find_first_not_of("0123456789") == std::string::npos;
   const uint64_t version = digits ? std::stoull(text) : 0;
   if (version < caffe2::serialize::kMinSupportedFileFormatVersion || version > caffe2::serialize::kMaxSupportedFileFormatVersion) {
-    throw Error(ErrorKind::Format, what + " holds '" + text + "', not a format version this libtorch reads (" +
+    throw Error(ErrorKind::Format, file.string() + ": record '" + name + "' holds '" + text +
+                                       "', not a format version this libtorch reads (" +
                                        std::to_string(caffe2::serialize::kMinSupportedFileFormatVersion) + " to " +
                                        std::to_string(caffe2::serialize::kMaxSupportedFileFormatVersion) + ")");
   }
+  return version;
 }
 
 // A state dict loaded whole from a `torch.save` zip archive. Each storage record is read once, at its real
@@ -249,43 +289,51 @@ class TorchBinSource : public TensorSource {
     if (!entries || entries->empty()) throw Error(ErrorKind::Format, file.string() + ": not a readable zip archive");
     const auto slash = entries->front().name.find('/');
     const std::string folder = slash == std::string::npos ? "" : entries->front().name.substr(0, slash + 1);
-    std::vector<std::string> names;
+    std::map<std::string, const ZipEntry*> records;  // by name inside the folder
     for (const auto& entry : *entries) {
       const auto& name = entry.name;
       if (folder.empty() || name.compare(0, folder.size(), folder) != 0 || name.size() == folder.size()) {
         throw Error(ErrorKind::Format, file.string() + ": entry '" + name + "' is outside the archive folder '" + folder + "'");
       }
-      names.push_back(name);
+      if (!records.emplace(name.substr(folder.size()), &entry).second) {
+        throw Error(ErrorKind::Format, file.string() + ": entry '" + name + "' appears twice");
+      }
     }
-    check_format_version(file, zip, *entries, folder);
+    const uint64_t version = check_format_version(file, zip, *entries, folder);
+    // The records are read here, not by libtorch's archive reader: it aborts the process (fatal
+    // enforces) on several kinds of damage, so lego reads the zip itself and only unpickles with libtorch.
+    auto storages = std::make_shared<torch::jit::DeserializationStorageContext>();
+    for (const auto& [record, entry] : records) {
+      if (record.rfind("data/", 0) != 0 || record.size() == 5) continue;
+      require_allocatable(static_cast<double>(entry->size), file.string() + ": record '" + record + "'");
+      at::DataPtr data = c10::GetCPUAllocator()->allocate(static_cast<size_t>(entry->size));
+      read_record_into(zip, *entry, data.get(), file, record);
+      storages->addStorage(record.substr(5), c10::Storage(c10::Storage::use_byte_size_t(), static_cast<size_t>(entry->size),
+                                                          std::move(data), /*allocator=*/nullptr, /*resizable=*/false));
+    }
+    const auto pkl = records.find("data.pkl");
+    if (pkl == records.end()) throw Error(ErrorKind::Format, file.string() + ": no data.pkl record");
+    std::string pickle(static_cast<size_t>(pkl->second->size), '\0');
+    read_record_into(zip, *pkl->second, pickle.data(), file, "data.pkl");
+    const auto problem = pickle_problem(reinterpret_cast<const uint8_t*>(pickle.data()), pickle.size());
+    if (!problem.empty()) throw Error(ErrorKind::Format, file.string() + ": data.pkl " + problem);
     c10::IValue value;
     try {
-      caffe2::serialize::PyTorchStreamReader reader(file.string());
-      auto storages = std::make_shared<torch::jit::DeserializationStorageContext>();
-      for (const auto& entry : names) {
-        const std::string record = entry.substr(folder.size());
-        if (record.rfind("data/", 0) != 0 || record.size() == 5) continue;
-        // torch.save stores records uncompressed: one larger than the file would be a decompression bomb.
-        if (reader.getRecordSize(record) > file_bytes) {
-          throw Error(ErrorKind::Format, file.string() + ": record '" + record + "' claims " +
-                                             std::to_string(reader.getRecordSize(record)) +
-                                             " bytes, more than the file holds");
-        }
-        auto [data, bytes] = reader.getRecord(record);
-        storages->addStorage(record.substr(5), c10::Storage(c10::Storage::use_byte_size_t(), bytes, std::move(data),
-                                                            /*allocator=*/nullptr, /*resizable=*/false));
-      }
-      {
-        if (!reader.hasRecord("data.pkl")) throw Error(ErrorKind::Format, file.string() + ": no data.pkl record");
-        if (reader.getRecordSize("data.pkl") > file_bytes) {
-          throw Error(ErrorKind::Format, file.string() + ": record 'data.pkl' claims more bytes than the file holds");
-        }
-        auto [pickle, pickle_bytes] = reader.getRecord("data.pkl");
-        const auto problem = pickle_problem(static_cast<const uint8_t*>(pickle.get()), pickle_bytes);
-        if (!problem.empty()) throw Error(ErrorKind::Format, file.string() + ": data.pkl " + problem);
-      }
-      value = torch::jit::readArchiveAndTensors("data", "", "", std::nullopt, std::nullopt, at::Device(at::kCPU),
-                                                reader, torch::jit::Unpickler::defaultTypeParser, storages);
+      size_t offset = 0;
+      auto reader = [&pickle, &offset](char* buffer, size_t len) -> size_t {
+        len = std::min(len, pickle.size() - offset);
+        std::memcpy(buffer, pickle.data() + offset, len);
+        offset += len;
+        return len;
+      };
+      // Every storage the pickle names was read above: one that is not a record is an error.
+      auto missing = [&file](const std::string& key) -> at::DataPtr {
+        throw Error(ErrorKind::Format, file.string() + ": data.pkl refers to storage '" + key + "', which is not a record");
+      };
+      torch::jit::Unpickler unpickler(reader, nullptr, nullptr, missing, at::Device(at::kCPU), false,
+                                      torch::jit::Unpickler::defaultTypeParser, storages);
+      unpickler.set_version(version);
+      value = unpickler.parse_ivalue();
     } catch (const c10::Error& e) {
       throw Error(ErrorKind::Format, file.string() + ": not a readable PyTorch checkpoint: " +
                                          e.what_without_backtrace());
