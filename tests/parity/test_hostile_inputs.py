@@ -149,6 +149,15 @@ def test_bin_damaged_record_and_duplicate_entry_are_refused(tmp_path, tiny):
         for name, data in items + [items[-1]]:
             z.writestr(name, data)
     refused(generate(m), "pytorch_model.bin", "appears twice")
+    # A directory entry claiming a 4 GiB record in a small file (fuzz finding: it was allocated first).
+    path.write_bytes(original)
+    raw = bytearray(original)
+    at = raw.index(b"PK\x01\x02")
+    while raw[at + 46:at + 46 + len(info.filename)] != info.filename.encode():
+        at = raw.index(b"PK\x01\x02", at + 4)
+    raw[at + 20:at + 28] = struct.pack("<II", 0xFFFFFF00, 0xFFFFFF00)
+    path.write_bytes(bytes(raw))
+    refused(generate(m), "pytorch_model.bin", "lies outside the file")
 
 
 def test_legacy_bin_is_refused_in_one_line(tmp_path, tiny):

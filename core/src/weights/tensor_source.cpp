@@ -221,15 +221,22 @@ uint32_t crc32_of(const void* data, uint64_t n) {
   return static_cast<uint32_t>(crc);
 }
 
-// A record's bytes, read into `out` (e.size bytes), checked against the directory's CRC-32.
-void read_record_into(ZipBytes& zip, const ZipEntry& e, void* out, const std::filesystem::path& file,
-                      const std::string& record) {
+// Where a record's bytes start in the file, after checking that they are stored and inside it: called
+// before anything is allocated for them.
+uint64_t record_offset(ZipBytes& zip, const ZipEntry& e, const std::filesystem::path& file, const std::string& record) {
   const auto at = stored_data_offset(zip, e);
   if (!at) {
     throw Error(ErrorKind::Format, file.string() + ": record '" + record +
                                        "' is compressed, encrypted or lies outside the file (torch.save stores records as they are)");
   }
-  if (!zip.read_into(*at, out, e.size)) throw Error(ErrorKind::Io, file.string() + ": cannot read record '" + record + "'");
+  return *at;
+}
+
+// A record's bytes, read into `out` (e.size bytes), checked against the directory's CRC-32.
+void read_record_into(ZipBytes& zip, const ZipEntry& e, void* out, const std::filesystem::path& file,
+                      const std::string& record) {
+  const uint64_t at = record_offset(zip, e, file, record);
+  if (!zip.read_into(at, out, e.size)) throw Error(ErrorKind::Io, file.string() + ": cannot read record '" + record + "'");
   if (crc32_of(out, e.size) != e.crc) {
     throw Error(ErrorKind::Format, file.string() + ": record '" + record + "' does not match its CRC-32 (the file is damaged)");
   }
@@ -305,6 +312,7 @@ class TorchBinSource : public TensorSource {
     auto storages = std::make_shared<torch::jit::DeserializationStorageContext>();
     for (const auto& [record, entry] : records) {
       if (record.rfind("data/", 0) != 0 || record.size() == 5) continue;
+      (void)record_offset(zip, *entry, file, record);  // its size is checked against the file before it is allocated
       require_allocatable(static_cast<double>(entry->size), file.string() + ": record '" + record + "'");
       at::DataPtr data = c10::GetCPUAllocator()->allocate(static_cast<size_t>(entry->size));
       read_record_into(zip, *entry, data.get(), file, record);
@@ -313,6 +321,7 @@ class TorchBinSource : public TensorSource {
     }
     const auto pkl = records.find("data.pkl");
     if (pkl == records.end()) throw Error(ErrorKind::Format, file.string() + ": no data.pkl record");
+    (void)record_offset(zip, *pkl->second, file, "data.pkl");
     std::string pickle(static_cast<size_t>(pkl->second->size), '\0');
     read_record_into(zip, *pkl->second, pickle.data(), file, "data.pkl");
     const auto problem = pickle_problem(reinterpret_cast<const uint8_t*>(pickle.data()), pickle.size());
