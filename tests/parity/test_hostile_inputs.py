@@ -48,6 +48,16 @@ def edit_ini(model, old, new):
     ini.write_text(text.replace(old, new, 1))
 
 
+def lego_measured(*args, timeout=120):
+    """(rc, stderr, peak RSS in KB) of one lego run: this child's own peak, not the largest of all children."""
+    child = subprocess.Popen([str(lego_bin()), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    err = child.stderr.read().decode()
+    child.stderr.close()
+    return child.returncode, err, usage.ru_maxrss
+
+
 def generate(model, *extra):
     return lego("generate", "--model", model, "--prompt", "hello", "--max-new-tokens", "2", *extra)
 
@@ -280,14 +290,9 @@ def test_padding_to_a_square_never_builds_it(tmp_path, tiny, w, h):
     # resize now reads the fill where the square has no image: memory is the output's.
     p = tmp_path / "thin.png"
     p.write_bytes(png(w, h, max(w, h) if w == 1 else 1))
-    child = subprocess.Popen([str(lego_bin()), "encode", "--model", str(tiny), "--modality", "image", "--in", str(p),
-                              "--out", str(tmp_path / "o.st")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS, not the largest of all children
-    child.returncode = os.waitstatus_to_exitcode(status)
-    err = child.stderr.read().decode()
-    child.stderr.close()
-    assert child.returncode == 0, err
-    assert usage.ru_maxrss < 1_000_000, f"peak RSS {usage.ru_maxrss} KB"
+    rc, err, peak_kb = lego_measured("encode", "--model", tiny, "--modality", "image", "--in", p, "--out", tmp_path / "o.st")
+    assert rc == 0, err
+    assert peak_kb < 1_000_000, f"peak RSS {peak_kb} KB"
     assert (tmp_path / "o.st").stat().st_size > 0
 
 
@@ -310,6 +315,44 @@ def test_jpeg_decoder_lines_never_precede_ours(tmp_path, tiny):
     (tmp_path / "bogus.jpg").write_bytes(bytes(bogus))
     refused(lego("encode", "--model", tiny, "--modality", "image", "--in", tmp_path / "bogus.jpg", "--out", tmp_path / "o.st"),
             "bogus.jpg", "not a decodable image")
+
+
+# ---- sound ----------------------------------------------------------------------------------------------
+def test_wav_whose_info_tag_claims_gigabytes_costs_little(tmp_path):
+    # Fuzz finding (audio_reader): FFmpeg's WAV demuxer sized a buffer from this 86-byte file's INFO tag
+    # (2.8 GB claimed): 2.1 GB and 3 s inside avformat_open_input. No FFmpeg allocation may pass 256 MiB.
+    fmt = struct.pack("<HHIIHH", 1, 2, 11025, 44100, 4, 16)
+    info = b"INFO" + b"ISFT" + struct.pack("<I", 14) + b"Lavf62.12.10(\0"
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"LIST" + struct.pack("<I", 0xA800001A) + info +
+            b"data" + struct.pack("<I", 0x761F089C) + bytes(range(12)))
+    p = tmp_path / "tag.wav"
+    p.write_bytes(b"RIFF" + struct.pack("<I", 0x08E2) + body)
+    rc, err, peak_kb = lego_measured("probe", "--in", p, "--samples")
+    assert rc in (1, 2), err
+    assert len(err.strip().splitlines()) == 1 and "tag.wav" in err, err
+    assert peak_kb < 1_000_000, f"peak RSS {peak_kb} KB"
+
+
+def test_mp2_switching_from_stereo_to_mono_is_refused(tmp_path):
+    # Fuzz finding (audio_reader): MPEG audio frames that change from stereo to mono made swr_convert read
+    # a second plane that was not there (SEGV).
+    import av
+    import numpy as np
+
+    def mp2(layout):
+        path = tmp_path / f"{layout}.mp2"
+        with av.open(str(path), "w", format="mp2") as c:
+            s = c.add_stream("mp2", rate=44100, layout=layout)
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(44100) / 44100)).astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(np.tile(tone, (2 if layout == "stereo" else 1, 1)), format="fltp", layout=layout)
+            frame.sample_rate = 44100
+            for packet in [*s.encode(frame), *s.encode()]:
+                c.mux(packet)
+        return path.read_bytes()
+
+    p = tmp_path / "switch.mp2"
+    p.write_bytes(mp2("stereo") + mp2("mono"))
+    refused(lego("probe", "--in", p, "--samples"), "switch.mp2", "mid-stream")
 
 
 # ---- plugins ----------------------------------------------------------------------------------------------
