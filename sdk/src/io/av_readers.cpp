@@ -456,7 +456,13 @@ std::optional<VideoFrames> take_frames(Opened& o, const PacketIndex& idx, VideoF
   std::vector<at::Tensor> frames;
   for (size_t k = 0; k < out.indices.size(); ++k) {
     const int64_t t = out.indices[k], ts = target_ts[k];
-    if (!last.defined() || last_ts < ts) {
+    // Drain after this target when the next one will seek anyway (or there is none). If the drained
+    // decoder gives no frame at or after the target (its packet was lost), the target is decoded again
+    // without draining, so that the next decodable frame stands in for it as it did before.
+    const size_t next = k + 1;
+    drain_after_target = idx.timed && (next >= out.indices.size() ||
+                                       idx.key_before[static_cast<size_t>(out.indices[next])] > t + seek_cost);
+    for (int attempt = 0; attempt < 2 && (!last.defined() || last_ts < ts); ++attempt) {
       const int64_t key = idx.key_before[static_cast<size_t>(t)];
       if (idx.timed && (drained || (key > decoded && (key - decoded > seek_cost || (eof && flushed))))) {
         if (av_seek_frame(o.format.get(), o.index, idx.ts[static_cast<size_t>(key)], AVSEEK_FLAG_BACKWARD) >= 0) {
@@ -470,10 +476,6 @@ std::optional<VideoFrames> take_frames(Opened& o, const PacketIndex& idx, VideoF
           decoded = -1;
         }
       }
-      // Drain after this target when the next one will seek anyway (or there is none).
-      const size_t next = k + 1;
-      drain_after_target = idx.timed && (next >= out.indices.size() ||
-                            idx.key_before[static_cast<size_t>(out.indices[next])] > t + seek_cost);
       target_sent = false;
       target_now = ts;
       while (next_frame()) {
@@ -487,6 +489,8 @@ std::optional<VideoFrames> take_frames(Opened& o, const PacketIndex& idx, VideoF
         break;
       }
       if (contradicted) return std::nullopt;
+      if (!drained) break;  // not drained: the stream itself ended, nothing to retry
+      drain_after_target = false;
     }
     if (!last.defined()) break;  // the stream ended before any target: nothing decodable
     frames.push_back(last);      // past the real end or a lost frame: the newest frame there is
