@@ -282,16 +282,13 @@ class TorchBinSource : public TensorSource {
     std::error_code ec;
     const auto file_bytes = std::filesystem::file_size(file, ec);
     if (ec) throw Error(ErrorKind::NotFound, file.string() + ": cannot open: " + ec.message());
-    {
-      std::ifstream in(file, std::ios::binary);
-      char magic[4] = {};
-      if (!in || !in.read(magic, 4) || std::string(magic, 4) != std::string("PK\x03\x04", 4)) {
-        throw Error(ErrorKind::Format, file.string() + ": not a zip-format torch.save checkpoint (files of torch "
-                                                       "< 1.6 are not read: load and save them again with a current torch)");
-      }
+    ZipBytes zip(file, file_bytes);
+    const auto magic = zip.at(0, 4);
+    if (!magic || *magic != std::string("PK\x03\x04", 4)) {
+      throw Error(ErrorKind::Format, file.string() + ": not a zip-format torch.save checkpoint (files of torch "
+                                                     "< 1.6 are not read: load and save them again with a current torch)");
     }
     // Every entry must sit in one top folder (the archive's name), as torch.save writes them.
-    ZipBytes zip(file, file_bytes);
     const auto entries = zip_entries(zip);
     if (!entries || entries->empty()) throw Error(ErrorKind::Format, file.string() + ": not a readable zip archive");
     const auto slash = entries->front().name.find('/');
