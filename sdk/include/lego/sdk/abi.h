@@ -28,8 +28,8 @@
 #include "lego/sdk/modality.h"
 
 // Bumped whenever the descriptor or the Modality interface changes incompatibly.
-#define LEGO_PLUGIN_ABI_VERSION 2u
-#define LEGO_SDK_VERSION "0.2.0"
+#define LEGO_PLUGIN_ABI_VERSION 3u
+#define LEGO_SDK_VERSION "0.3.0"
 // The symbol the host looks up.
 #define LEGO_PLUGIN_ENTRY_NAME "lego_plugin_descriptor"
 
@@ -147,6 +147,9 @@ class GuardedModality final : public Modality {
   bool render(const Media& media, const std::vector<GroundedPhrase>& phrases,
               const std::filesystem::path& out) const override {
     return guarded(who_, [&] { return impl_->render(media, phrases, out); });
+  }
+  std::optional<synth::Rendered> synthesize(const synth::Scene& scene, const std::filesystem::path& stem) const override {
+    return guarded(who_, [&] { return impl_->synthesize(scene, stem); });
   }
   std::vector<ImportInput> import_inputs() const override { return guarded(who_, [&] { return impl_->import_inputs(); }); }
   std::optional<ImportPlan> plan_import(const ImportContext& context) const override {

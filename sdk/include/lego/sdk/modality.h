@@ -1,4 +1,4 @@
-// Modality: what one plugin contributes to a LEGO model (DESIGN.md, "Plugin ABI", version 2).
+// Modality: what one plugin contributes to a LEGO model (DESIGN.md, "Plugin ABI", version 3).
 //
 // A modality owns everything particular to one kind of media: reading a file into preprocessed tensors
 // (load: CPU, thread-safe, randomness only from the seed it is given), batching media whose sizes may
@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "lego/sdk/config.h"
+#include "lego/sdk/synth.h"
 #include "lego/sdk/weights.h"
 
 namespace lego {
@@ -172,6 +173,13 @@ class Modality {
   // Draws `phrases` onto `media` and writes an image to `out`; false when this modality cannot draw.
   virtual bool render(const Media& media, const std::vector<GroundedPhrase>& phrases,
                       const std::filesystem::path& out) const;
+
+  // Renders a SynthGround scene into a file of this modality at `stem` plus its own extension, and says
+  // what the file grounds (see lego/sdk/synth.h); nothing when this modality does not synthesize.
+  virtual std::optional<synth::Rendered> synthesize(const synth::Scene& /*scene*/,
+                                                    const std::filesystem::path& /*stem*/) const {
+    return std::nullopt;
+  }
 
   // Extra inputs the import of a released checkpoint needs for this branch.
   virtual std::vector<ImportInput> import_inputs() const { return {}; }
