@@ -23,6 +23,10 @@ int run_chat(const Args& args);
 int run_encode(const Args& args);
 int run_plugins(const Args& args);
 int run_probe(const Args& args);
+int run_train(const Args& args);
+int run_data(const Args& args);
+int run_synth(const Args& args);
+int run_eval(const Args& args);
 
 // Parses `args` against `options`; prints `usage` + options and returns false on --help. `parsed`, when
 // given, receives the options in command-line order.

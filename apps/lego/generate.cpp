@@ -68,7 +68,7 @@ int run_generate(const Args& args) {
   apply_runtime_flags(runtime);
   sampling.validate();
 
-  auto model = LanguageModel::load(model_dir, {parse_device(runtime.device), parse_dtype(runtime.dtype)});
+  auto model = LanguageModel::load(model_dir, {parse_device(runtime.device), parse_dtype(runtime.dtype), {}});
   std::vector<std::vector<int64_t>> ids;
   for (const auto& p : prompts) ids.push_back(model.tokenizer->encode(p, !no_bos));
   for (const auto& p : prompt_ids) ids.push_back(parse_token_ids(p, model.tokenizer->vocab_size()));

@@ -76,7 +76,7 @@ std::vector<MediaInput> media_of(const std::vector<po::option>& parsed, const st
 
 std::unique_ptr<Pipeline> load_pipeline(const ModelFlags& f, std::shared_ptr<const host::PluginHost> host) {
   apply_runtime_flags(f.runtime);
-  return Pipeline::load(f.model_dir, {parse_device(f.runtime.device), parse_dtype(f.runtime.dtype)}, std::move(host));
+  return Pipeline::load(f.model_dir, {parse_device(f.runtime.device), parse_dtype(f.runtime.dtype), {}}, std::move(host));
 }
 
 }  // namespace lego::cli

@@ -6,6 +6,7 @@
 // Answers ground 2-D boxes relative to the padded square the model saw; they are mapped back onto the
 // original image. Import: the released checkpoint holds the projector, and the CLIP tower comes from an
 // HF CLIP directory given as `--clip DIR`.
+#include <optional>
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
@@ -92,7 +93,9 @@ class ImageModality : public EncoderAdapterModality {
   }
 
   at::Tensor encode_features(const MediaBatch& batch) override {
-    torch::NoGradGuard frozen;  // the CLIP tower is always frozen
+    // Frozen in every released stage; only a stage that trains the encoder itself records gradients here.
+    std::optional<torch::NoGradGuard> frozen;
+    if (!encoder_trainable()) frozen.emplace();
     auto hidden = clip_->hidden_state(batch.at("input").to(weight_options()), feature_layer_);
     return hidden.narrow(1, 1, hidden.size(1) - 1);  // drop CLS
   }

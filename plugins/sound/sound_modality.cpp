@@ -10,6 +10,7 @@
 // qformer_intermediate, audio_qformer_layers (2), queries (8), positions (8). Answers ground time spans,
 // mapped to seconds of the sound. Import reads the sizes from the released tensors' shapes; the release
 // keeps all of ImageBind-huge, of which only the audio path is used.
+#include <optional>
 #include <ATen/ATen.h>
 
 #include "lego/sdk/abi.h"
@@ -105,7 +106,9 @@ class SoundModality : public EncoderAdapterModality {
     const at::Tensor& batch = media.at("input");
     const at::Tensor w = adapter_->query_tokens;
     const int64_t b = batch.size(0), clips = batch.size(1);
-    torch::NoGradGuard frozen;  // ImageBind is always frozen
+    // Frozen in every released stage; only a stage that trains the encoder itself records gradients here.
+    std::optional<torch::NoGradGuard> frozen;
+    if (!encoder_trainable()) frozen.emplace();
     auto flat = batch.to(w.device(), w.scalar_type()).reshape({b * clips, batch.size(2), batch.size(3), batch.size(4)});
     return encoder_->audio_encoder(flat).view({b, clips, -1});
   }

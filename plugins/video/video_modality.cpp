@@ -9,6 +9,7 @@
 // random_crop (false: the deterministic identity crop; true: training's RandomResizedCrop, drawn from the
 // seed load() is given). Answers ground time spans, mapped to seconds of the video; `--render` draws a
 // strip of frames with the spans marked. Import reads the sizes from the released tensors' shapes.
+#include <optional>
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -141,7 +142,9 @@ class VideoModality : public EncoderAdapterModality {
     auto frames = batch.to(w.device(), w.scalar_type()).permute({0, 2, 1, 3, 4}).reshape({b * t, 3, batch.size(3), batch.size(4)});
     at::Tensor q;
     {
-      torch::NoGradGuard frozen;  // EVA and the BLIP-2 Q-Former are always frozen
+      // Frozen in every released stage; only a stage that trains the encoder itself records gradients here.
+      std::optional<torch::NoGradGuard> frozen;
+      if (!encoder_trainable()) frozen.emplace();
       auto image_embeds = encoder_->ln_vision(encoder_->visual_encoder(frames));
       q = encoder_->qformer(w.expand({b * t, -1, -1}), image_embeds);  // [(b t), queries, hidden]
     }

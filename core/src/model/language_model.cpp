@@ -65,6 +65,7 @@ LanguageModel LanguageModel::load(const std::filesystem::path& dir, const LoadOp
     throw Error(ErrorKind::NotFound, dir.string() + ": model directory not found");
   }
   auto cfg = config::read_file(dir / "model.ini");
+  for (const auto& [key, value] : options.overrides) cfg.set(key, value);
   auto llama = llama_options_from_config(cfg);
   auto tokenizer = tokenizer_from_model_dir(dir, cfg);
   // Modality sections (those naming a plugin) and [model] are the Pipeline's to check; the rest is ours.

@@ -111,6 +111,11 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::filesystem::path& dir, const
     }
   }
   if (p->llm_.config.has("model.media_order")) p->llm_.config.get_list("model.media_order");
+  const auto format = p->llm_.config.get_string("model.prompt_format", "released");
+  if (format != "released" && format != "training") {
+    throw Error(ErrorKind::Format, ini + ": model.prompt_format is '" + format + "' (released or training)");
+  }
+  p->training_form_ = format == "training";
   if (const auto unknown = p->llm_.config.unread_keys(); !unknown.empty()) {
     throw Error(ErrorKind::Format, ini + ": unknown key '" + unknown.front() + "' (no part of lego or of the plugin of its section reads it)");
   }
@@ -212,22 +217,32 @@ std::string Pipeline::place_media(const std::string& message, const std::vector<
 
 std::vector<EncodedMedia> Pipeline::encode(const std::vector<MediaInput>& inputs, uint64_t seed) {
   const auto media = resolve(inputs);
-  std::vector<EncodedMedia> out(media.size());
-  std::map<std::string, std::vector<size_t>> by_modality;
-  for (size_t i = 0; i < media.size(); ++i) {
-    const auto& e = entry(media[i].modality);
-    out[i].modality = media[i].modality;
-    out[i].media = e.modality->load(media[i].path, seed + i);
-    if (auto meta = out[i].media.meta) {
-      // The metadata's code lives in the plugin: it keeps the modality, and so its library, alive.
-      auto keep = e.modality;
-      out[i].media.meta = std::shared_ptr<const MediaMeta>(meta.get(), [meta, keep](const MediaMeta*) mutable {
-        meta.reset();
-        keep.reset();
-      });
-    }
-    by_modality[media[i].modality].push_back(i);
+  std::vector<EncodedMedia> out;
+  out.reserve(media.size());
+  for (size_t i = 0; i < media.size(); ++i) out.push_back(load_medium(media[i], seed + i));
+  encode_loaded(out);
+  return out;
+}
+
+EncodedMedia Pipeline::load_medium(const MediaInput& medium, uint64_t seed) const {
+  const auto& e = entry(medium.modality);
+  EncodedMedia out;
+  out.modality = medium.modality;
+  out.media = e.modality->load(medium.path, seed);
+  if (auto meta = out.media.meta) {
+    // The metadata's code lives in the plugin: it keeps the modality, and so its library, alive.
+    auto keep = e.modality;
+    out.media.meta = std::shared_ptr<const MediaMeta>(meta.get(), [meta, keep](const MediaMeta*) mutable {
+      meta.reset();
+      keep.reset();
+    });
   }
+  return out;
+}
+
+void Pipeline::encode_loaded(std::vector<EncodedMedia>& out) {
+  std::map<std::string, std::vector<size_t>> by_modality;
+  for (size_t i = 0; i < out.size(); ++i) by_modality[out[i].modality].push_back(i);
   for (const auto& [name, indices] : by_modality) {
     const auto& e = entry(name);
     std::vector<Media> group;
@@ -243,7 +258,6 @@ std::vector<EncodedMedia> Pipeline::encode(const std::vector<MediaInput>& inputs
     }
     for (int64_t k = 0; k < n; ++k) out[indices[k]].features = features[k];
   }
-  return out;
 }
 
 SplicedBatch Pipeline::splice(const std::vector<std::string>& prompts,
@@ -252,23 +266,37 @@ SplicedBatch Pipeline::splice(const std::vector<std::string>& prompts,
     throw Error(ErrorKind::InvalidArgument, "splice: " + std::to_string(prompts.size()) + " prompts and " +
                                                 std::to_string(media.size()) + " media lists");
   }
+  std::vector<std::vector<int64_t>> ids;
+  for (const auto& text : prompts) ids.push_back(tokenizer().encode(expand(text), /*add_bos=*/true));
+  return splice_ids(std::move(ids), media, padding);
+}
+
+std::string Pipeline::expand(const std::string& text) const {
+  std::string expanded = text;
+  for (const auto& [name, e] : modalities_) {
+    std::string block = e.frame[0];
+    block.reserve(block.size() + static_cast<size_t>(e.tokens) * e.frame[1].size() + e.frame[2].size());
+    for (int64_t i = 0; i < e.tokens; ++i) block += e.frame[1];
+    block += e.frame[2];
+    for (size_t at = expanded.find(e.placeholder); at != std::string::npos;
+         at = expanded.find(e.placeholder, at + block.size())) {
+      expanded.replace(at, e.placeholder.size(), block);
+    }
+  }
+  return expanded;
+}
+
+SplicedBatch Pipeline::splice_ids(std::vector<std::vector<int64_t>> ids,
+                                  const std::vector<std::vector<const EncodedMedia*>>& media, Padding padding,
+                                  bool detach_text) {
+  if (ids.size() != media.size() || ids.empty()) {
+    throw Error(ErrorKind::InvalidArgument, "splice: " + std::to_string(ids.size()) + " prompts and " +
+                                                std::to_string(media.size()) + " media lists");
+  }
   const auto& tok = tokenizer();
   SplicedBatch out;
-  const int64_t batch = static_cast<int64_t>(prompts.size());
-  for (const auto& text : prompts) {
-    std::string expanded = text;
-    for (const auto& [name, e] : modalities_) {
-      std::string block = e.frame[0];
-      block.reserve(block.size() + static_cast<size_t>(e.tokens) * e.frame[1].size() + e.frame[2].size());
-      for (int64_t i = 0; i < e.tokens; ++i) block += e.frame[1];
-      block += e.frame[2];
-      for (size_t at = expanded.find(e.placeholder); at != std::string::npos;
-           at = expanded.find(e.placeholder, at + block.size())) {
-        expanded.replace(at, e.placeholder.size(), block);
-      }
-    }
-    out.ids.push_back(tok.encode(expanded, /*add_bos=*/true));
-  }
+  out.ids = std::move(ids);
+  const int64_t batch = static_cast<int64_t>(out.ids.size());
   int64_t length = 0;
   for (const auto& ids : out.ids) length = std::max<int64_t>(length, static_cast<int64_t>(ids.size()));
   out.padded_ids = torch::full({batch, length}, tok.pad_id(), torch::kInt64);
@@ -321,6 +349,11 @@ SplicedBatch Pipeline::splice(const std::vector<std::string>& prompts,
   }
   const auto device = llm_.net->model->embed_tokens->weight.device();
   auto embeds = llm_.net->model->embed(out.padded_ids.to(device));
+  if (detach_text) {
+    auto frame = torch::zeros_like(out.padded_ids, torch::kBool);
+    for (const auto& [name, e] : modalities_) frame |= (out.padded_ids == e.start_id) | (out.padded_ids == e.end_id);
+    embeds = torch::where(frame.to(device).unsqueeze(-1), embeds, embeds.detach());
+  }
   if (!features.empty()) {
     // Out of place: autograd sees the embedding rows it keeps and the features that replace the others.
     const int64_t hidden = embeds.size(2);
@@ -392,7 +425,9 @@ bool Pipeline::render(const Grounding& grounding, const std::vector<EncodedMedia
 }
 
 std::string Pipeline::prompt(const Request& request, const std::string& placed_message) const {
-  return request.raw ? placed_message : text::render_inference_prompt(request.history, placed_message, request.system);
+  if (request.raw) return placed_message;
+  if (training_form_) return text::render_training_form_prompt(request.history, placed_message, request.system);
+  return text::render_inference_prompt(request.history, placed_message, request.system);
 }
 
 Answer Pipeline::answer(const Request& request, const std::vector<EncodedMedia>& earlier,

@@ -65,7 +65,7 @@ TEST(LanguageModel, VocabularyDisagreeingWithTheTokenizerIsRefused) {
 }
 
 TEST(LanguageModel, LoadsInBfloat16) {
-  auto m = LanguageModel::load(tiny_model_dir(), {torch::kCPU, torch::kBFloat16});
+  auto m = LanguageModel::load(tiny_model_dir(), {torch::kCPU, torch::kBFloat16, {}});
   EXPECT_EQ(m.net->model->embed_tokens->weight.scalar_type(), torch::kBFloat16);
   torch::NoGradGuard ng;
   llm::AttentionContext ctx;

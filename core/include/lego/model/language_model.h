@@ -8,6 +8,8 @@
 #include <torch/types.h>
 
 #include <filesystem>
+#include <map>
+#include <string>
 #include <memory>
 
 #include "lego/config/config.h"
@@ -19,6 +21,9 @@ namespace lego {
 struct LoadOptions {
   torch::Device device = torch::kCPU;
   torch::ScalarType dtype = torch::kFloat32;
+  // "section.key" -> value set over model.ini's keys before anything is made (a training stage's
+  // modality sections: `[video] random_crop = true`). The model directory is not changed.
+  std::map<std::string, std::string> overrides;
 };
 
 // [llm] keys -> LlamaOptions (validated); throws naming the file and key.

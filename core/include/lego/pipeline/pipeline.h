@@ -109,10 +109,23 @@ class Pipeline {
   // Loads (medium i with seed + i) and encodes `media` (resolved first), one batch per modality. Grad mode is
   // the caller's: under it, gradients reach the adapters.
   std::vector<EncodedMedia> encode(const std::vector<MediaInput>& media, uint64_t seed = 0);
+  // The two halves of encode(): loading one medium (thread-safe: training loads ahead on a pool of
+  // threads), and encoding loaded media (their features empty), one batch per modality.
+  EncodedMedia load_medium(const MediaInput& medium, uint64_t seed) const;
+  void encode_loaded(std::vector<EncodedMedia>& media);
+  // The placeholder of the modality called `name` ("<image>").
+  const std::string& placeholder(const std::string& name) const { return entry(name).placeholder; }
+  // `text` with every placeholder expanded to its modality's start token, N patch tokens and end token.
+  std::string expand(const std::string& text) const;
   // Expands the placeholders of each prompt, tokenizes (with BOS) and embeds it, and writes its media's
   // features over the patch rows, out of place. `media[b]` are prompt b's media in order.
   SplicedBatch splice(const std::vector<std::string>& prompts,
                       const std::vector<std::vector<const EncodedMedia*>>& media, Padding padding = Padding::Left);
+  // The same from token ids whose media blocks are already expanded (training builds its ids piece by
+  // piece). With `detach_text`, every embedding but the media blocks' start and end tokens is detached
+  // from autograd: the release's stage-1 rule, under which only the new tokens' embeddings learn.
+  SplicedBatch splice_ids(std::vector<std::vector<int64_t>> ids, const std::vector<std::vector<const EncodedMedia*>>& media,
+                          Padding padding, bool detach_text = false);
   SplicedBatch splice(const std::string& prompt, const std::vector<EncodedMedia>& media);
   // The boxes and spans of `mentions` mapped onto `media` by their modalities.
   Grounding ground(const grounding::Mentions& mentions, const std::vector<EncodedMedia>& media) const;
@@ -120,7 +133,8 @@ class Pipeline {
   bool render(const Grounding& grounding, const std::vector<EncodedMedia>& media,
               const std::filesystem::path& out) const;
 
-  // The templated prompt of `request` (its message already placed) and the stop strings it adds.
+  // The templated prompt of `request` (its message already placed): the released inference form, or the
+  // training form where model.ini says `[model] prompt_format = training`.
   std::string prompt(const Request& request, const std::string& placed_message) const;
   // Answers `request`: places, encodes, splices, generates and grounds. `earlier` are the media of the
   // conversation's earlier turns (their placeholders are in `request.history`). `stream` may be empty.
@@ -143,6 +157,7 @@ class Pipeline {
   LanguageModel llm_;
   std::map<std::string, Entry> modalities_;
   std::vector<std::string> order_;
+  bool training_form_ = false;  // model.ini [model] prompt_format = training
 };
 
 // The modality sections of a model config: section name -> (plugin, ModalityConfig); `file` is named in

@@ -27,6 +27,12 @@ struct Turn {
 std::string render_inference_prompt(const std::vector<Turn>& history, const std::string& message,
                                     const std::string& system = kLegoSystemPrompt);
 
+// The prompt for answering `message` after `history`, in the training form's whitespace: system + "\n\n",
+// earlier turns as training writes them, then "### Human: " + message + "\n### Assistant:". Models trained
+// by lego ask this way (model.ini `[model] prompt_format = training`), so a small model sees at inference
+// exactly the text it learnt from.
+std::string render_training_form_prompt(const std::vector<Turn>& history, const std::string& message,
+                                        const std::string& system = kLegoSystemPrompt);
 // A whole conversation in the training form.
 std::string render_training_prompt(const std::vector<Turn>& turns, const std::string& system = kLegoSystemPrompt);
 

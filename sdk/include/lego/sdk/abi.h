@@ -127,6 +127,10 @@ class GuardedModality final : public Modality {
     guarded(who_, [&] { impl_->train(on); });
     training_ = impl_->is_training();
   }
+  void set_encoder_trainable(bool on) override {
+    guarded(who_, [&] { impl_->set_encoder_trainable(on); });
+    encoder_trainable_ = impl_->encoder_trainable();
+  }
   Media load(const std::filesystem::path& file, uint64_t seed) const override {
     return guarded(who_, [&] { return impl_->load(file, seed); });
   }

@@ -150,6 +150,11 @@ class Modality {
   // computes in evaluation mode. Modalities start in evaluation mode.
   virtual void train(bool on) { training_ = on; }
   bool is_training() const { return training_; }
+  // Whether encode() lets gradients reach the encoder too. Encoders are frozen in every released stage;
+  // a stage that trains one from scratch (the demo's stage 0, whose tiny encoders have no pretrained
+  // weights) turns this on. Off by default.
+  virtual void set_encoder_trainable(bool on) { encoder_trainable_ = on; }
+  bool encoder_trainable() const { return encoder_trainable_; }
 
   // Reads and preprocesses one file; thread-safe; CPU only. Any randomness (training augmentation) draws
   // from `seed` alone, so the same file and seed give the same tensors. Bad media throw lego::Error
@@ -159,7 +164,8 @@ class Modality {
   // needs equal shapes.
   virtual MediaBatch collate(const std::vector<Media>& media) const;
   // A batch -> [B, tokens(), llm_hidden_size] on the weights' device and dtype. Gradients flow to the
-  // trainable parameters when the caller's grad mode is on; the frozen encoder never records them.
+  // trainable parameters when the caller's grad mode is on; the encoder records none unless
+  // set_encoder_trainable(true).
   virtual at::Tensor encode(const MediaBatch& batch) = 0;
   // What encode() is made of, for `lego encode`: the encoder's output before the adapter.
   virtual at::Tensor encode_features(const MediaBatch& batch) = 0;
@@ -191,6 +197,7 @@ class Modality {
   friend class detail::GuardedModality;
   std::string name_;
   bool training_ = false;
+  bool encoder_trainable_ = false;
 };
 
 // The common shape of a modality: a frozen encoder module and a trainable adapter module, each stored

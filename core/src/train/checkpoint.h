@@ -1,0 +1,49 @@
+// Training checkpoints and the metrics log (private to core/src/train).
+//
+// A checkpoint is a folder train.out/checkpoints/step-NNNNNNNN holding trainable.safetensors (the trained
+// parameters by name), optimizer.pt (AdamW's state), rng.safetensors (the CPU generator) and state.json
+// (step and data position). It is built in a hidden staging folder, fsynced and renamed into place, so a
+// folder with that name is always complete; a run killed while writing leaves only the staging folder,
+// which resuming ignores and removes.
+#pragma once
+
+#include <torch/optim/optimizer.h>
+#include <torch/types.h>
+
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "lego/train/trainer.h"
+
+namespace lego::train {
+
+struct TrainState {
+  int64_t step = 0;   // optimizer steps done
+  int64_t epoch = 0;  // epoch of the next batch
+  int64_t batch = 0;  // next batch within that epoch
+};
+
+std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& dir);
+void save_checkpoint(const std::filesystem::path& dir, const TrainState& state,
+                     const std::vector<std::pair<std::string, torch::Tensor>>& params, torch::optim::Optimizer& optimizer,
+                     int64_t keep);
+// Fills `params` and `optimizer` from `checkpoint` and restores the RNG; a tensor that is missing or has
+// another shape is a Format error naming the checkpoint.
+TrainState load_checkpoint(const std::filesystem::path& checkpoint,
+                           const std::vector<std::pair<std::string, torch::Tensor>>& params,
+                           torch::optim::Optimizer& optimizer);
+
+// metrics.jsonl: one JSON object per logged step. A resumed run keeps the lines up to its step.
+class MetricsLog {
+ public:
+  MetricsLog(const std::filesystem::path& file, int64_t keep_until_step);
+  void write(const Progress& p);
+
+ private:
+  std::ofstream out_;
+};
+
+}  // namespace lego::train

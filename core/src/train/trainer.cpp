@@ -1,0 +1,606 @@
+#include "lego/train/trainer.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <regex>
+#include <set>
+
+#include "checkpoint.h"
+#include "lego/data/loader.h"
+#include "lego/fs/atomic_file.h"
+#include "lego/host/plugin_host.h"
+#include "lego/pipeline/pipeline.h"
+#include "lego/sdk/error.h"
+#include "lego/weights/tensor_source.h"
+#include "stage_settings.h"
+
+namespace lego::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// A decoder layer whose activations are recomputed in the backward pass instead of kept (activation
+// checkpointing, as torch.utils.checkpoint's reentrant form does).
+struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden, int64_t layer,
+                               int64_t model, int64_t attention, int64_t inputs) {
+    ctx->saved_data["layer"] = layer;
+    ctx->saved_data["model"] = model;
+    ctx->saved_data["attention"] = attention;
+    ctx->saved_data["inputs"] = inputs;
+    ctx->save_for_backward({hidden});
+    torch::NoGradGuard no_grad;
+    return reinterpret_cast<llm::LlamaModelImpl*>(model)->forward_layer(
+        layer, hidden, *reinterpret_cast<const llm::AttentionContext*>(attention),
+        *reinterpret_cast<const llm::LayerInputs*>(inputs));
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                  torch::autograd::variable_list grads) {
+    auto hidden = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    torch::Tensor out;
+    {
+      torch::AutoGradMode enable(true);
+      out = reinterpret_cast<llm::LlamaModelImpl*>(ctx->saved_data["model"].toInt())
+                ->forward_layer(ctx->saved_data["layer"].toInt(), hidden,
+                                *reinterpret_cast<const llm::AttentionContext*>(ctx->saved_data["attention"].toInt()),
+                                *reinterpret_cast<const llm::LayerInputs*>(ctx->saved_data["inputs"].toInt()));
+    }
+    torch::autograd::backward({out}, {grads[0]});
+    return {hidden.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// bf16 autocast on CUDA for the forward pass; nothing elsewhere.
+class AutocastScope {
+ public:
+  AutocastScope(bool on, torch::Device device) : on_(on && device.is_cuda()) {
+    if (!on_) return;
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+  }
+  ~AutocastScope() {
+    if (!on_) return;
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    at::autocast::clear_cache();
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool on_;
+};
+
+double schedule_factor(const StageSettings& s, int64_t step, int64_t total) {
+  // HF's schedulers: the factor of optimizer step `step` (from 0); warmup from 0 over ceil(ratio * total).
+  const auto warmup = static_cast<int64_t>(std::ceil(s.warmup_ratio * static_cast<double>(total)));
+  if (step < warmup) return static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, warmup));
+  if (s.schedule == "constant") return 1.0;
+  const double progress =
+      static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup));
+  if (s.schedule == "linear") return std::max(0.0, 1.0 - progress);
+  return std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * progress)));
+}
+
+// Everything a stage reads: rows turned into examples, per source, with what was left out.
+struct StageData {
+  std::vector<data::Row> rows;
+  std::vector<data::Example> examples;  // one per row
+  std::vector<bool> previous;           // per example: from a previous stage's source
+  std::vector<double> weight;           // per example: its source's weight
+  int64_t bad = 0, fully_masked = 0, truncated = 0;
+};
+
+std::map<std::string, std::filesystem::path> roots_for(const StageSettings& s, const Pipeline& p,
+                                                      const std::filesystem::path& file) {
+  std::map<std::string, std::filesystem::path> roots;
+  for (const auto& name : p.media_order()) {
+    auto it = s.folders.find(name);
+    roots[name] = it != s.folders.end() ? it->second : file.parent_path();
+  }
+  return roots;
+}
+
+void check_folders(const StageSettings& s, const Pipeline& p, const config::Config& c) {
+  for (const auto& [name, dir] : s.folders) {
+    const auto& order = p.media_order();
+    if (std::find(order.begin(), order.end(), name) == order.end()) {
+      const auto key = "data." + name + "_folder";
+      const int line = line_of_key(c.source(), key);
+      throw Error(ErrorKind::Format, c.source().string() + (line > 0 ? ":" + std::to_string(line) : "") + ": " + key +
+                                         ": the model has no modality '" + name + "'");
+    }
+  }
+}
+
+StageData read_stage_data(const StageSettings& s, const Pipeline& p, const NoticeCallback& notice) {
+  StageData d;
+  data::ExampleBuilder builder(p, s.examples);
+  auto add = [&](const WeightedSource& src, bool previous) {
+    auto on_bad = [&](const data::Row& row, const std::string& why) {
+      ++d.bad;
+      if (notice) notice("skipped " + row.where() + ": " + why);
+    };
+    auto rows = data::read_rows(src.file, roots_for(s, p, src.file),
+                                s.skip_bad ? data::BadRowHandler(on_bad) : data::BadRowHandler());
+    for (auto& row : rows) {
+      bool missing = false;
+      for (const auto& m : row.media) {
+        std::error_code ec;
+        if (!std::filesystem::is_regular_file(m.file, ec)) {
+          const auto why = row.where() + ": " + m.modality + " file not found: " + m.file.string();
+          if (!s.skip_bad) throw Error(ErrorKind::NotFound, why);
+          if (notice) notice("skipped " + why);
+          ++d.bad;
+          missing = true;
+          break;
+        }
+      }
+      if (missing) continue;
+      data::Example ex;
+      try {
+        ex = builder.build(row);
+      } catch (const Error& e) {
+        if (!s.skip_bad) throw;
+        ++d.bad;
+        if (notice) notice(std::string("skipped ") + e.what());
+        continue;
+      }
+      if (ex.truncated) ++d.truncated;
+      if (ex.targets == 0) {
+        ++d.fully_masked;
+        if (notice) notice(row.where() + ": every label is masked (template or truncation); it teaches nothing and is left out");
+        continue;
+      }
+      d.rows.push_back(std::move(row));
+      d.examples.push_back(std::move(ex));
+      d.previous.push_back(previous);
+      d.weight.push_back(src.weight);
+    }
+  };
+  for (const auto& src : s.train) add(src, false);
+  for (const auto& src : s.previous) add(src, true);
+  return d;
+}
+
+// The examples of one epoch: every current example, plus previous-stage examples drawn by source weight so
+// that they make up `previous_rate` of the epoch (the paper's alpha), in a seeded order.
+std::vector<size_t> epoch_pool(const StageSettings& s, const StageData& d, int64_t epoch) {
+  std::vector<size_t> current, previous;
+  std::vector<double> weights;
+  for (size_t i = 0; i < d.examples.size(); ++i) {
+    if (d.previous[i]) {
+      previous.push_back(i);
+      weights.push_back(d.weight[i]);
+    } else {
+      current.push_back(i);
+    }
+  }
+  if (current.empty()) throw Error(ErrorKind::Format, "no usable training example in data.train");
+  std::vector<size_t> pool = current;
+  if (s.previous_rate > 0 && !previous.empty()) {
+    const auto n = static_cast<size_t>(
+        std::llround(s.previous_rate / (1 - s.previous_rate) * static_cast<double>(current.size())));
+    std::mt19937_64 rng(s.seed * 7919ULL + static_cast<uint64_t>(epoch));
+    std::discrete_distribution<size_t> pick(weights.begin(), weights.end());
+    for (size_t k = 0; k < n; ++k) pool.push_back(previous[pick(rng)]);
+  }
+  return pool;
+}
+
+uint64_t media_seed(uint64_t seed, int64_t epoch, size_t example, size_t medium) {
+  uint64_t h = seed ^ 0x9E3779B97F4A7C15ULL;
+  for (uint64_t v : {static_cast<uint64_t>(epoch), static_cast<uint64_t>(example), static_cast<uint64_t>(medium)}) {
+    h ^= v + 0x9E3779B97F4A7C15ULL + (h << 6) + (h >> 2);
+  }
+  return h;
+}
+
+struct Trainable {
+  std::vector<std::pair<std::string, torch::Tensor>> params;  // in a fixed order
+};
+
+Trainable select_trainable(const StageSettings& s, Pipeline& p) {
+  auto has = [&](const char* tag) { return std::find(s.tags.begin(), s.tags.end(), tag) != s.tags.end(); };
+  Trainable t;
+  auto& net = p.llm().net;
+  for (auto& param : net->parameters()) param.set_requires_grad(false);
+  std::set<const void*> seen;
+  auto take = [&](const std::string& name, torch::Tensor param) {
+    if (!seen.insert(param.unsafeGetTensorImpl()).second) return;
+    param.set_requires_grad(true);
+    t.params.emplace_back(name, param);
+  };
+  if (has("llm")) {
+    for (const auto& item : net->named_parameters()) take(item.key(), item.value());
+  } else if (has("new_tokens")) {
+    auto weight = net->model->embed_tokens->weight;
+    const auto& added = p.tokenizer().added_tokens();
+    const int64_t first_new = p.tokenizer().vocab_size() - static_cast<int64_t>(added.size());
+    if (added.empty()) throw Error(ErrorKind::InvalidArgument, "stage.train has new_tokens but the tokenizer adds none");
+    // Only the added tokens' rows learn: the others' gradient is zeroed as it arrives.
+    auto mask = torch::zeros({weight.size(0), 1}, weight.options());
+    mask.narrow(0, first_new, weight.size(0) - first_new).fill_(1);
+    weight.register_hook([mask](torch::Tensor g) { return g * mask; });
+    take("model.embed_tokens.weight", weight);
+  }
+  for (const auto& name : p.media_order()) {
+    auto& m = p.modality(name);
+    for (auto& [n, param] : m.encoder_parameters()) param.set_requires_grad(false);
+    for (auto& [n, param] : m.adapter_parameters()) param.set_requires_grad(false);
+    if (has("encoder")) {
+      m.set_encoder_trainable(true);
+      for (auto& [n, param] : m.encoder_parameters()) take(n, param);
+    }
+    if (has("adapter")) {
+      for (auto& [n, param] : m.adapter_parameters()) take(n, param);
+    }
+    m.train(has("adapter") || has("encoder"));
+  }
+  if (t.params.empty()) throw Error(ErrorKind::InvalidArgument, "stage.train selects no parameter of the model");
+  return t;
+}
+
+// Every tensor of the model (LLM and modalities), for the model directory a stage ends with.
+std::vector<std::pair<std::string, torch::Tensor>> all_tensors(Pipeline& p) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& item : p.llm().net->named_parameters()) out.emplace_back(item.key(), item.value().detach());
+  for (const auto& name : p.media_order()) {
+    auto& m = p.modality(name);
+    for (auto& [n, t] : m.encoder_parameters()) out.emplace_back(n, t.detach());
+    for (auto& [n, t] : m.adapter_parameters()) out.emplace_back(n, t.detach());
+  }
+  return out;
+}
+
+void write_model_dir(Pipeline& p, const std::filesystem::path& target, const std::string& stage) {
+  fs::StagedDirectory staged(target);
+  const auto& src = p.llm().dir;
+  // The model learnt the training form's whitespace: it is asked the same way (Pipeline::prompt).
+  auto ini = config::read_file(src / "model.ini");
+  ini.set("model.prompt_format", "training");
+  fs::write_file_atomically(staged.path() / "model.ini", ini.to_ini());
+  const auto tokenizer = p.llm().config.get_string("tokenizer.file", "tokenizer.model");
+  std::filesystem::copy_file(src / tokenizer, staged.path() / tokenizer);
+  auto tensors = all_tensors(p);
+  for (auto& [n, t] : tensors) t = t.to(torch::kCPU).contiguous();
+  weights::write_safetensors(staged.path() / "model.safetensors", tensors,
+                             {{"format", "pt"}, {"producer", "lego train"}, {"stage", stage}});
+  staged.commit();
+}
+
+}  // namespace
+
+StageResult run_stage(const config::Config& config, std::shared_ptr<const host::PluginHost> host, bool resume,
+                      const Callbacks& callbacks) {
+  const auto s = read_stage_settings(config);
+  LoadOptions load;
+  load.device = s.device;
+  load.dtype = torch::kFloat32;  // master weights; bf16 is autocast's, on CUDA
+  load.overrides = s.model_overrides;
+  auto pipeline = Pipeline::load(s.model_dir, load, host);
+  check_folders(s, *pipeline, config);
+  torch::manual_seed(s.seed);
+
+  std::filesystem::create_directories(s.out);
+  fs::write_file_atomically(s.out / "config.ini", config.to_ini());
+  auto data = read_stage_data(s, *pipeline, callbacks.notice);
+  auto trainable = select_trainable(s, *pipeline);
+
+  // AdamW with two groups: decay for matrices, none for norms and biases (1-D parameters).
+  std::vector<torch::Tensor> decay, no_decay;
+  for (auto& [n, t] : trainable.params) (t.dim() >= 2 ? decay : no_decay).push_back(t);
+  auto options = [&](double wd) {
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(s.lr).betas({s.beta1, s.beta2}).eps(s.eps).weight_decay(wd));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  if (!decay.empty()) groups.emplace_back(decay, options(s.weight_decay));
+  if (!no_decay.empty()) groups.emplace_back(no_decay, options(0.0));
+  torch::optim::AdamW optimizer(groups, torch::optim::AdamWOptions(s.lr));
+  std::vector<torch::Tensor> parameters;
+  for (auto& [n, t] : trainable.params) parameters.push_back(t);
+
+  const auto pool0 = epoch_pool(s, data, 0);
+  std::vector<int64_t> lengths(data.examples.size());
+  for (size_t i = 0; i < lengths.size(); ++i) lengths[i] = static_cast<int64_t>(data.examples[i].ids.size());
+  const auto batches_per_epoch =
+      static_cast<int64_t>((pool0.size() + static_cast<size_t>(s.batch_size) - 1) / static_cast<size_t>(s.batch_size));
+  const int64_t steps_per_epoch = std::max<int64_t>(1, batches_per_epoch / s.grad_accum);
+  const int64_t total_steps = s.max_steps > 0 ? s.max_steps : steps_per_epoch * s.epochs;
+
+  StageResult result;
+  result.model_dir = s.out / "model";
+  result.examples = static_cast<int64_t>(data.examples.size());
+  result.skipped_rows = data.bad;
+  result.fully_masked_rows = data.fully_masked;
+  result.truncated_rows = data.truncated;
+
+  TrainState state;
+  const auto checkpoints = s.out / "checkpoints";
+  if (resume) {
+    if (auto latest = latest_checkpoint(checkpoints)) {
+      state = load_checkpoint(*latest, trainable.params, optimizer);
+      result.resumed = true;
+      if (callbacks.notice) callbacks.notice("resuming from " + latest->string() + " (step " + std::to_string(state.step) + ")");
+    }
+  }
+  MetricsLog metrics(s.out / "metrics.jsonl", result.resumed ? state.step : 0);
+
+  auto& net = pipeline->llm().net;
+  auto& model = *net->model;
+  const auto started = Clock::now();
+  auto interval_start = Clock::now();
+  double interval_loss = 0, last_loss = 0, last_norm = 0;
+  int64_t interval_steps = 0, interval_tokens = 0;
+  const auto pad = pipeline->tokenizer().pad_id();
+
+  for (int64_t epoch = state.epoch; state.step < total_steps; ++epoch) {
+    const auto pool = epoch_pool(s, data, epoch);
+    std::vector<int64_t> pool_lengths;
+    for (size_t i : pool) pool_lengths.push_back(lengths[i]);
+    auto batches = data::epoch_batches(pool_lengths, s.batch_size, s.seed, epoch, s.group_by_length);
+    for (auto& b : batches) {
+      for (auto& i : b) i = pool[i];
+    }
+    // Whole optimizer steps only: a trailing partial accumulation is dropped, as the step count assumes.
+    const auto usable = static_cast<size_t>((static_cast<int64_t>(batches.size()) / s.grad_accum) * s.grad_accum);
+    const size_t first = epoch == state.epoch ? static_cast<size_t>(state.batch) : 0;
+    if (first >= usable) {
+      state.batch = 0;
+      state.epoch = epoch + 1;
+      continue;
+    }
+    data::MediaPrefetcher prefetch(
+        *pipeline,
+        [&](size_t k) {
+          std::vector<data::MediumJob> jobs;
+          for (size_t i : batches[k]) {
+            const auto& media = data.examples[i].media;
+            for (size_t m = 0; m < media.size(); ++m) {
+              jobs.push_back({{media[m].modality, media[m].file}, media_seed(s.seed, epoch, i, m)});
+            }
+          }
+          return jobs;
+        },
+        usable, first, s.workers, s.prefetch);
+    for (size_t k = first; k < usable && state.step < total_steps;) {
+      for (auto& param : parameters) param.mutable_grad() = torch::Tensor();
+      double step_loss = 0;
+      int64_t step_tokens = 0;
+      for (int64_t micro = 0; micro < s.grad_accum; ++micro, ++k) {
+        auto loaded = prefetch.take(k);
+        // Drop examples whose media failed to load (counted) unless that is an error.
+        std::vector<size_t> keep;
+        std::vector<std::vector<size_t>> media_of;
+        size_t at = 0;
+        for (size_t i : batches[k]) {
+          const auto n = data.examples[i].media.size();
+          bool ok = true;
+          for (size_t m = at; m < at + n; ++m) {
+            if (!loaded.errors[m]) continue;
+            try {
+              std::rethrow_exception(loaded.errors[m]);
+            } catch (const std::exception& e) {
+              const auto why = data.rows[i].where() + ": " + e.what();
+              if (!s.skip_bad) throw Error(ErrorKind::Format, why);
+              if (callbacks.notice) callbacks.notice("skipped " + why);
+            }
+            ok = false;
+          }
+          if (ok) {
+            keep.push_back(i);
+            std::vector<size_t> idx(n);
+            std::iota(idx.begin(), idx.end(), at);
+            media_of.push_back(idx);
+          } else {
+            ++result.skipped_rows;
+          }
+          at += n;
+        }
+        if (keep.empty()) continue;
+        std::vector<EncodedMedia> media;
+        std::vector<std::vector<size_t>> where(keep.size());
+        for (size_t r = 0; r < keep.size(); ++r) {
+          for (size_t m : media_of[r]) {
+            where[r].push_back(media.size());
+            media.push_back(std::move(loaded.media[m]));
+          }
+        }
+        AutocastScope autocast(s.bf16, s.device);
+        pipeline->encode_loaded(media);
+        std::vector<std::vector<int64_t>> ids;
+        std::vector<std::vector<const EncodedMedia*>> ptrs;
+        int64_t longest = 0;
+        for (size_t r = 0; r < keep.size(); ++r) {
+          ids.push_back(data.examples[keep[r]].ids);
+          longest = std::max<int64_t>(longest, static_cast<int64_t>(ids.back().size()));
+          ptrs.emplace_back();
+          for (size_t m : where[r]) ptrs.back().push_back(&media[m]);
+        }
+        auto spliced = pipeline->splice_ids(ids, ptrs, Padding::Right, s.detach_text);
+        const auto batch = static_cast<int64_t>(keep.size());
+        auto labels = torch::full({batch, longest}, data::kIgnoreLabel, torch::kInt64);
+        for (size_t r = 0; r < keep.size(); ++r) {
+          const auto& l = data.examples[keep[r]].labels;
+          labels[static_cast<int64_t>(r)].narrow(0, 0, static_cast<int64_t>(l.size())).copy_(torch::tensor(l, torch::kInt64));
+        }
+        labels = labels.to(s.device);
+        llm::AttentionContext ctx;
+        ctx.positions = torch::arange(longest, torch::TensorOptions().dtype(torch::kInt64).device(s.device))
+                            .unsqueeze(0)
+                            .expand({batch, longest});
+        ctx.key_valid = spliced.valid;
+        torch::Tensor hidden;
+        const auto inputs = model.prepare(ctx, longest, spliced.embeds.scalar_type());
+        if (s.activation_checkpointing) {
+          hidden = spliced.embeds;
+          if (!hidden.requires_grad()) hidden = hidden.detach().requires_grad_(true);
+          for (int64_t layer = 0; layer < static_cast<int64_t>(model.layers->size()); ++layer) {
+            hidden = CheckpointedLayer::apply(hidden, layer, reinterpret_cast<int64_t>(&model),
+                                              reinterpret_cast<int64_t>(&ctx), reinterpret_cast<int64_t>(&inputs));
+          }
+          hidden = model.norm(hidden);
+        } else {
+          hidden = model.forward(spliced.embeds, ctx);
+        }
+        auto logits = net->logits(hidden);
+        const auto vocab = logits.size(-1);
+        auto loss = torch::nn::functional::cross_entropy(
+            logits.narrow(1, 0, longest - 1).reshape({-1, vocab}).to(torch::kFloat32),
+            labels.narrow(1, 1, longest - 1).reshape({-1}),
+            torch::nn::functional::CrossEntropyFuncOptions().ignore_index(data::kIgnoreLabel));
+        const double value = loss.item<double>();
+        if (!std::isfinite(value)) {
+          throw Error(ErrorKind::InvalidArgument, "the loss is " + std::to_string(value) + " at step " +
+                                                      std::to_string(state.step + 1) + " (lower optim.lr?)");
+        }
+        (loss / static_cast<double>(s.grad_accum)).backward();
+        step_loss += value / static_cast<double>(s.grad_accum);
+        step_tokens += (spliced.valid.sum().item<int64_t>());
+        (void)pad;
+      }
+      if (state.step == 0 && !s.dump_gradients.empty()) {
+        std::vector<std::pair<std::string, torch::Tensor>> grads{{"loss", torch::tensor(step_loss, torch::kFloat64)}};
+        for (const auto& [n, t] : trainable.params) {
+          if (t.grad().defined()) grads.emplace_back("grad." + n, t.grad().detach().to(torch::kCPU).contiguous());
+        }
+        weights::write_safetensors(s.dump_gradients, grads);
+      }
+      const double factor = schedule_factor(s, state.step, total_steps);
+      for (auto& g : optimizer.param_groups()) g.options().set_lr(s.lr * factor);
+      double norm = 0;
+      if (s.max_grad_norm > 0) {
+        norm = torch::nn::utils::clip_grad_norm_(parameters, s.max_grad_norm);
+      }
+      optimizer.step();
+      ++state.step;
+      state.epoch = epoch;
+      state.batch = static_cast<int64_t>(k);
+      last_loss = step_loss;
+      last_norm = norm;
+      interval_loss += step_loss;
+      interval_tokens += step_tokens;
+      ++interval_steps;
+      if (state.step % s.log_every == 0 || state.step == total_steps) {
+        Progress pr;
+        pr.stage = s.name;
+        pr.step = state.step;
+        pr.total_steps = total_steps;
+        pr.epoch = epoch;
+        pr.loss = interval_loss / static_cast<double>(interval_steps);
+        pr.lr = s.lr * factor;
+        pr.grad_norm = last_norm;
+        pr.tokens_per_s = static_cast<double>(interval_tokens) / std::max(1e-9, seconds_since(interval_start));
+        pr.elapsed_s = seconds_since(started);
+        pr.eta_s = pr.elapsed_s / static_cast<double>(state.step - (result.resumed ? 0 : 0)) *
+                   static_cast<double>(total_steps - state.step);
+        pr.skipped_rows = result.skipped_rows;
+        metrics.write(pr);
+        if (callbacks.progress) callbacks.progress(pr);
+        interval_loss = 0;
+        interval_steps = 0;
+        interval_tokens = 0;
+        interval_start = Clock::now();
+      }
+      if ((s.save_every > 0 && state.step % s.save_every == 0) || state.step == total_steps) {
+        save_checkpoint(checkpoints, state, trainable.params, optimizer, s.keep_checkpoints);
+      }
+    }
+    if (state.step < total_steps) {
+      state.epoch = epoch + 1;
+      state.batch = 0;
+    }
+  }
+  result.steps = state.step;
+  result.final_loss = last_loss;
+  for (const auto& name : pipeline->media_order()) {
+    pipeline->modality(name).train(false);
+    pipeline->modality(name).set_encoder_trainable(false);
+  }
+  write_model_dir(*pipeline, result.model_dir, s.name);
+  return result;
+}
+
+std::vector<SourceReport> check_data(const config::Config& config, std::shared_ptr<const host::PluginHost> host,
+                                     bool load_media) {
+  const auto s = read_stage_settings(config);
+  LoadOptions load;
+  load.overrides = s.model_overrides;
+  auto pipeline = Pipeline::load(s.model_dir, load, host);
+  check_folders(s, *pipeline, config);
+  data::ExampleBuilder builder(*pipeline, s.examples);
+  std::vector<SourceReport> reports;
+  constexpr size_t kErrorsShown = 5;
+  auto check = [&](const WeightedSource& src, bool previous) {
+    SourceReport r;
+    r.file = src.file.string();
+    r.previous = previous;
+    auto note = [&](const std::string& line) {
+      if (r.errors.size() < kErrorsShown) r.errors.push_back(line);
+    };
+    auto rows = data::read_rows(src.file, roots_for(s, *pipeline, src.file), [&](const data::Row& row, const std::string& why) {
+      ++r.rows;
+      ++r.bad_rows;
+      note(row.where() + ": " + why);
+    });
+    int64_t total_tokens = 0, counted = 0;
+    for (const auto& row : rows) {
+      ++r.rows;
+      bool bad = false;
+      for (size_t m = 0; m < row.media.size(); ++m) {
+        const auto& medium = row.media[m];
+        ++r.media;
+        std::error_code ec;
+        if (!std::filesystem::is_regular_file(medium.file, ec)) {
+          ++r.media_missing;
+          note(row.where() + ": " + medium.modality + " file not found: " + medium.file.string());
+          bad = true;
+          continue;
+        }
+        if (load_media) {
+          try {
+            pipeline->load_medium({medium.modality, medium.file}, m);
+          } catch (const std::exception& e) {
+            ++r.media_unreadable;
+            note(row.where() + ": " + e.what());
+            bad = true;
+          }
+        }
+      }
+      try {
+        const auto ex = builder.build(row);
+        if (ex.truncated) ++r.truncated;
+        if (ex.targets == 0) {
+          ++r.fully_masked;
+          note(row.where() + ": every label is masked");
+        }
+        const auto n = static_cast<int64_t>(ex.ids.size());
+        r.tokens_min = counted == 0 ? n : std::min(r.tokens_min, n);
+        r.tokens_max = std::max(r.tokens_max, n);
+        total_tokens += n;
+        ++counted;
+      } catch (const Error& e) {
+        note(e.what());
+        bad = true;
+      }
+      if (bad) ++r.bad_rows;
+    }
+    r.tokens_mean = counted > 0 ? static_cast<double>(total_tokens) / static_cast<double>(counted) : 0;
+    reports.push_back(std::move(r));
+  };
+  for (const auto& src : s.train) check(src, false);
+  for (const auto& src : s.previous) check(src, true);
+  return reports;
+}
+
+}  // namespace lego::train
