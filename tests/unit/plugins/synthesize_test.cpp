@@ -1,0 +1,127 @@
+// The built-in plugins' Modality::synthesize, through the plugin host as `lego synth` calls it: what each
+// file grounds (boxes, a span, the object a sound singles out) is where the file shows it when the plugin
+// loads that file again and maps the grounding back with its own code; the same scene gives the same bytes.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
+#include <iterator>
+
+#include "lego/sdk/io/image_reader.h"
+#include "lego/sdk/io/synth_draw.h"
+#include "test_files.h"
+#include "tiny_model.h"
+
+namespace lego {
+namespace {
+
+using synth::Shape;
+
+// The modalities of tiny.ini, made by the plugins beside the test binary.
+struct Plugins {
+  host::PluginHost host;
+  std::shared_ptr<const config::Config> config = std::make_shared<const config::Config>(testing::tiny_config());
+  std::shared_ptr<Modality> make(const std::string& name) const {
+    return host.create(name, ModalityConfig{config::ConfigSection(config, name), 64, {}});
+  }
+};
+
+const Plugins& plugins() {
+  static const Plugins p;
+  return p;
+}
+
+std::string bytes_of(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// A wide scene (padding matters) with three objects apart from each other on a plain background.
+synth::Scene wide_scene() {
+  synth::Scene s;
+  s.width = 320;
+  s.height = 200;
+  s.background_rgb = {90, 140, 200};
+  s.objects = {{Shape::Circle, 0, 0.3, 0.2, 0.3, 0},
+               {Shape::Star, 1, 0.4, 0.55, 0.6, 0.4},
+               {Shape::Triangle, 3, 0.25, 0.85, 0.75, 1.0}};
+  s.seed = 7;
+  return s;
+}
+
+// The extent [x1, y1, x2, y2) of the pixels within `near` (grown by 10 px) that are at least a quarter of
+// the way from the plain background `bg` to the object's colour `rgb`.
+std::vector<double> pixels_of(const at::Tensor& image, const std::vector<double>& near, const std::array<uint8_t, 3>& bg,
+                              const std::array<uint8_t, 3>& rgb) {
+  const auto a = image.accessor<uint8_t, 3>();
+  int contrast = 0;
+  for (int c = 0; c < 3; ++c) contrast = std::max(contrast, std::abs(rgb[c] - bg[c]));
+  std::vector<double> b = {1e9, 1e9, -1, -1};
+  const int x0 = std::max(0, static_cast<int>(near[0]) - 10), x1 = std::min<int>(image.size(1), static_cast<int>(near[2]) + 10);
+  const int y0 = std::max(0, static_cast<int>(near[1]) - 10), y1 = std::min<int>(image.size(0), static_cast<int>(near[3]) + 10);
+  for (int y = y0; y < y1; ++y) {
+    for (int x = x0; x < x1; ++x) {
+      int diff = 0;
+      for (int c = 0; c < 3; ++c) diff = std::max(diff, std::abs(a[y][x][c] - bg[c]));
+      if (4 * diff < contrast) continue;
+      b[0] = std::min(b[0], static_cast<double>(x)), b[1] = std::min(b[1], static_cast<double>(y));
+      b[2] = std::max(b[2], x + 1.0), b[3] = std::max(b[3], y + 1.0);
+    }
+  }
+  return b;
+}
+
+TEST(Synthesize, ImageBoxesMapBackOntoTheObjectsPixels) {
+  testing::TempDir dir;
+  const auto image = plugins().make("image");
+  const auto scene = wide_scene();
+  const auto r = image->synthesize(scene, dir / "scene");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->file, dir / "scene.png");
+  EXPECT_FALSE(r->span.has_value());
+  EXPECT_EQ(r->singles_out, -1);
+  ASSERT_EQ(r->boxes.size(), 3u);
+  const auto media = image->load(r->file, 0);
+  const auto pixels = io::ImageReader::read(r->file).rgb;
+  ASSERT_EQ(pixels.sizes(), (std::vector<int64_t>{200, 320, 3}));
+  for (size_t i = 0; i < 3; ++i) {
+    SCOPED_TRACE(i);
+    const auto& box = r->boxes[i];
+    ASSERT_EQ(box.size(), 4u);
+    // Relative to the 320 x 320 square with 60 rows of padding above: y values stay inside 60/320..260/320.
+    EXPECT_GE(box[1], 60.0 / 320 - 1e-3);
+    EXPECT_LE(box[3], 260.0 / 320 + 1e-3);
+    for (double v : box) EXPECT_NEAR(v * 1000, std::round(v * 1000), 1e-6);  // 3 decimals
+    const auto mapped = image->map_box(media, box).absolute;
+    const auto drawn = pixels_of(pixels, mapped, scene.background_rgb, synth::kPalette[static_cast<size_t>(scene.objects[i].colour)].rgb);
+    EXPECT_GT(drawn[2] - drawn[0], 40);  // the object was found
+    for (size_t k = 0; k < 4; ++k) EXPECT_NEAR(mapped[k], drawn[k], 2.0) << k;
+  }
+}
+
+TEST(Synthesize, SameSceneGivesTheSameImageBytes) {
+  testing::TempDir dir;
+  const auto image = plugins().make("image");
+  auto scene = wide_scene();
+  scene.background = synth::Background::Texture;
+  ASSERT_TRUE(image->synthesize(scene, dir / "a"));
+  ASSERT_TRUE(image->synthesize(scene, dir / "b"));
+  EXPECT_EQ(bytes_of(dir / "a.png"), bytes_of(dir / "b.png"));
+  scene.seed = 8;
+  ASSERT_TRUE(image->synthesize(scene, dir / "c"));
+  EXPECT_NE(bytes_of(dir / "a.png"), bytes_of(dir / "c.png"));
+}
+
+TEST(Synthesize, RefusesAHostileSceneNamingTheFieldAndWritesNothing) {
+  testing::TempDir dir;
+  for (const char* name : {"image"}) {
+    auto scene = wide_scene();
+    scene.objects[1].colour = 99;
+    testing::expect_error([&] { plugins().make(name)->synthesize(scene, dir / "bad"); }, ErrorKind::InvalidArgument,
+                          {"scene.objects[1].colour"});
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+}  // namespace
+}  // namespace lego
