@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "lego/sdk/io/av_readers.h"
 #include "lego/sdk/io/image_reader.h"
 #include "lego/sdk/io/synth_draw.h"
 #include "test_files.h"
@@ -112,9 +113,74 @@ TEST(Synthesize, SameSceneGivesTheSameImageBytes) {
   EXPECT_NE(bytes_of(dir / "a.png"), bytes_of(dir / "c.png"));
 }
 
+// A big yellow square that appears for [0.4, 0.7] of a 2 s scene.
+synth::Scene appearing_square() {
+  synth::Scene s;
+  s.width = 96;
+  s.height = 64;
+  s.duration_s = 2;
+  s.background_rgb = {40, 80, 220};
+  s.objects = {{Shape::Square, 3, 0.8, 0.5, 0.5, 0}};
+  s.event = synth::Event{0, synth::EventKind::Appear, 0.4, 0.7};
+  s.seed = 3;
+  return s;
+}
+
+TEST(Synthesize, VideoShowsTheEventDuringTheSpanItReturns) {
+  testing::TempDir dir;
+  const auto video = plugins().make("video");
+  const auto scene = appearing_square();
+  const auto r = video->synthesize(scene, dir / "clip");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->file, dir / "clip.mp4");
+  EXPECT_TRUE(r->boxes.empty());
+  EXPECT_EQ(r->singles_out, -1);
+  ASSERT_TRUE(r->span.has_value());
+  EXPECT_EQ(*r->span, (std::array<double, 2>{0.4, 0.7}));
+
+  const auto info = io::VideoReader::probe(r->file);
+  EXPECT_EQ(info.codec, "h264");
+  EXPECT_EQ(info.width, 96);
+  EXPECT_NEAR(info.duration_s, 2.0, 1e-6);
+  const auto media = video->load(r->file, 0);  // tiny.ini: 8 frames of 28 x 28, CLIP-normalised
+  const auto span = video->map_span(media, (*r->span)[0], (*r->span)[1]);
+  EXPECT_NEAR(span.start_s, 0.8, 1e-9);
+  EXPECT_NEAR(span.end_s, 1.4, 1e-9);
+  // The same frames, with their times: the centre is yellow (green high, blue low) exactly in the frames
+  // displayed while the mapped span runs.
+  const auto sampled = io::VideoReader::sample_uniform(r->file, 8, 28, 28);
+  ASSERT_EQ(media.tensor.size(1), 8);
+  int inside = 0, outside = 0;
+  for (int64_t k = 0; k < 8; ++k) {
+    const double middle = sampled.timestamps[static_cast<size_t>(k)] + 0.5 / 8;
+    const bool during = middle >= span.start_s && middle <= span.end_s;
+    (during ? inside : outside) += 1;
+    const double green = media.tensor[1][k][14][14].item<double>() * 0.26130258 + 0.4578275;
+    const double blue = media.tensor[2][k][14][14].item<double>() * 0.27577711 + 0.40821073;
+    EXPECT_EQ(green > blue, during) << "frame " << k << " at " << middle << " s: green " << green << ", blue " << blue;
+  }
+  EXPECT_GE(inside, 2);
+  EXPECT_GE(outside, 4);
+}
+
+TEST(Synthesize, VideoOfASceneWithoutAnEventHasNoSpanAndRepeatsItsBytes) {
+  testing::TempDir dir;
+  const auto video = plugins().make("video");
+  auto scene = appearing_square();
+  scene.width = 97;  // odd: padded to even for yuv420p
+  scene.event.reset();
+  scene.background = synth::Background::Gradient;
+  const auto a = video->synthesize(scene, dir / "a");
+  ASSERT_TRUE(a.has_value());
+  EXPECT_FALSE(a->span.has_value());
+  ASSERT_TRUE(video->synthesize(scene, dir / "b"));
+  EXPECT_EQ(bytes_of(dir / "a.mp4"), bytes_of(dir / "b.mp4"));
+  EXPECT_EQ(video->load(dir / "a.mp4", 0).tensor.size(1), 8);
+}
+
 TEST(Synthesize, RefusesAHostileSceneNamingTheFieldAndWritesNothing) {
   testing::TempDir dir;
-  for (const char* name : {"image"}) {
+  for (const char* name : {"image", "video"}) {
     auto scene = wide_scene();
     scene.objects[1].colour = 99;
     testing::expect_error([&] { plugins().make(name)->synthesize(scene, dir / "bad"); }, ErrorKind::InvalidArgument,
