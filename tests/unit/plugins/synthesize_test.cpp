@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <iostream>
 #include <iterator>
 
 #include "lego/sdk/io/av_readers.h"
@@ -178,9 +179,76 @@ TEST(Synthesize, VideoOfASceneWithoutAnEventHasNoSpanAndRepeatsItsBytes) {
   EXPECT_EQ(video->load(dir / "a.mp4", 0).tensor.size(1), 8);
 }
 
+// Two objects, the second of `shape` sounding.
+synth::Scene sounding(Shape shape, uint64_t seed) {
+  synth::Scene s;
+  s.duration_s = 4;
+  s.objects = {{Shape::Circle, 0, 0.2, 0.3, 0.3, 0}, {shape, 2, 0.3, 0.7, 0.6, 0}};
+  s.sounding = 1;
+  s.seed = seed;
+  return s;
+}
+
+TEST(Synthesize, SoundTimbreTellsTheShapeClassOfTheSoundingObject) {
+  testing::TempDir dir;
+  const auto sound = plugins().make("sound");
+  // The mean log-mel spectrum of each sound, from the plugin's own load() (ImageBind's fbank clips).
+  constexpr int kSeeds = 3;
+  std::vector<at::Tensor> features;
+  std::vector<int> classes;
+  for (int shape = 0; shape < synth::kShapes; ++shape) {
+    for (int seed = 1; seed <= kSeeds; ++seed) {
+      const auto stem = dir / (std::string(synth::kShapeNames[static_cast<size_t>(shape)]) + std::to_string(seed));
+      const auto r = sound->synthesize(sounding(static_cast<Shape>(shape), static_cast<uint64_t>(seed)), stem);
+      ASSERT_TRUE(r.has_value());
+      EXPECT_EQ(r->file.extension(), ".wav");
+      EXPECT_EQ(r->singles_out, 1);
+      EXPECT_TRUE(r->boxes.empty());
+      EXPECT_FALSE(r->span.has_value());
+      const auto audio = io::AudioReader::read(r->file);
+      EXPECT_EQ(audio.rate, 16000);
+      EXPECT_EQ(audio.samples.sizes(), (std::vector<int64_t>{1, 64000}));
+      const auto media = sound->load(r->file, 0);  // [clips, 1, 128 mel bins, 204 frames]
+      ASSERT_EQ(media.tensor.dim(), 4);
+      features.push_back(media.tensor.mean({0, 1, 3}));
+      classes.push_back(shape);
+    }
+  }
+  // Each sound's nearest other sound is one of its own shape class, by a clear margin.
+  double worst_ratio = 0;
+  for (size_t i = 0; i < features.size(); ++i) {
+    double same = 1e30, other = 1e30;
+    for (size_t j = 0; j < features.size(); ++j) {
+      if (j == i) continue;
+      const double d = (features[i] - features[j]).norm().item<double>();
+      double& nearest = classes[i] == classes[j] ? same : other;
+      nearest = std::min(nearest, d);
+    }
+    EXPECT_LT(same, other) << synth::kShapeNames[static_cast<size_t>(classes[i])] << " sound " << i;
+    worst_ratio = std::max(worst_ratio, same / other);
+  }
+  EXPECT_LT(worst_ratio, 0.5) << "nearest same-class over nearest other-class distance";
+  std::cout << "worst nearest same-class / other-class distance ratio: " << worst_ratio << "\n";
+}
+
+TEST(Synthesize, SoundOnlyWhenAnObjectSoundsAndTheSameSceneRepeatsItsBytes) {
+  testing::TempDir dir;
+  const auto sound = plugins().make("sound");
+  auto scene = sounding(Shape::Star, 5);
+  ASSERT_TRUE(sound->synthesize(scene, dir / "a"));
+  ASSERT_TRUE(sound->synthesize(scene, dir / "b"));
+  EXPECT_EQ(bytes_of(dir / "a.wav"), bytes_of(dir / "b.wav"));
+  scene.seed = 6;
+  ASSERT_TRUE(sound->synthesize(scene, dir / "c"));
+  EXPECT_NE(bytes_of(dir / "a.wav"), bytes_of(dir / "c.wav"));
+  scene.sounding = -1;
+  EXPECT_FALSE(sound->synthesize(scene, dir / "d").has_value());
+  EXPECT_FALSE(std::filesystem::exists(dir / "d.wav"));
+}
+
 TEST(Synthesize, RefusesAHostileSceneNamingTheFieldAndWritesNothing) {
   testing::TempDir dir;
-  for (const char* name : {"image", "video"}) {
+  for (const char* name : {"image", "video", "sound"}) {
     auto scene = wide_scene();
     scene.objects[1].colour = 99;
     testing::expect_error([&] { plugins().make(name)->synthesize(scene, dir / "bad"); }, ErrorKind::InvalidArgument,
