@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <sstream>
 
 #include "lego/sdk/abi.h"
@@ -19,6 +20,7 @@
 #include "lego/sdk/image/clip_preprocess.h"
 #include "lego/sdk/io/image_reader.h"
 #include "lego/sdk/io/render.h"
+#include "lego/sdk/io/synth_draw.h"
 #include "lego/sdk/nn/clip_vision.h"
 #include "lego/sdk/nn/projector.h"
 
@@ -60,6 +62,12 @@ int64_t json_int(const nlohmann::json& j, const char* key, const std::filesystem
     throw Error(ErrorKind::Format, file.string() + ": \"" + key + "\" is missing or not an integer");
   }
   return j[key].get<int64_t>();
+}
+
+// A box as an answer writes it: 3 decimals.
+grounding::Box round_box(const grounding::Box& b) {
+  auto r = [](double v) { return std::round(v * 1000) / 1000; };
+  return {r(b.x1), r(b.y1), r(b.x2), r(b.y2)};
 }
 
 class ImageModality : public EncoderAdapterModality {
@@ -124,6 +132,24 @@ class ImageModality : public EncoderAdapterModality {
     }
     io::draw_boxes(media.path, boxes, out);
     return true;
+  }
+
+  // A still of the scene (every object in its start state; a still has no event) as `stem`.png, with each
+  // object's box as an answer about it writes it: relative to the padded square when the model pads.
+  std::optional<synth::Rendered> synthesize(const synth::Scene& scene, const std::filesystem::path& stem) const override {
+    const auto pixels = io::draw_scene(scene, std::nullopt);
+    synth::Rendered out;
+    out.file = stem;
+    out.file += ".png";
+    io::write_rgb_image(pixels, out.file);
+    for (const auto& px : io::scene_boxes(scene, std::nullopt)) {
+      // A still shows every object, and each centre lies in the frame: every box is there.
+      const auto& b = px.value();
+      const grounding::Box rel{b.x1 / scene.width, b.y1 / scene.height, b.x2 / scene.width, b.y2 / scene.height};
+      const auto box = preprocess_.pad_to_square ? grounding::pad_box(rel, scene.width, scene.height) : round_box(rel);
+      out.boxes.push_back({box.x1, box.y1, box.x2, box.y2});
+    }
+    return out;
   }
 
   std::vector<ImportInput> import_inputs() const override {

@@ -13,9 +13,16 @@
 #include <optional>
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
 #include "lego/sdk/abi.h"
 #include "lego/sdk/audio/fbank.h"
 #include "lego/sdk/io/av_readers.h"
+#include "lego/sdk/io/synth_draw.h"
+#include "lego/sdk/io/synth_random.h"
+#include "lego/sdk/io/wav_writer.h"
 #include "lego/sdk/nn/imagebind_audio.h"
 #include "lego/sdk/nn/linear.h"
 #include "lego/sdk/nn/qformer.h"
@@ -47,6 +54,67 @@ struct SoundAdapter : torch::nn::Module {
 struct SoundMeta : MediaMeta {
   double duration_s = 0;
 };
+
+// SynthGround sounds: 16 kHz mono (the rate the encoder resamples to), one timbre per shape class.
+constexpr int kSynthRate = 16000;
+constexpr double kNoteSeconds = 0.35;
+constexpr double kNoiseLevel = 0.004;  // background noise amplitude, about -48 dBFS
+constexpr double kPeak = 0.5;          // the notes' peak amplitude
+
+// One note of the timbre of `shape` at `f0` Hz added to `out` from sample `at`: circle, a pure sine
+// decaying like a struck bar; square, a sustained odd-harmonic (square-ish) tone an octave and a half
+// lower with vibrato; triangle, bursts of bright noise (clicks); star, a chirp rising two octaves from an
+// octave above f0.
+void add_note(std::vector<float>& out, size_t at, synth::Shape shape, double f0, io::SceneRandom& rng) {
+  const auto length = static_cast<size_t>(kNoteSeconds * kSynthRate);
+  const double two_pi = 2 * std::numbers::pi;
+  double phase = 0, previous_noise = 0;
+  for (size_t i = 0; i < length && at + i < out.size(); ++i) {
+    const double t = static_cast<double>(i) / kSynthRate;
+    const double attack = std::min(1.0, t / 0.005), release = std::min(1.0, (kNoteSeconds - t) / 0.01);
+    double v = 0;
+    switch (shape) {
+      case synth::Shape::Circle:
+        v = std::sin(two_pi * f0 * t) * std::exp(-t / 0.12);
+        break;
+      case synth::Shape::Square: {  // with a 6 Hz vibrato, which blurs the harmonics over neighbouring bands
+        phase += two_pi * f0 / 3 * (1 + 0.04 * std::sin(two_pi * 6 * t)) / kSynthRate;
+        for (int k = 1; k * f0 / 3 < kSynthRate / 2.5; k += 2) v += std::sin(k * phase) / k;
+        v *= 0.8;
+        break;
+      }
+      case synth::Shape::Triangle: {  // three 40 ms bursts; first differences make the noise bright
+        const double burst = std::fmod(t, 0.11);
+        const double noise = rng.uniform(-1, 1);
+        v = burst < 0.04 ? (noise - previous_noise) * 0.7 * std::exp(-burst / 0.012) : 0.0;
+        previous_noise = noise;
+        break;
+      }
+      case synth::Shape::Star:  // exponential sweep 2 f0 -> 8 f0 over the note
+        phase += two_pi * 2 * f0 * std::pow(4.0, t / kNoteSeconds) / kSynthRate;
+        v = std::sin(phase) * std::sin(std::numbers::pi * t / kNoteSeconds);
+        break;
+    }
+    out[at + i] += static_cast<float>(kPeak * v * attack * std::max(0.0, release));
+  }
+}
+
+// The sound of the scene's sounding object: notes at seeded times over the duration (about two a second,
+// at least two), its pitch jittered by the seed, over low seeded noise.
+std::vector<float> synth_sound(const synth::Scene& scene) {
+  const auto& object = scene.objects.at(static_cast<size_t>(scene.sounding));
+  io::SceneRandom rng(scene.seed, io::SceneRandom::kSound), noise(scene.seed, io::SceneRandom::kNoise);
+  std::vector<float> out(static_cast<size_t>(std::llround(scene.duration_s * kSynthRate)));
+  for (auto& s : out) s = static_cast<float>(kNoiseLevel * noise.uniform(-1, 1));
+  const double f0 = 660 * std::pow(2.0, rng.uniform(-1, 1) / 12);  // within a semitone of E5
+  const int notes = std::max(2, static_cast<int>(scene.duration_s * 2));
+  const double slot = scene.duration_s / notes;
+  for (int n = 0; n < notes; ++n) {
+    const double start = slot * (n + rng.uniform(0, std::max(0.0, 1 - kNoteSeconds / slot)));
+    add_note(out, static_cast<size_t>(start * kSynthRate), object.shape, f0, rng);
+  }
+  return out;
+}
 
 nn::ImageBindAudioOptions imagebind_options(const config::ConfigSection& c) {
   nn::ImageBindAudioOptions o;
@@ -125,6 +193,20 @@ class SoundModality : public EncoderAdapterModality {
     const auto* meta = dynamic_cast<const SoundMeta*>(media.meta.get());
     if (meta == nullptr) throw Error(ErrorKind::InvalidArgument, media.path.string() + ": not a medium of the sound modality");
     return {t1 * meta->duration_s, t2 * meta->duration_s};
+  }
+
+  // The sound of the scene's sounding object as `stem`.wav (16 kHz mono PCM): its timbre tells the shape
+  // class it comes from, so the sound singles that object out without locating it; nothing when no object
+  // sounds.
+  std::optional<synth::Rendered> synthesize(const synth::Scene& scene, const std::filesystem::path& stem) const override {
+    io::check_scene(scene);
+    if (scene.sounding < 0) return std::nullopt;
+    synth::Rendered out;
+    out.file = stem;
+    out.file += ".wav";
+    io::write_wav_mono16(out.file, synth_sound(scene), kSynthRate);
+    out.singles_out = scene.sounding;
+    return out;
   }
 
   // Sizes from the released tensors' shapes (ImageBind and Q-Former heads default to 12; --set changes them).

@@ -12,12 +12,16 @@
 #include <optional>
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <random>
 
 #include "lego/sdk/abi.h"
 #include "lego/sdk/io/av_readers.h"
 #include "lego/sdk/io/render.h"
+#include "lego/sdk/io/synth_draw.h"
+#include "lego/sdk/io/video_writer.h"
 #include "lego/sdk/nn/eva_vit.h"
 #include "lego/sdk/nn/linear.h"
 #include "lego/sdk/nn/qformer.h"
@@ -25,6 +29,9 @@
 
 namespace lego::plugins {
 namespace {
+
+// Frames per second of a synthesized video (SynthGround): enough to show an event's start and end.
+constexpr int kSynthFps = 8;
 
 // CLIP's normalisation, which the released video transform uses.
 constexpr double kMean[3] = {0.48145466, 0.4578275, 0.40821073};
@@ -174,6 +181,27 @@ class VideoModality : public EncoderAdapterModality {
     }
     io::draw_frame_strip(media.path, spans, out);
     return true;
+  }
+
+  // The scene as `stem`.mp4 (H.264, kSynthFps) for its duration, each frame showing the scene at the middle
+  // of the time it is displayed; the event's span as an answer writes it (relative to the video's own
+  // duration, 2 decimals). Spans are all the video grounds: no boxes.
+  std::optional<synth::Rendered> synthesize(const synth::Scene& scene, const std::filesystem::path& stem) const override {
+    io::check_scene(scene);
+    const auto frames = std::max<int64_t>(1, std::llround(scene.duration_s * kSynthFps));
+    synth::Rendered out;
+    out.file = stem;
+    out.file += ".mp4";
+    io::VideoWriter writer(out.file, scene.width, scene.height, kSynthFps);
+    for (int64_t i = 0; i < frames; ++i) {
+      writer.write(io::draw_scene(scene, (static_cast<double>(i) + 0.5) / static_cast<double>(frames)));
+    }
+    writer.finish();
+    if (scene.event) {
+      auto round2 = [](double v) { return std::round(v * 100) / 100; };
+      out.span = std::array<double, 2>{round2(scene.event->t1), round2(scene.event->t2)};
+    }
+    return out;
   }
 
   // Sizes from the released tensors' shapes (the release hard-codes them). Head counts do not show in

@@ -25,6 +25,7 @@ extern "C" {
 #include "lego/sdk/audio/resample.h"
 #include "lego/sdk/error.h"
 #include "lego/sdk/files.h"
+#include "ffmpeg_setup.h"
 
 namespace lego::io {
 namespace {
@@ -45,6 +46,8 @@ std::string av_error(int code) {
 // largest legitimate one, an 8K frame of 16-bit 4:4:4, is 200 MB. Process-wide, set once.
 constexpr size_t kMaxFfmpegAllocation = size_t{256} << 20;
 
+}  // namespace
+
 void quiet_ffmpeg_once() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -52,6 +55,8 @@ void quiet_ffmpeg_once() {
     av_max_alloc(kMaxFfmpegAllocation);
   });
 }
+
+namespace {
 
 struct FormatDeleter {
   void operator()(AVFormatContext* f) const { avformat_close_input(&f); }

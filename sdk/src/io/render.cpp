@@ -37,6 +37,17 @@ void write_image(const cv::Mat& bgr, const std::filesystem::path& out) {
 
 }  // namespace
 
+void write_rgb_image(const at::Tensor& rgb, const std::filesystem::path& out) {
+  if (rgb.dim() != 3 || rgb.size(2) != 3 || rgb.scalar_type() != at::kByte) {
+    throw Error(ErrorKind::InvalidArgument, out.string() + ": an image to write is [height, width, 3] uint8");
+  }
+  auto pixels = rgb.contiguous();
+  cv::Mat view(static_cast<int>(pixels.size(0)), static_cast<int>(pixels.size(1)), CV_8UC3, pixels.data_ptr());
+  cv::Mat bgr;
+  cv::cvtColor(view, bgr, cv::COLOR_RGB2BGR);
+  write_image(bgr, out);
+}
+
 void draw_boxes(const std::filesystem::path& image, const std::vector<LabelledBox>& boxes,
                 const std::filesystem::path& out) {
   const auto img = ImageReader::read(image);

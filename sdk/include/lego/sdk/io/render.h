@@ -4,6 +4,8 @@
 // temporary name and renamed, so a failed write leaves nothing half-written.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -20,6 +22,9 @@ struct LabelledSpan {
   std::string label;
   double start_s = 0, end_s = 0;
 };
+
+// Writes `rgb` ([height, width, 3] uint8) as an image file by the extension of `out` (PNG, JPEG, ...).
+void write_rgb_image(const at::Tensor& rgb, const std::filesystem::path& out);
 
 // Draws `boxes` on the image `image` and writes `out` (PNG, JPEG, ... by its extension).
 void draw_boxes(const std::filesystem::path& image, const std::vector<LabelledBox>& boxes,
