@@ -23,6 +23,7 @@ int run_chat(const Args& args);
 int run_encode(const Args& args);
 int run_plugins(const Args& args);
 int run_probe(const Args& args);
+int run_convert(const Args& args);
 
 // Parses `args` against `options`; prints `usage` + options and returns false on --help. `parsed`, when
 // given, receives the options in command-line order.

@@ -29,6 +29,7 @@ constexpr Entry kCommands[] = {
     {"encode", "run one medium through its modality and write every stage", lego::cli::run_encode},
     {"plugins", "list the modality plugins found, loaded or refused", lego::cli::run_plugins},
     {"probe", "show what lego reads from a media file (frames or audio)", lego::cli::run_probe},
+    {"convert", "turn a public dataset's annotations into the released training JSON", lego::cli::run_convert},
 };
 
 // Boost's what() substitutes the offending option and value into its message template until no
