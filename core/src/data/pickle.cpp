@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/files.h"
 
 namespace lego::data {
 namespace {
@@ -29,6 +30,30 @@ struct Node {
   std::string text;
   std::vector<std::shared_ptr<Node>> items;                                     // list, tuple
   std::vector<std::pair<std::shared_ptr<Node>, std::shared_ptr<Node>>> entries;  // dict, in order
+
+  Node() = default;
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+  // Children are released one at a time, not recursively: a pickle of lists nested a million deep would
+  // otherwise overflow the stack while it is freed.
+  ~Node() {
+    std::vector<std::shared_ptr<Node>> pending;
+    auto collect = [&pending](Node& n) {
+      for (auto& item : n.items) pending.push_back(std::move(item));
+      for (auto& [key, value] : n.entries) {
+        pending.push_back(std::move(key));
+        pending.push_back(std::move(value));
+      }
+      n.items.clear();
+      n.entries.clear();
+    };
+    collect(*this);
+    while (!pending.empty()) {
+      auto n = std::move(pending.back());
+      pending.pop_back();
+      if (n && n.use_count() == 1) collect(*n);
+    }
+  }
 };
 using NodePtr = std::shared_ptr<Node>;
 
@@ -427,6 +452,8 @@ class JsonWriter {
 }  // namespace
 
 std::string pickle_to_json(std::string_view bytes, const std::string& source) {
+  // At most one value per byte of pickle, each a Node and its shared_ptr control block.
+  require_allocatable(static_cast<double>(bytes.size()) * (sizeof(Node) + 32), source);
   const auto root = Unpickler(bytes, source).run();
   // Each value in the pickle costs at least one byte; allow references to repeat them a few times over.
   JsonWriter writer(source, 4 * bytes.size() + 1024);

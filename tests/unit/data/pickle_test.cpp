@@ -63,4 +63,10 @@ TEST(Pickle, RefusesCodeTruncationLengthsAndSelfReference) {
   expect_error([] { pickle_to_json(bytes({0x80, 2, 'h', 7, '.'}), "memo.p"); }, ErrorKind::Format, {"memo.p", "memo entry 7"});
 }
 
+TEST(Pickle, RefusesAMillionNestedListsWithoutOverflowingTheStack) {
+  constexpr size_t kDepth = 1000000;
+  const std::string p = std::string("\x80\x02", 2) + std::string(kDepth, ']') + std::string(kDepth - 1, 'a') + ".";
+  expect_error([&] { pickle_to_json(p, "deep.p"); }, ErrorKind::Format, {"deep.p", "deeper than 200"});
+}
+
 }  // namespace

@@ -37,7 +37,7 @@ struct ConvertReport {
   std::map<std::string, uint64_t> dropped;  // reason -> count: invalid_box, invalid_span, duplicate, ...
 
   uint64_t dropped_total() const;
-  // {"source", "read", "written", "dropped": {reason: n}} as JSON text.
+  // {"source", "read", "written", "dropped_total", "dropped": {reason: n}} as JSON text.
   std::string to_json() const;
   // "refcoco: 12 read, 10 written, 2 dropped (duplicate 1, invalid_box 1)"
   std::string summary() const;
