@@ -33,6 +33,7 @@ constexpr Entry kCommands[] = {
     {"synth", "write the SynthGround benchmark (generated grounding data, train/val/test)", lego::cli::run_synth},
     {"eval", "score a model on grounding data (REC, temporal, sound localisation, caption)", lego::cli::run_eval},
     {"data", "data check: validate a training config's data without training", lego::cli::run_data},
+    {"convert", "turn a public dataset's annotations into the released training JSON", lego::cli::run_convert},
 };
 
 // Boost's what() substitutes the offending option and value into its message template until no

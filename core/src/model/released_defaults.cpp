@@ -1,6 +1,9 @@
 #include "lego/model/released_defaults.h"
 
 #include <algorithm>
+#include <map>
+
+#include "lego/sdk/error.h"
 
 namespace lego {
 
@@ -18,6 +21,29 @@ std::vector<std::string> media_order_for(const std::vector<std::string>& modalit
     if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
   }
   return out;
+}
+
+const std::vector<ReleasedMedium>& released_media() {
+  static const std::vector<ReleasedMedium> media = {{"image", "<image>"}, {"video", "<video>"}, {"sound", "<sound>"}};
+  return media;
+}
+
+const std::vector<ReleasedMedium>& released_media_of_source(std::string_view source) {
+  const auto& m = released_media();
+  const auto& image = m[0];
+  const auto& video = m[1];
+  const auto& sound = m[2];
+  // The stage files the paper trains on (reference section 8): RefCOCO, Visual Genome and LLaVA pictures;
+  // Charades-STA, DiDeMo and ActivityNet videos; Clotho and WavCaps sounds; VGGSS frames with their sound.
+  static const std::map<std::string, std::vector<ReleasedMedium>, std::less<>> by_source = {
+      {"refcoco", {image}}, {"refcoco+", {image}}, {"refcocog", {image}}, {"vg-regions", {image}},
+      {"llava", {image}}, {"charades-sta", {video}}, {"didemo", {video}}, {"activitynet-captions", {video}},
+      {"clotho", {sound}}, {"wavcaps", {sound}}, {"vggss", {image, sound}}};
+  const auto it = by_source.find(source);
+  if (it == by_source.end()) {
+    throw Error(ErrorKind::InvalidArgument, "no released medium is known for the source '" + std::string(source) + "'");
+  }
+  return it->second;
 }
 
 }  // namespace lego

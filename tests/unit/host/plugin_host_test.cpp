@@ -27,7 +27,7 @@ TEST(PluginHost, RefusesEachBrokenPluginWithItsReasonAndKeepsTheGoodOnes) {
   EXPECT_NE(abi.reason.find("ABI version 999"), std::string::npos) << abi.reason;
   const auto& v1 = record_of(host, "liblego_test_abi_v1");
   EXPECT_FALSE(v1.loaded);
-  EXPECT_NE(v1.reason.find("plugin ABI version 1, host expects 2"), std::string::npos) << v1.reason;
+  EXPECT_NE(v1.reason.find("plugin ABI version 1, host expects 3"), std::string::npos) << v1.reason;
   const auto& sizes = record_of(host, "liblego_test_wrong_sizes");
   EXPECT_FALSE(sizes.loaded);
   EXPECT_NE(sizes.reason.find("sizeof(Media)"), std::string::npos) << sizes.reason;
