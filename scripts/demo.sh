@@ -1,67 +1,97 @@
 #!/usr/bin/env bash
-# The main job: installs what is missing, builds lego, makes a tiny random model (LLM + image branch),
-# generates text from it, and asks it about an image with grounding output (JSON and a rendered image).
-# Output lands in demo-out/. A random model writes random text: the point is the whole path working.
+# The main job: installs what is missing, builds lego, writes the SynthGround benchmark, trains the tiny
+# grounding model through the stages (0: everything, since its tiny encoders have no pretrained weights;
+# 1: adapters and new tokens; 2: adapters and LLM, stage 1's data mixed back in), evaluates it on the test
+# split (chance beside every number) and answers an image, a video and an image + sound question with
+# their grounding drawn. Everything lands in demo-out/. The trained model is cached under
+# ~/.cache/lego/demo/KEY (KEY: the configs, templates and seed), so a second run answers at once;
+# --retrain trains again.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${LEGO_BUILD_DIR:-$root/build}
-venv=${LEGO_VENV:-$HOME/.cache/lego/venv}
 out=$root/demo-out
+work=$out/work
+retrain=0
+for arg in "$@"; do
+  case $arg in
+    --retrain) retrain=1 ;;
+    *) echo "usage: scripts/demo.sh [--retrain]" >&2; exit 2 ;;
+  esac
+done
 "$root/scripts/build.sh"
 lego=$build/bin/lego
+seed=7
+model_config=$root/configs/models/tiny-ground.ini
+key=$(cat "$model_config" "$root"/configs/train/tiny-stage*.ini "$root"/configs/templates/*.txt \
+  "$root/configs/corpus/synthground.txt" | sha256sum | cut -c1-16)-seed$seed
+cache=${LEGO_CACHE_DIR:-$HOME/.cache/lego}/demo/$key
 mkdir -p "$out"
-rm -rf "$out/tiny"
 echo "== plugins"
 "$lego" plugins
-echo "== init-model (tokenizer trained on configs/corpus/tiny.txt, random weights)"
-"$lego" init-model --config "$root/configs/models/tiny.ini" --out "$out/tiny" --seed 7
-echo "== generate: greedy"
-"$lego" generate --model "$out/tiny" --prompt "The dog on the right" --max-new-tokens 24
-echo "== generate: sampled (temperature 0.8, top-p 0.9, seed 1), as JSON"
-"$lego" generate --model "$out/tiny" --prompt "Where does the sound come from?" --max-new-tokens 24 \
-  --temperature 0.8 --top-p 0.9 --seed 1 --json
-echo "== infer: an image question through the LEGO template, with grounding fields"
-"$venv/bin/python" - "$out/scene.png" <<'PY'
-import sys
-from PIL import Image, ImageDraw
-img = Image.new("RGB", (640, 400), (90, 140, 200))
-d = ImageDraw.Draw(img)
-d.rectangle((0, 300, 640, 400), fill=(70, 160, 70))
-d.ellipse((420, 230, 520, 330), fill=(220, 40, 40))
-img.save(sys.argv[1])
+if [ $retrain = 1 ] || [ ! -f "$cache/model/model.safetensors" ]; then
+  start=$(date +%s)
+  rm -rf "$work"
+  mkdir -p "$work"
+  echo "== synth: SynthGround (small): images, videos and sounds with their questions and grounded answers"
+  "$lego" synth --config "$model_config" --out "$work/synth" --seed $seed --size small
+  echo "== init-model: the tiny grounding model (tokenizer trained on configs/corpus/synthground.txt, random weights)"
+  "$lego" init-model --config "$model_config" --out "$work/init" --seed $seed
+  echo "== stage 0: the tiny encoders have no pretrained weights (the real model starts from CLIP, EVA and"
+  echo "   ImageBind), so this stage trains everything on every task"
+  "$lego" train --config "$root/configs/train/tiny-stage0.ini"
+  echo "== stage 1: adapters and the added tokens' embeddings, on the captions"
+  "$lego" train --config "$root/configs/train/tiny-stage1.ini"
+  echo "== stage 2: adapters and LLM on the grounding tasks, stage 1's data mixed back in (alpha = 0.1)"
+  "$lego" train --config "$root/configs/train/tiny-stage2.ini"
+  echo "trained in $(( $(date +%s) - start )) s"
+  # The cache: the final model and the test split it is scored on.
+  rm -rf "$cache.partial"
+  mkdir -p "$cache.partial/synth/media"
+  cp -r "$work/stage2/model" "$cache.partial/model"
+  cp "$work"/synth/test-*.json "$cache.partial/synth/"
+  cp -r "$work/synth/media/test" "$cache.partial/synth/media/test"
+  for s in 0 1 2; do cp "$work/stage$s/loss.png" "$out/loss-stage$s.png"; done
+  rm -rf "$cache"
+  mv "$cache.partial" "$cache"
+else
+  echo "== using the trained model cached in $cache (scripts/demo.sh --retrain trains again)"
+fi
+model=$cache/model
+synth=$cache/synth
+echo "== eval on SynthGround's test split (chance: answers drawn from the split's own references)"
+for task in rec temporal sound-loc caption; do
+  file=$synth/test-${task/sound-loc/sound_localization}.json
+  "$lego" eval --model "$model" --task $task --data "$file" --max-new-tokens 48 --report "$out/eval-$task.json" >/dev/null
+done
+"$build/bin/lego" --help >/dev/null
+python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+for task in ["rec", "temporal", "sound-loc", "caption"]:
+    r = json.load(open(f"{out}/eval-{task}.json"))
+    cells = ", ".join(f"{k} {v:.3f} (chance {r['chance'][k]:.3f})" for k, v in sorted(r["metrics"].items()))
+    print(f"{task:10s} n={r['samples']}: {cells}")
 PY
-"$lego" infer --model "$out/tiny" --image "$out/scene.png" --prompt "Where is the red ball?" \
-  --max-new-tokens 24 --json --render "$out/scene-answer.png"
-echo "wrote $out/scene-answer.png"
-echo "== infer: a video question (spans come back in seconds) and an image + sound question (sound localisation)"
-"$venv/bin/python" - "$out/clip.mp4" "$out/bell.wav" <<'PY'
-import sys
-import numpy as np
-import av
-with av.open(sys.argv[1], "w") as c:
-    s = c.add_stream("libx264", rate=10)
-    s.width, s.height, s.pix_fmt = 160, 96, "yuv420p"
-    for i in range(40):
-        img = np.full((96, 160, 3), (90, 140, 200), np.uint8)
-        img[50:80, (i * 4) % 140:(i * 4) % 140 + 20] = (220, 40, 40)
-        for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            c.mux(p)
-    for p in s.encode():
-        c.mux(p)
-with av.open(sys.argv[2], "w") as c:
-    s = c.add_stream("pcm_s16le", rate=16000, layout="mono")
-    t = np.arange(3 * 16000) / 16000
-    x = (0.3 * np.sin(2 * np.pi * 880 * t) * np.exp(-3 * (t % 1)) * 32767).astype(np.int16)
-    f = av.AudioFrame.from_ndarray(x.reshape(1, -1), format="s16", layout="mono")
-    f.sample_rate = 16000
-    for p in s.encode(f):
-        c.mux(p)
-    for p in s.encode():
-        c.mux(p)
+echo "== infer: one test image, video and image + sound, answered with their grounding drawn"
+first() {  # the first row of a test file: its media paths and its question, without placeholders
+  python3 - "$synth/$1" <<'PY'
+import json, re, sys
+row = json.load(open(sys.argv[1]))[0]
+q = re.sub(r"<[a-z]+>\n?", "", row["conversations"][0]["value"]).strip()
+media = " ".join(f"--media {k}={sys.argv[1].rsplit('/', 1)[0]}/{v}" for k, v in row.items() if k not in ("id", "conversations"))
+print(media)
+print(q)
+print(row["conversations"][1]["value"])
 PY
-"$lego" probe --in "$out/clip.mp4" --frames 8
-"$lego" infer --model "$out/tiny" --video "$out/clip.mp4" --prompt "When does the red box cross the middle?" \
-  --max-new-tokens 16 --json --render "$out/clip-answer.png"
-"$lego" infer --model "$out/tiny" --image "$out/scene.png" --sound "$out/bell.wav" \
-  --prompt "Where does the sound come from?" --max-new-tokens 16 --json
-echo "wrote $out/clip-answer.png"
+}
+ask() {  # ask TEST_FILE NAME: answers the file's first question, writes NAME.json and NAME.png
+  mapfile -t row < <(first "$1")
+  echo "-- question: ${row[1]}   (reference answer: ${row[2]})"
+  # shellcheck disable=SC2086
+  "$lego" infer --model "$model" ${row[0]} --prompt "${row[1]}" --max-new-tokens 48 --json \
+    --render "$out/$2.png" | tee "$out/$2.json"
+  echo "wrote $out/$2.png"
+}
+ask test-rec.json image-answer
+ask test-temporal.json video-answer
+ask test-sound_localization.json sound-answer
