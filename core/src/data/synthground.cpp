@@ -372,8 +372,10 @@ SynthSummary write_synthground(const std::vector<std::pair<std::string, std::sha
         } else if (j.task == "caption") {
           for (size_t n = 0; n < j.caption_order.size(); ++n) {
             const auto i = j.caption_order[n];
-            answer += std::string(n == 0 ? "There is a " : n + 1 == j.caption_order.size() ? " and a " : ", a ") +
-                      describe(j.scene.objects[i]) + " " + grounding::format_box(box_of(got.front().boxes.at(i)));
+            const auto what = describe(j.scene.objects[i]);
+            const char* article = std::string("aeiou").find(what.front()) != std::string::npos ? "an " : "a ";
+            answer += std::string(n == 0 ? "There is " : n + 1 == j.caption_order.size() ? " and " : ", ") + article +
+                      what + " " + grounding::format_box(box_of(got.front().boxes.at(i)));
           }
           answer += ".";
         } else {

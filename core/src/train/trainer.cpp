@@ -342,10 +342,13 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   auto interval_start = Clock::now();
   double interval_loss = 0, last_loss = 0, last_norm = 0;
   int64_t interval_steps = 0, interval_tokens = 0;
-  const auto pad = pipeline->tokenizer().pad_id();
+  std::vector<std::pair<std::string, torch::Tensor>> first_batch;  // for train.dump_gradients
+  std::set<size_t> unloadable;  // examples whose media failed to load, each counted once
 
   for (int64_t epoch = state.epoch; state.step < total_steps; ++epoch) {
-    const auto pool = epoch_pool(s, data, epoch);
+    auto pool = epoch_pool(s, data, epoch);
+    // Rows whose media failed to load in an earlier epoch (data.skip_bad) are not tried again.
+    pool.erase(std::remove_if(pool.begin(), pool.end(), [&](size_t i) { return unloadable.count(i) > 0; }), pool.end());
     std::vector<int64_t> pool_lengths;
     for (size_t i : pool) pool_lengths.push_back(lengths[i]);
     auto batches = data::epoch_batches(pool_lengths, s.batch_size, s.seed, epoch, s.group_by_length);
@@ -397,13 +400,12 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
             }
             ok = false;
           }
+          if (!ok && unloadable.insert(i).second) ++result.skipped_rows;
           if (ok) {
             keep.push_back(i);
             std::vector<size_t> idx(n);
             std::iota(idx.begin(), idx.end(), at);
             media_of.push_back(idx);
-          } else {
-            ++result.skipped_rows;
           }
           at += n;
         }
@@ -464,13 +466,18 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
           throw Error(ErrorKind::InvalidArgument, "the loss is " + std::to_string(value) + " at step " +
                                                       std::to_string(state.step + 1) + " (lower optim.lr?)");
         }
+        if (state.step == 0 && micro == 0 && !s.dump_gradients.empty()) {
+          first_batch = {{"batch.ids", spliced.padded_ids.to(torch::kCPU).contiguous()},
+                         {"batch.labels", labels.to(torch::kCPU).contiguous()},
+                         {"batch.valid", spliced.valid.to(torch::kCPU).contiguous()}};
+        }
         (loss / static_cast<double>(s.grad_accum)).backward();
         step_loss += value / static_cast<double>(s.grad_accum);
         step_tokens += (spliced.valid.sum().item<int64_t>());
-        (void)pad;
       }
       if (state.step == 0 && !s.dump_gradients.empty()) {
         std::vector<std::pair<std::string, torch::Tensor>> grads{{"loss", torch::tensor(step_loss, torch::kFloat64)}};
+        grads.insert(grads.end(), first_batch.begin(), first_batch.end());
         for (const auto& [n, t] : trainable.params) {
           if (t.grad().defined()) grads.emplace_back("grad." + n, t.grad().detach().to(torch::kCPU).contiguous());
         }
