@@ -118,9 +118,9 @@ def train_data(tmp_path_factory, train_model):
     return d / "train.json", inputs
 
 
-def lego_step(ours, data, tmp_path, tags):
+def lego_step(ours, data, tmp_path, tags, extra):
     ini = tmp_path / "stage.ini"
-    ini.write_text("\n".join([
+    ini.write_text("\n".join(extra + [
         f"model.dir = {ours}", f"data.train = {data}", f"train.out = {tmp_path / 'run'}", f"stage.train = {tags}",
         "data.group_by_length = false", "data.workers = 1", "train.max_steps = 1", "train.batch_size = 2",
         "train.seed = 7", "optim.max_grad_norm = 0", f"train.dump_gradients = {tmp_path / 'step.safetensors'}", ""]))
@@ -133,7 +133,7 @@ def lego_step(ours, data, tmp_path, tags):
     return load_file(str(tmp_path / "step.safetensors"))
 
 
-def python_step(ref, batch, inputs, train_llm):
+def python_step(ref, batch, inputs, train_llm, detach_text):
     """The same step in PyTorch: features of each medium, spliced between its start and end tokens, HF LLaMA,
     shifted cross-entropy, backward. Returns the loss and the gradients by reference parameter name."""
     ref = copy.deepcopy(ref).eval()  # no dropout anywhere; fresh gradients
@@ -164,7 +164,7 @@ def python_step(ref, batch, inputs, train_llm):
     ends = {"<im_start>": "<im_end>", "<so_start>": "<so_end>"}
 
     embeds = ref.llama.model.embed_tokens(ids)
-    if not train_llm:  # every text embedding but the media's start and end tokens is detached
+    if detach_text:  # every text embedding but the media's start and end tokens is detached
         frame = torch.isin(ids, torch.tensor([token(n) for pair in ends.items() for n in pair]))
         embeds = torch.where(frame.unsqueeze(-1), embeds, embeds.detach())
     rows, cols, feats, seen = [], [], [], []
@@ -189,16 +189,22 @@ def python_step(ref, batch, inputs, train_llm):
     return loss.item(), grads
 
 
-@pytest.mark.parametrize("tags", ["adapter llm", "adapter new_tokens"])
-def test_one_training_step_matches_pytorch(train_model, train_data, tmp_path, tags):
+@pytest.mark.parametrize("tags,detach_text", [
+    ("adapter llm", False),  # stages 2 and 3
+    ("adapter new_tokens", True),  # stage 1: detach_text is its default
+    ("adapter llm", True),  # the detached text path with every LLM gradient to compare
+])
+def test_one_training_step_matches_pytorch(train_model, train_data, tmp_path, tags, detach_text):
     ref, names, ours = train_model
     data, inputs = train_data
-    dump = lego_step(ours, data, tmp_path, tags)
+    extra = ["stage.detach_text = true"] if detach_text and "new_tokens" not in tags else []
+    dump = lego_step(ours, data, tmp_path, tags, extra)
     ids, labels, valid = dump["batch.ids"], dump["batch.labels"], dump["batch.valid"]
     assert ids.shape == labels.shape == valid.shape and ids.shape[0] == 2
     assert (labels[:, 1:] != -100).sum() > 0 and (ids[~valid] == 0).all()
 
-    loss, grads = python_step(ref, dump, inputs, train_llm="llm" in tags)
+    loss, grads = python_step(ref, dump, inputs, train_llm="llm" in tags, detach_text=detach_text)
+    tags += " detach_text" if extra else ""
     lego_loss = dump["loss"].item()
     loss_rel = abs(lego_loss - loss) / abs(loss)
     print(f"[{tags}] batch {tuple(ids.shape)}, {int((labels[:, 1:] != -100).sum())} labelled tokens; "
@@ -237,9 +243,12 @@ def test_one_training_step_matches_pytorch(train_model, train_data, tmp_path, ta
         print(f"[{tags}] {len(zero_grad)} key biases (exact gradient 0): max |grad| / group scale lego "
               f"{max(z[1] for z in zero_grad):.1e}, python {max(z[2] for z in zero_grad):.1e}")
         assert all(z[1] <= TOLERANCE and z[2] <= TOLERANCE for z in zero_grad)
-    if "llm" not in tags:
+    if detach_text:  # only the media's start and end rows of the embedding get a gradient
         e = got["model.embed_tokens.weight"]
-        assert (e[:512] == 0).all() and e[512:].abs().max() > 0
+        rows = torch.tensor([token(n) for n in ("<im_start>", "<im_end>", "<so_start>", "<so_end>")])
+        others = torch.ones(e.shape[0], dtype=torch.bool)
+        others[rows] = False
+        assert (e[others] == 0).all() and (e[rows].abs().amax(1) > 0).all()
     assert {"projector", "qformer", "llm"} <= set(worst)
     assert loss_rel <= TOLERANCE
     for group, (a, rl, n) in worst.items():
