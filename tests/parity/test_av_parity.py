@@ -27,10 +27,12 @@ IMAGEBIND_SMALL = dict(video_frames=2, kernel_size=(2, 14, 14), out_embed_dim=48
 
 def imagebind_model_module():
     """imagebind.models.imagebind_model without the package __init__ (which needs pytorchvideo)."""
-    spec = importlib.util.find_spec("imagebind")
-    if spec is None:
-        pytest.skip("imagebind-unofficial is not installed")
-    if "imagebind" not in sys.modules or not hasattr(sys.modules["imagebind"], "__path__"):
+    loaded = sys.modules.get("imagebind")
+    if loaded is None or not hasattr(loaded, "__path__"):
+        # find_spec refuses a stand-in already in sys.modules (its __spec__ is None): only ask without one.
+        spec = importlib.util.find_spec("imagebind")
+        if spec is None:
+            pytest.skip("imagebind-unofficial is not installed")
         pkg = types.ModuleType("imagebind")
         pkg.__path__ = list(spec.submodule_search_locations)
         sys.modules["imagebind"] = pkg
