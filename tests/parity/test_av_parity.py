@@ -17,14 +17,22 @@ from conftest import run_lego, save_hf_llama
 
 FRAMES, SIZE, PATCH = 8, 224, 14
 IB_MEAN, IB_STD = -4.268, 9.138
+# A tiny ImageBind (audio: width 32, 2 blocks; output 48); its other towers are kept whole, as released.
+IMAGEBIND_SMALL = dict(video_frames=2, kernel_size=(2, 14, 14), out_embed_dim=48, vision_embed_dim=32, vision_num_blocks=1,
+                       vision_num_heads=4, audio_embed_dim=32, audio_num_blocks=2, audio_num_heads=4, text_embed_dim=32,
+                       text_num_blocks=1, text_num_heads=4, depth_embed_dim=32, depth_num_blocks=1, depth_num_heads=4,
+                       thermal_embed_dim=32, thermal_num_blocks=1, thermal_num_heads=4, imu_embed_dim=32,
+                       imu_num_blocks=1, imu_num_heads=4)
 
 
 def imagebind_model_module():
     """imagebind.models.imagebind_model without the package __init__ (which needs pytorchvideo)."""
-    spec = importlib.util.find_spec("imagebind")
-    if spec is None:
-        pytest.skip("imagebind-unofficial is not installed")
-    if "imagebind" not in sys.modules or not hasattr(sys.modules["imagebind"], "__path__"):
+    loaded = sys.modules.get("imagebind")
+    if loaded is None or not hasattr(loaded, "__path__"):
+        # find_spec refuses a stand-in already in sys.modules (its __spec__ is None): only ask without one.
+        spec = importlib.util.find_spec("imagebind")
+        if spec is None:
+            pytest.skip("imagebind-unofficial is not installed")
         pkg = types.ModuleType("imagebind")
         pkg.__path__ = list(spec.submodule_search_locations)
         sys.modules["imagebind"] = pkg
@@ -45,15 +53,22 @@ def qformer(layers, cross_freq, encoder_width, seed):
     return m
 
 
+def released_qformer_name(k):
+    """One HF Blip2QFormerModel name -> the release's LAVIS BERT name; None for the text path's FFN, which
+    the release removed."""
+    if ".intermediate." in k or (".output." in k and "output_query" not in k and "attention.output" not in k):
+        return None
+    name = k.replace("layernorm.", "bert.embeddings.LayerNorm.").replace("encoder.layer.", "bert.encoder.layer.")
+    return name.replace(".attention.attention.", ".attention.self.").replace(".crossattention.attention.", ".crossattention.self.")
+
+
 def released_qformer_names(m, prefix):
-    """HF Blip2QFormerModel names -> the release's LAVIS BERT names (text FFN dropped, as released)."""
+    """HF Blip2QFormerModel tensors under the release's LAVIS BERT names (text FFN dropped, as released)."""
     out = {}
     for k, v in m.state_dict().items():
-        if ".intermediate." in k or (".output." in k and "output_query" not in k and "attention.output" not in k):
-            continue  # the text path's FFN, removed in the release
-        name = k.replace("layernorm.", "bert.embeddings.LayerNorm.").replace("encoder.layer.", "bert.encoder.layer.")
-        name = name.replace(".attention.attention.", ".attention.self.").replace(".crossattention.attention.", ".crossattention.self.")
-        out[prefix + name] = v.contiguous()
+        name = released_qformer_name(k)
+        if name is not None:
+            out[prefix + name] = v.contiguous()
     # The release's vendored BERT keeps position_ids as a persistent buffer, so the checkpoint holds it.
     out[prefix + "bert.embeddings.position_ids"] = torch.arange(512).unsqueeze(0)
     return out
@@ -109,12 +124,7 @@ def av_model(tmp_path_factory, sp_model):
     state["model.llama_proj.weight"], state["model.llama_proj.bias"] = llama_proj.weight.detach().clone(), llama_proj.bias.detach().clone()
 
     torch.manual_seed(14)
-    small = dict(video_frames=2, kernel_size=(2, 14, 14), out_embed_dim=48, vision_embed_dim=32, vision_num_blocks=1,
-                 vision_num_heads=4, audio_embed_dim=32, audio_num_blocks=2, audio_num_heads=4, text_embed_dim=32,
-                 text_num_blocks=1, text_num_heads=4, depth_embed_dim=32, depth_num_blocks=1, depth_num_heads=4,
-                 thermal_embed_dim=32, thermal_num_blocks=1, thermal_num_heads=4, imu_embed_dim=32, imu_num_blocks=1,
-                 imu_num_heads=4)
-    imagebind = ib.ImageBindModel(**small).eval()
+    imagebind = ib.ImageBindModel(**IMAGEBIND_SMALL).eval()
     with torch.no_grad():
         for n, p in imagebind.named_parameters():
             if "audio" in n and ("norm" in n or "bias_k" in n or "bias_v" in n or n.endswith("cls_token")):
