@@ -230,8 +230,8 @@ Trainable select_trainable(const StageSettings& s, Pipeline& p) {
     // Only the added tokens' rows learn: the others' gradient is zeroed as it arrives.
     auto mask = torch::zeros({weight.size(0), 1}, weight.options());
     mask.narrow(0, first_new, weight.size(0) - first_new).fill_(1);
+    take("model.embed_tokens.weight", weight);  // first: a hook needs a tensor that requires grad
     weight.register_hook([mask](torch::Tensor g) { return g * mask; });
-    take("model.embed_tokens.weight", weight);
   }
   for (const auto& name : p.media_order()) {
     auto& m = p.modality(name);
@@ -338,6 +338,7 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
 
   auto& net = pipeline->llm().net;
   auto& model = *net->model;
+  const int64_t first_step = state.step;
   const auto started = Clock::now();
   auto interval_start = Clock::now();
   double interval_loss = 0, last_loss = 0, last_norm = 0;
@@ -509,7 +510,8 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
         pr.grad_norm = last_norm;
         pr.tokens_per_s = static_cast<double>(interval_tokens) / std::max(1e-9, seconds_since(interval_start));
         pr.elapsed_s = seconds_since(started);
-        pr.eta_s = pr.elapsed_s / static_cast<double>(state.step - (result.resumed ? 0 : 0)) *
+        // From this run's pace: a resumed run's earlier steps took no time here.
+        pr.eta_s = pr.elapsed_s / static_cast<double>(std::max<int64_t>(1, state.step - first_step)) *
                    static_cast<double>(total_steps - state.step);
         pr.skipped_rows = result.skipped_rows;
         metrics.write(pr);

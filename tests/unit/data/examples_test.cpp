@@ -49,13 +49,13 @@ TEST(Rows, ReadsArraysAndJsonLinesWithMediaRelativeToTheirRoot) {
   write(dir / "b.jsonl", R"({"sound": ["s.wav"], "conversations": [{"from": "user", "value": "hi"}, {"from": "assistant", "value": "yo"}]}
 
 {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})");
-  const auto a = read_rows(dir / "a.json", roots(dir));
+  const auto a = read_rows(dir / "a.json", roots(dir.path()));
   ASSERT_EQ(a.size(), 1u);
   EXPECT_EQ(a[0].id, "x");
   ASSERT_EQ(a[0].media.size(), 1u);
   EXPECT_EQ(a[0].media[0].modality, "image");
-  EXPECT_EQ(a[0].media[0].file, dir / "p/1.png");
-  const auto b = read_rows(dir / "b.jsonl", roots(dir));
+  EXPECT_EQ(a[0].media[0].file, dir.path() / "p/1.png");
+  const auto b = read_rows(dir / "b.jsonl", roots(dir.path()));
   ASSERT_EQ(b.size(), 2u);
   EXPECT_EQ(b[0].media[0].modality, "sound");
   EXPECT_FALSE(b[0].messages[1].human);
@@ -71,18 +71,18 @@ TEST(Rows, BadRowsNameTheFileAndRowOrAreSkippedAndCounted) {
     {"conversations": [{"from": "robot", "value": "q"}]},
     "not an object",
     {"conversations": "no list"}])");
-  EXPECT_NE(error_of([&] { read_rows(f, roots(dir)); }).find("bad.json row 2: has no assistant turn"), std::string::npos);
+  EXPECT_NE(error_of([&] { read_rows(f, roots(dir.path())); }).find("bad.json row 2: has no assistant turn"), std::string::npos);
   std::vector<std::string> bad;
-  const auto rows = read_rows(f, roots(dir), [&](const Row& r, const std::string& why) { bad.push_back(r.where() + ": " + why); });
+  const auto rows = read_rows(f, roots(dir.path()), [&](const Row& r, const std::string& why) { bad.push_back(r.where() + ": " + why); });
   EXPECT_EQ(rows.size(), 1u);
   ASSERT_EQ(bad.size(), 5u);
   EXPECT_NE(bad[1].find("row 3: 'image' is a number"), std::string::npos) << bad[1];
   EXPECT_NE(bad[2].find("row 4: turn 1 is from 'robot'"), std::string::npos) << bad[2];
   EXPECT_NE(bad[3].find("row 5: is a string"), std::string::npos) << bad[3];
   EXPECT_NE(bad[4].find("row 6: 'conversations' is a string"), std::string::npos) << bad[4];
-  EXPECT_NE(error_of([&] { read_rows(write(dir / "x.json", "[{"), roots(dir)); }).find("x.json: not a JSON array"),
+  EXPECT_NE(error_of([&] { read_rows(write(dir / "x.json", "[{"), roots(dir.path())); }).find("x.json: not a JSON array"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { read_rows(dir / "missing.json", roots(dir)); }).find("missing.json"), std::string::npos);
+  EXPECT_NE(error_of([&] { read_rows(dir / "missing.json", roots(dir.path())); }).find("missing.json"), std::string::npos);
 }
 
 Row row_of(const std::vector<std::pair<bool, std::string>>& turns, std::vector<RowMedium> media = {}) {
