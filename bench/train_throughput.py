@@ -10,10 +10,13 @@ logged interval to metrics.jsonl; the first interval is warm-up and is left out.
 (`train.dump_gradients`) is replayed in Python: HF CLIPVisionModel (its layers up to the feature layer) +
 the projector + HF LlamaForCausalLM, loaded from the same model.safetensors, whose first-step loss and
 gradients are checked against lego's before the same number of steps is timed (forward, backward, clipping,
-torch.optim.AdamW). Both use the same thread count (lego through OMP_NUM_THREADS: `lego train` has no
---threads flag). Tokens are those of the batch's attention mask, media included, as lego counts them.
+torch.optim.AdamW). --runs alternates lego and Python runs and keeps the best of each, so that other load
+on the machine hits both sides alike. Both use the same thread count (lego through OMP_NUM_THREADS:
+`lego train` has no --threads flag). Tokens are those of the batch's attention mask, media included, as
+lego counts them.
 
-    python bench/train_throughput.py [--threads 2] [--quick] [--models tiny 100m] [--lego build/bin/lego]
+    python bench/train_throughput.py [--threads 2] [--runs 2] [--quick] [--models tiny 100m]
+                                     [--lego build/bin/lego]
 """
 import argparse
 import configparser
@@ -88,14 +91,21 @@ train = encoder adapter llm
 """)
 
 
-def run_lego(lego: Path, work: Path, config: Path, batch: int, warmup: int, steps: int, threads: int):
-    """init-model, data, `lego train`; returns (model dir, dump, tokens/s over the timed intervals)."""
+def prepare(lego: Path, work: Path, config: Path, batch: int, warmup: int, steps: int):
+    """init-model and the data; returns (model dir, the stage config)."""
     model_dir = work / "model"
     subprocess.run([str(lego), "init-model", "--config", str(config), "--out", str(model_dir), "--seed", "1"],
                    check=True, capture_output=True)
     data = make_data(work / "data", batch * (warmup + steps))
     stage = work / "stage.ini"
     write_stage(stage, model_dir, data, work / "run", batch, warmup, steps)
+    return model_dir, stage
+
+
+def run_lego(lego: Path, work: Path, stage: Path, warmup: int, steps: int, threads: int):
+    """One `lego train` from scratch; returns (first-step dump, tokens/s over the timed intervals)."""
+    for old in (work / "run", work / "first-step.safetensors"):
+        subprocess.run(["rm", "-rf", str(old)], check=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     proc = subprocess.run([str(lego), "train", "--config", str(stage)], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -107,7 +117,7 @@ def run_lego(lego: Path, work: Path, config: Path, batch: int, warmup: int, step
     dump = load_file(str(work / "first-step.safetensors"))
     tokens_per_interval = int(dump["batch.valid"].sum()) * warmup
     seconds = sum(tokens_per_interval / r["tokens_per_s"] for r in timed)
-    return model_dir, dump, tokens_per_interval * len(timed) / seconds
+    return dump, tokens_per_interval * len(timed) / seconds
 
 
 def build_python_model(model_dir: Path):
@@ -157,6 +167,7 @@ class PythonStep:
 
     def __init__(self, llama, clip, projector, patch_id, dump, pixels):
         self.llama, self.clip, self.projector = llama.train(), clip.train(), projector.train()
+        self.ids_in = dump["batch.ids"]
         self.ids, self.labels, self.valid = dump["batch.ids"], dump["batch.labels"], dump["batch.valid"].long()
         self.media = self.ids == patch_id
         per_row = self.media.sum(1)
@@ -205,7 +216,8 @@ def check_first_step(step: PythonStep, dump, named):
     return abs(loss.item() - float(dump["loss"])), worst
 
 
-def run_python(model_dir: Path, dump, lego: Path, image: Path, warmup: int, steps: int, threads: int):
+def python_side(model_dir: Path, dump, lego: Path, image: Path, threads: int):
+    """The composed model on lego's first batch, checked against lego's first step."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     llama, clip, projector, patch_id = build_python_model(model_dir)
@@ -217,25 +229,32 @@ def run_python(model_dir: Path, dump, lego: Path, image: Path, warmup: int, step
     named = [*llama.named_parameters()]
     named += [(CLIP_PREFIX + n, p) for n, p in clip.named_parameters() if "post_layernorm" not in n]
     named += [(PROJECTOR_PREFIX + n, p) for n, p in projector.named_parameters()]
-    loss_diff, grad_diff = check_first_step(step, dump, named)
+    return step, check_first_step(step, dump, named)
+
+
+def time_python(step: PythonStep, warmup: int, steps: int):
     for _ in range(warmup):
         step.step()
     t0 = time.perf_counter()
     for _ in range(steps):
         step.step()
-    seconds = time.perf_counter() - t0
-    n_params = sum(p.numel() for p in step.params)
-    return int(step.valid.sum()) * steps / seconds, loss_diff, grad_diff, n_params
+    return int(step.valid.sum()) * steps / (time.perf_counter() - t0)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["tiny", "100m"])
-    ap.add_argument("--quick", action="store_true", help="a few steps only (a smoke run, noisy numbers)")
+    ap.add_argument("--runs", type=int, help="lego and Python runs, alternated; the best of each is shown "
+                                             "(default 2, with --quick 1)")
+    ap.add_argument("--quick", action="store_true", help="a few steps, one run (a smoke run, noisy numbers)")
     ap.add_argument("--lego", type=Path, default=Path(os.environ.get("LEGO_BIN", ROOT / "build/bin/lego")))
     args = ap.parse_args()
-    plan = {"tiny": (2, 4), "100m": (1, 2)} if args.quick else {"tiny": (5, 30), "100m": (2, 8)}  # warm-up, timed
+    if args.runs is None:
+        args.runs = 1 if args.quick else 2
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    plan = {"tiny": (2, 4), "100m": (1, 2)} if args.quick else {"tiny": (3, 12), "100m": (2, 6)}  # warm-up, timed
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="lego-bench-train-") as tmp:
@@ -244,16 +263,25 @@ def main():
             warmup, steps = plan[name]
             work = Path(tmp) / name
             work.mkdir()
-            model_dir, dump, lego_tps = run_lego(args.lego, work, config, batch, warmup, steps, args.threads)
-            py_tps, loss_diff, grad_diff, n_params = run_python(model_dir, dump, args.lego,
-                                                                work / "data/images/0000.png", warmup, steps,
-                                                                args.threads)
-            seq = dump["batch.ids"].shape[1]
-            rows.append((name, n_params, batch, seq, args.threads, steps, lego_tps, py_tps, loss_diff, grad_diff))
+            model_dir, stage = prepare(args.lego, work, config, batch, warmup, steps)
+            lego_tps, py_tps, step, check = [], [], None, None
+            for _ in range(args.runs):  # alternated, so that a change in the machine's load hits both sides
+                dump, tps = run_lego(args.lego, work, stage, warmup, steps, args.threads)
+                lego_tps.append(tps)
+                if step is None:
+                    step, check = python_side(model_dir, dump, args.lego, work / "data/images/0000.png", args.threads)
+                elif not torch.equal(dump["batch.ids"], step.ids_in):
+                    raise SystemExit("lego's first batch changed between runs")
+                py_tps.append(time_python(step, warmup, steps))
+            n_params = sum(p.numel() for p in step.params)
+            rows.append((name, n_params, batch, dump["batch.ids"].shape[1], args.threads, steps, max(lego_tps),
+                         max(py_tps), *check))
+            del step
 
     load = os.getloadavg()
     print(f"fp32 CPU training, encoder + projector + LLM trained, AdamW lr {LR} constant, clip 1.0; torch "
-          f"{torch.__version__}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+          f"{torch.__version__}; best of {args.runs} alternated run(s) per side; "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"{'model':<6} {'params':>7} {'batch':>5} {'seq':>4} {'threads':>7} {'steps':>5} {'lego tok/s':>10} "
           f"{'PyTorch tok/s':>13} {'ratio':>6}  first step vs lego: |loss diff|, worst |grad diff| / max |grad|")
     goals = {"tiny": 1.2, "100m": 1.0}
