@@ -11,8 +11,8 @@ logged interval to metrics.jsonl; the first interval is warm-up and is left out.
 the projector + HF LlamaForCausalLM, loaded from the same model.safetensors, whose first-step loss and
 gradients are checked against lego's before the same number of steps is timed (forward, backward, clipping,
 torch.optim.AdamW). --runs alternates lego and Python runs and keeps the best of each, so that other load
-on the machine hits both sides alike. Both use the same thread count (lego through OMP_NUM_THREADS:
-`lego train` has no --threads flag). Tokens are those of the batch's attention mask, media included, as
+on the machine hits both sides alike. Both use the same thread count (`lego train --threads`, and
+OMP_NUM_THREADS for a lego whose train has no --threads). Tokens are those of the batch's attention mask, media included, as
 lego counts them.
 
     python bench/train_throughput.py [--threads 2] [--runs 2] [--quick] [--models tiny 100m]
@@ -102,12 +102,20 @@ def prepare(lego: Path, work: Path, config: Path, batch: int, warmup: int, steps
     return model_dir, stage
 
 
+def has_train_threads(lego: Path) -> bool:
+    usage = subprocess.run([str(lego), "train", "--help"], capture_output=True, text=True).stdout
+    return "--threads" in usage
+
+
 def run_lego(lego: Path, work: Path, stage: Path, warmup: int, steps: int, threads: int):
     """One `lego train` from scratch; returns (first-step dump, tokens/s over the timed intervals)."""
     for old in (work / "run", work / "first-step.safetensors"):
         subprocess.run(["rm", "-rf", str(old)], check=True)
+    # OMP_NUM_THREADS too, for a lego whose `train` predates --threads (libtorch starts with that many).
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    proc = subprocess.run([str(lego), "train", "--config", str(stage)], env=env, capture_output=True, text=True)
+    flags = ["--threads", str(threads)] if has_train_threads(lego) else []
+    proc = subprocess.run([str(lego), "train", "--config", str(stage), *flags], env=env, capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         raise SystemExit(f"lego train failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
     records = [json.loads(line) for line in (work / "run/metrics.jsonl").read_text().splitlines() if line.strip()]
