@@ -12,8 +12,8 @@ the projector + HF LlamaForCausalLM, loaded from the same model.safetensors, who
 gradients are checked against lego's before the same number of steps is timed (forward, backward, clipping,
 torch.optim.AdamW). --runs alternates lego and Python runs and keeps the best of each, so that other load
 on the machine hits both sides alike. Both use the same thread count (`lego train --threads`, and
-OMP_NUM_THREADS for a lego whose train has no --threads). Tokens are those of the batch's attention mask, media included, as
-lego counts them.
+OMP_NUM_THREADS for a lego whose train has no --threads). Tokens are those of the batch's attention mask,
+media included, as lego counts them.
 
     python bench/train_throughput.py [--threads 2] [--runs 2] [--quick] [--models tiny 100m]
                                      [--lego build/bin/lego]
