@@ -262,7 +262,7 @@ def main():
         args.runs = 1 if args.quick else 2
     if args.runs < 1:
         ap.error("--runs must be at least 1")
-    plan = {"tiny": (2, 4), "100m": (1, 2)} if args.quick else {"tiny": (3, 12), "100m": (2, 6)}  # warm-up, timed
+    plan = {"tiny": (2, 4), "100m": (1, 2)} if args.quick else {"tiny": (5, 60), "100m": (2, 6)}  # warm-up, timed
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="lego-bench-train-") as tmp:
