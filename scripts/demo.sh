@@ -63,7 +63,6 @@ for task in rec temporal sound-loc caption; do
   file=$synth/test-${task/sound-loc/sound_localization}.json
   "$lego" eval --model "$model" --task $task --data "$file" --max-new-tokens 48 --report "$out/eval-$task.json" >/dev/null
 done
-"$build/bin/lego" --help >/dev/null
 python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
