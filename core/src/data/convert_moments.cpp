@@ -1,11 +1,12 @@
-// Converters of moments in videos: Charades-STA and DiDeMo (sentence -> span) and ActivityNet Captions
-// (video -> every event's span and sentence, dense captioning).
+// Converters of moments in clips: Charades-STA and DiDeMo (sentence -> span) and ActivityNet Captions
+// (clip -> every event's span and sentence, dense captioning).
 #include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <unordered_map>
 
 #include "convert_context.h"
+#include "lego/model/released_defaults.h"
 
 namespace lego::data::convert_detail {
 namespace {
@@ -16,7 +17,7 @@ std::string event_phrase(std::string s) {
   return s;
 }
 
-// DiDeMo cuts each video into 5-second segments, 6 of them for the 30 s it annotates (Hendricks et al.
+// DiDeMo cuts each clip into 5-second segments, 6 of them for the 30 s it annotates (Hendricks et al.
 // 2017); `num_segments` in an entry overrides the count.
 constexpr int64_t kDidemoSegments = 6;
 
@@ -50,9 +51,9 @@ void convert_charades_sta(Converter& c) {
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
     const auto hashes = line.find("##");
     std::istringstream head(line.substr(0, hashes == std::string::npos ? 0 : hashes));
-    std::string video, start_text, end_text, extra;
+    std::string clip, start_text, end_text, extra;
     double start = 0, end = 0;
-    if (hashes == std::string::npos || !(head >> video >> start_text >> end_text) || (head >> extra)) {
+    if (hashes == std::string::npos || !(head >> clip >> start_text >> end_text) || (head >> extra)) {
       bad_input(sta_file, "line " + std::to_string(number) + " is not 'VIDEO START END##SENTENCE'");
     }
     char* s_end = nullptr;
@@ -61,7 +62,7 @@ void convert_charades_sta(Converter& c) {
     end = std::strtod(end_text.c_str(), &e_end);
     if (*s_end != 0 || *e_end != 0) bad_input(sta_file, "line " + std::to_string(number) + " has a time that is not a number");
     c.count_read();
-    const auto length = lengths.find(video);
+    const auto length = lengths.find(clip);
     if (length == lengths.end()) {
       c.drop(kUnknownReference);
       continue;
@@ -71,8 +72,8 @@ void convert_charades_sta(Converter& c) {
     const auto sentence = c.clean_text(line.substr(hashes + 2));
     if (!sentence) continue;
     const auto answer = grounding::format_span(*span);
-    if (!c.claim(video + '\n' + answer + '\n' + *sentence)) continue;
-    c.emit({"charades-sta-" + std::to_string(number), {video + ".mp4"}, c.question("temporal", {{"event", event_phrase(*sentence)}}),
+    if (!c.claim(clip + '\n' + answer + '\n' + *sentence)) continue;
+    c.emit({"charades-sta-" + std::to_string(number), {clip + ".mp4"}, c.question("temporal", {{"event", event_phrase(*sentence)}}),
             answer});
   }
 }
@@ -86,10 +87,10 @@ void convert_didemo(Converter& c) {
     const auto& entry = all[i];
     if (!entry.is_object()) bad_input(file, "entry " + std::to_string(i) + " is not an object");
     c.count_read();
-    const auto video = text(entry, "video");
+    const auto clip = text(entry, didemo_clip_field().c_str());
     const auto description = text(entry, "description");
     const auto times = entry.find("times");
-    if (!video || video->empty() || !description || times == entry.end() || !times->is_array() || times->empty()) {
+    if (!clip || clip->empty() || !description || times == entry.end() || !times->is_array() || times->empty()) {
       c.drop(kMissingField);
       continue;
     }
@@ -122,9 +123,9 @@ void convert_didemo(Converter& c) {
     const auto sentence = c.clean_text(*description);
     if (!sentence) continue;
     const auto answer = grounding::format_span(*span);
-    if (!c.claim(*video + '\n' + answer + '\n' + *sentence)) continue;
+    if (!c.claim(*clip + '\n' + answer + '\n' + *sentence)) continue;
     const auto id = id_text(entry, "annotation_id").value_or(std::to_string(i));
-    c.emit({"didemo-" + id, {*video}, c.question("temporal", {{"event", event_phrase(*sentence)}}), answer});
+    c.emit({"didemo-" + id, {*clip}, c.question("temporal", {{"event", event_phrase(*sentence)}}), answer});
   }
 }
 
@@ -133,9 +134,9 @@ void convert_activitynet(Converter& c) {
   const auto& file = c.inputs()[0];
   const Json all = read_json(file, "ActivityNet Captions annotations");
   if (!all.is_object()) bad_input(file, "is not an object of videos");
-  for (const auto& [video, entry] : all.items()) {
+  for (const auto& [clip, entry] : all.items()) {
     if (c.full()) break;
-    if (!entry.is_object()) bad_input(file, "video '" + video + "' is not an object");
+    if (!entry.is_object()) bad_input(file, "clip '" + clip + "' is not an object");
     const auto duration = number(entry, "duration");
     const auto stamps = entry.find("timestamps");
     const auto sentences = entry.find("sentences");
@@ -168,8 +169,8 @@ void convert_activitynet(Converter& c) {
     std::stable_sort(events.begin(), events.end(), [](const Event& a, const Event& b) { return a.span.t1 < b.span.t1; });
     std::string answer;
     for (const auto& e : events) answer += (answer.empty() ? "" : " ") + grounding::format_span(e.span) + " " + e.sentence;
-    if (!c.claim(video)) continue;
-    c.emit({"activitynet-" + video, {video + ".mp4"}, c.question("dense_video_caption", {}), answer});
+    if (!c.claim(clip)) continue;
+    c.emit({"activitynet-" + clip, {clip + ".mp4"}, c.question("dense_caption", {}), answer});
   }
 }
 

@@ -46,4 +46,9 @@ const std::vector<ReleasedMedium>& released_media_of_source(std::string_view sou
   return it->second;
 }
 
+const std::string& didemo_clip_field() {
+  static const std::string field = "video";
+  return field;
+}
+
 }  // namespace lego

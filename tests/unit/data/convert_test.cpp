@@ -93,7 +93,7 @@ class Convert : public ::testing::Test {
     write_bytes(dir / "templates/rec.txt", "Output the coordinate of {exp}\n");
     write_bytes(dir / "templates/region_caption.txt", "What is in {box}?\n");
     write_bytes(dir / "templates/temporal.txt", "When does {event}?\n");
-    write_bytes(dir / "templates/dense_video_caption.txt", "Describe the events.\n");
+    write_bytes(dir / "templates/dense_caption.txt", "Describe the events.\n");
     write_bytes(dir / "templates/audio_caption.txt", "Describe the sound.\n");
     write_bytes(dir / "templates/sound_localization.txt", "Where does the sound come from?\n");
   }

@@ -1,8 +1,8 @@
 // Rows of a conversation dataset in the released training format (DESIGN.md, core/data): a JSON array, or
 // JSON Lines, of objects with optional media keys and `conversations`:
-//   {"id": "...", "image": "coco/1.jpg", "conversations": [{"from": "human", "value": "<image>\nWhere ...?"},
+//   {"id": "...", "NAME": "coco/1.jpg", "conversations": [{"from": "human", "value": "<NAME>\nWhere ...?"},
 //                                                          {"from": "gpt", "value": "[0.1, 0.2, 0.5, 0.6]"}]}
-// A media key is the name of one of the model's modalities (the released data uses image, video and sound);
+// A media key (NAME) is the name of one of the model's modalities (docs/training.md lists the released ones);
 // its value is a path, or a list of paths, relative to that modality's root folder. `from` is human or gpt
 // (user/assistant are accepted too).
 #pragma once

@@ -32,4 +32,8 @@ const std::vector<ReleasedMedium>& released_media();
 // source when it is not one convert reads.
 const std::vector<ReleasedMedium>& released_media_of_source(std::string_view source);
 
+// The field of DiDeMo's annotation entries that names the clip's file (the dataset's own key, which is the
+// released modality's name).
+const std::string& didemo_clip_field();
+
 }  // namespace lego
