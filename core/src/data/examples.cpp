@@ -93,22 +93,29 @@ Example ExampleBuilder::build(const Row& row) const {
   }
 
   const auto& tok = pipeline_.tokenizer();
-  const std::string header = std::string(text::kLegoSystemPrompt) + "\n\n";
+  const std::string header = pipeline_.system_prompt() + "\n\n";
   std::vector<std::string> turns;
   for (const auto& m : messages) {
     turns.push_back(std::string(kTurnStart) + (m.human ? kHuman : kAssistant) + ": " + pipeline_.expand(m.value) + kTurnEnd);
   }
+  // The whole conversation is tokenized at once, as inference tokenizes its prompt (pieces tokenized on
+  // their own would start with SentencePiece's dummy prefix, U+2581 before "###", which a prompt never has).
+  std::string conversation = header;
+  std::vector<size_t> starts_at;  // character offset of each turn
+  for (const auto& t : turns) {
+    starts_at.push_back(conversation.size());
+    conversation += t;
+  }
+  conversation += kTurnStart;
   Example ex;
-  if (options_.masking == Masking::Released) {
-    std::string conversation = header;
-    for (const auto& t : turns) conversation += t;
-    conversation += kTurnStart;
-    ex.ids = tok.encode(conversation, /*add_bos=*/true);
-    ex.labels = ex.ids;
+  ex.ids = tok.encode(conversation, /*add_bos=*/true);
+  ex.labels = ex.ids;
+  auto mask = [&](int64_t from, int64_t to) {
     const auto n = static_cast<int64_t>(ex.ids.size());
-    auto mask = [&](int64_t from, int64_t to) {
-      for (int64_t i = std::max<int64_t>(from, 0); i < std::min(to, n); ++i) ex.labels[static_cast<size_t>(i)] = kIgnoreLabel;
-    };
+    for (int64_t i = std::max<int64_t>(from, 0); i < std::min(to, n); ++i) ex.labels[static_cast<size_t>(i)] = kIgnoreLabel;
+  };
+  if (options_.masking == Masking::Released) {
+    // The release walks the ids with the lengths of the pieces tokenized on their own, BOS included.
     int64_t cur = static_cast<int64_t>(tok.encode(header, true).size());
     mask(0, cur);
     for (size_t k = 0; k < turns.size(); ++k) {
@@ -117,17 +124,22 @@ Example ExampleBuilder::build(const Row& row) const {
       cur += len;
     }
   } else {
-    auto append = [&](const std::string& piece, bool target) {
-      const auto ids = tok.encode(piece, /*add_bos=*/false);
-      ex.ids.insert(ex.ids.end(), ids.begin(), ids.end());
-      ex.labels.insert(ex.labels.end(), ids.size(), kIgnoreLabel);
-      if (target) std::copy(ids.begin(), ids.end(), ex.labels.end() - static_cast<std::ptrdiff_t>(ids.size()));
+    // Exact extents: the tokenized prefix before a character offset, clipped to what it shares with the whole.
+    auto boundary = [&](size_t chars) {
+      const auto prefix = tok.encode(conversation.substr(0, chars), /*add_bos=*/true);
+      int64_t n = 0;
+      while (n < static_cast<int64_t>(std::min(prefix.size(), ex.ids.size())) &&
+             prefix[static_cast<size_t>(n)] == ex.ids[static_cast<size_t>(n)]) {
+        ++n;
+      }
+      return n;
     };
-    ex.ids.push_back(tok.bos_id());
-    ex.labels.push_back(kIgnoreLabel);
-    append(header, false);
-    for (size_t k = 0; k < turns.size(); ++k) append(turns[k], !messages[k].human);
-    append(kTurnStart, true);
+    mask(0, boundary(header.size()));
+    for (size_t k = 0; k < turns.size(); ++k) {
+      if (!messages[k].human) continue;
+      const auto end = k + 1 < turns.size() ? starts_at[k + 1] : conversation.size() - std::string(kTurnStart).size();
+      mask(boundary(starts_at[k]), boundary(end));
+    }
   }
 
   // Media blocks, in order: the truncation must not cut one.

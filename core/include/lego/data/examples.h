@@ -5,8 +5,9 @@
 // Masking::Released is the release's (LLaVA-v0) rule, quirks included: every piece (the header, then each
 // turn "### Role: value\n") is tokenized on its own with BOS and those lengths walk the whole tokenized
 // conversation; the header is masked, each human turn except its first two tokens is masked, assistant
-// turns and the trailing "### " are targets. Masking::HumanTurns builds the ids piece by piece, so the
-// header and every human turn are masked exactly and every assistant turn is a target.
+// turns and the trailing "### " are targets. Masking::HumanTurns masks the header and every human turn
+// exactly and makes every assistant turn (and the trailing "### ") a target; its ids are the whole
+// conversation tokenized at once, the same ids as Released's and as an inference prompt's.
 #pragma once
 
 #include <cstdint>
