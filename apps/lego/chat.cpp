@@ -17,7 +17,8 @@ int run_chat(const Args& args) {
   Request request;
   request.sampling.max_new_tokens = 512;
   po::options_description d("chat");
-  d.add_options()("system", po::value(&request.system), "system prompt of the template");
+  d.add_options()("system", po::value<std::string>()->notifier([&](const std::string& v) { request.system = v; }),
+       "system prompt of the template (default: the model's, model.ini [model] system_prompt)");
   d.add(model_flags(model_flags_)).add(sampling_flags(request.sampling));
   if (!parse_args(args, d, "lego chat --model DIR [options]")) return 0;
   request.sampling.validate();

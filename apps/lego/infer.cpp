@@ -23,7 +23,8 @@ int run_infer(const Args& args) {
   po::options_description d("infer");
   d.add_options()
       ("prompt", po::value(&request.message)->required(), "the question; placeholders (<NAME>) mark where media go (default: in front)")
-      ("system", po::value(&request.system), "system prompt of the template")
+      ("system", po::value<std::string>()->notifier([&](const std::string& v) { request.system = v; }),
+       "system prompt of the template (default: the model's, model.ini [model] system_prompt)")
       ("raw", po::bool_switch(&request.raw), "send the prompt as is: no chat template, no '###' stop")
       ("media-seed", po::value(&request.media_seed)->default_value(0), "seed of any randomness in reading media")
       ("json", po::bool_switch(&json), "print {text, boxes, spans, timings} as JSON")

@@ -116,6 +116,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::filesystem::path& dir, const
     throw Error(ErrorKind::Format, ini + ": model.prompt_format is '" + format + "' (released or training)");
   }
   p->training_form_ = format == "training";
+  p->system_prompt_ = p->llm_.config.get_string("model.system_prompt", text::kLegoSystemPrompt);
   if (const auto unknown = p->llm_.config.unread_keys(); !unknown.empty()) {
     throw Error(ErrorKind::Format, ini + ": unknown key '" + unknown.front() + "' (no part of lego or of the plugin of its section reads it)");
   }
@@ -426,8 +427,9 @@ bool Pipeline::render(const Grounding& grounding, const std::vector<EncodedMedia
 
 std::string Pipeline::prompt(const Request& request, const std::string& placed_message) const {
   if (request.raw) return placed_message;
-  if (training_form_) return text::render_training_form_prompt(request.history, placed_message, request.system);
-  return text::render_inference_prompt(request.history, placed_message, request.system);
+  const auto& system = request.system ? *request.system : system_prompt_;
+  if (training_form_) return text::render_training_form_prompt(request.history, placed_message, system);
+  return text::render_inference_prompt(request.history, placed_message, system);
 }
 
 Answer Pipeline::answer(const Request& request, const std::vector<EncodedMedia>& earlier,

@@ -9,6 +9,7 @@
 #include "lego/data/loader.h"
 #include "lego/data/rows.h"
 #include "lego/data/templates.h"
+#include "lego/model/init_model.h"
 #include "lego/pipeline/pipeline.h"
 #include "lego/sdk/error.h"
 #include "tiny_model.h"
@@ -111,26 +112,52 @@ TEST(Examples, ReleasedMaskingKeepsAssistantTurnsTheTrailingHeaderAndTwoTokensOf
   EXPECT_FALSE(ex.truncated);
 }
 
-TEST(Examples, HumanTurnMaskingMasksExactlyTheHeaderAndHumanTurns) {
+TEST(Examples, HumanTurnMaskingMasksExactlyTheHeaderAndHumanTurnsOfTheWholeConversationTokenizedAtOnce) {
   auto& p = tiny_pipeline();
   const auto& tok = p.tokenizer();
   ExampleBuilder b(p, {Masking::HumanTurns, 2048, true});
   const auto ex = b.build(row_of({{true, "Where is the dog?"}, {false, "On the left."}, {true, "And the cat?"}, {false, "Right."}}));
-  std::vector<int64_t> want_ids{tok.bos_id()}, want_labels{kIgnoreLabel};
-  auto add = [&](const std::string& s, bool target) {
-    for (auto id : tok.encode(s, false)) {
-      want_ids.push_back(id);
-      want_labels.push_back(target ? id : kIgnoreLabel);
-    }
-  };
-  add(std::string(text::kLegoSystemPrompt) + "\n\n", false);
-  add("### Human: Where is the dog?\n", false);
-  add("### Assistant: On the left.\n", true);
-  add("### Human: And the cat?\n", false);
-  add("### Assistant: Right.\n", true);
-  add("### ", true);
-  EXPECT_EQ(ex.ids, want_ids);
+  const std::vector<std::pair<std::string, bool>> pieces = {
+      {std::string(text::kLegoSystemPrompt) + "\n\n", false}, {"### Human: Where is the dog?\n", false},
+      {"### Assistant: On the left.\n", true}, {"### Human: And the cat?\n", false},
+      {"### Assistant: Right.\n", true}, {"### ", true}};
+  std::string whole;
+  for (const auto& [piece, target] : pieces) whole += piece;
+  // The ids an inference prompt of the same text has: no piece starts with a dummy-prefix U+2581 before "###".
+  const auto ids = tok.encode(whole, true);
+  EXPECT_EQ(ex.ids, ids);
+  EXPECT_EQ(ex.ids, ExampleBuilder(p, {Masking::Released, 2048, true}).build(row_of({{true, "Where is the dog?"},
+      {false, "On the left."}, {true, "And the cat?"}, {false, "Right."}})).ids);
+  std::vector<int64_t> want_labels{kIgnoreLabel};  // BOS
+  std::string prefix;
+  for (const auto& [piece, target] : pieces) {
+    const auto before = tok.encode(prefix, true).size();
+    prefix += piece;
+    const auto after = tok.encode(prefix, true).size();
+    ASSERT_LE(after, ids.size());
+    for (auto i = before; i < after; ++i) want_labels.push_back(target ? ids[i] : kIgnoreLabel);
+  }
   EXPECT_EQ(ex.labels, want_labels);
+  EXPECT_EQ(tok.decode(std::vector<int64_t>(ids.begin() + 1, ids.end())), whole);
+}
+
+TEST(Examples, TheModelsSystemPromptHeadsTrainingExamplesAndPrompts) {
+  TempDir dir;
+  auto host = std::make_shared<host::PluginHost>();
+  auto cfg = lego::testing::tiny_config();
+  cfg.set("model.system_prompt", "Be brief.");
+  init_model(cfg, dir / "m", 11, *host);  // copies [model] system_prompt into model.ini
+  auto p = Pipeline::load(dir / "m", {}, host);
+  EXPECT_EQ(p->system_prompt(), "Be brief.");
+  ExampleBuilder b(*p, {Masking::HumanTurns, 2048, true});
+  const auto ex = b.build(row_of({{true, "Where?"}, {false, "Here."}}));
+  EXPECT_EQ(ex.ids, p->tokenizer().encode("Be brief.\n\n### Human: Where?\n### Assistant: Here.\n### ", true));
+  Request r;
+  EXPECT_EQ(p->prompt(r, "Where?"), "Be brief.###Human: Where?###Assistant:");
+  r.system = "";
+  EXPECT_EQ(p->prompt(r, "Where?"), "###Human: Where?###Assistant:");  // a request's own, even empty, wins
+  // Without the key: conv_lego's.
+  EXPECT_EQ(tiny_pipeline().system_prompt(), text::kLegoSystemPrompt);
 }
 
 TEST(Examples, MediaMoveToTheFrontOfTheirTurnInMediaOrderAndExpandToTheirBlocks) {

@@ -68,7 +68,7 @@ struct Request {
   std::vector<text::Turn> history;  // earlier turns, for a conversation
   std::string message;
   std::vector<MediaInput> media;    // a modality's placeholders take its media in this order
-  std::string system = text::kLegoSystemPrompt;
+  std::optional<std::string> system;  // the template's system prompt; unset: the model's (system_prompt())
   bool raw = false;                 // send the message as is: no template, no "###" stop
   generate::SamplingOptions sampling;
   uint64_t media_seed = 0;          // seed of any randomness in loading the media
@@ -93,6 +93,9 @@ class Pipeline {
                                         std::shared_ptr<const host::PluginHost> host);
 
   LanguageModel& llm() { return llm_; }
+  // The system prompt the model was trained with: model.ini `[model] system_prompt`, conv_lego's when absent.
+  // Requests without their own, and training examples, use it.
+  const std::string& system_prompt() const { return system_prompt_; }
   const text::Tokenizer& tokenizer() const;
   // The model's modalities, in media order.
   const std::vector<std::string>& media_order() const { return order_; }
@@ -158,6 +161,7 @@ class Pipeline {
   std::map<std::string, Entry> modalities_;
   std::vector<std::string> order_;
   bool training_form_ = false;  // model.ini [model] prompt_format = training
+  std::string system_prompt_ = text::kLegoSystemPrompt;
 };
 
 // The modality sections of a model config: section name -> (plugin, ModalityConfig); `file` is named in
