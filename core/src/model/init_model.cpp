@@ -1,5 +1,7 @@
 #include "lego/model/init_model.h"
 
+#include <algorithm>
+
 #include "lego/fs/atomic_file.h"
 #include "lego/host/plugin_host.h"
 #include "lego/model/language_model.h"
@@ -13,6 +15,30 @@ namespace lego {
 
 // HF's LlamaConfig.initializer_range.
 constexpr double kInitStd = 0.02;
+
+// Fills `table` ([g*g, d] or [1 + g*g, d], the extra first row a class token's, left at 0) with fixed 2-D
+// sine-cosine positions of a g x g grid, row-major, times `scale`: the first half of the columns encodes the
+// column, the second the row, each as sines then cosines of d/4 frequencies 1/100^(k/(d/4)).
+void fill_sincos_2d(torch::Tensor& table, double scale, const std::string& what) {
+  const auto rows = table.dim() == 2 ? table.size(0) : 0, d = table.dim() == 2 ? table.size(1) : 0;
+  int64_t g = 0;
+  while ((g + 1) * (g + 1) <= rows) ++g;
+  const int64_t extra = rows - g * g;
+  if (table.dim() != 2 || g == 0 || extra > 1 || d % 4 != 0) {
+    throw Error(ErrorKind::Format, what + ": a 2-D sine-cosine table needs shape [g*g (+1), d] with d a multiple of 4");
+  }
+  torch::NoGradGuard no_grad;
+  const int64_t q = d / 4;
+  auto omega = 1.0 / torch::pow(100.0, torch::arange(q, torch::kFloat64) / static_cast<double>(q));
+  auto cell = torch::arange(g * g, torch::kFloat64);
+  auto encode = [&](const torch::Tensor& p) {
+    auto o = p.unsqueeze(1) * omega.unsqueeze(0);
+    return torch::cat({o.sin(), o.cos()}, 1);
+  };
+  auto grid = torch::cat({encode(torch::remainder(cell, g)), encode(torch::div(cell, g, "floor"))}, 1) * scale;
+  table.zero_();
+  table.narrow(0, extra, g * g).copy_(grid.to(table.scalar_type()));
+}
 
 void init_model(const config::Config& config, const std::filesystem::path& out, uint64_t seed,
                 const host::PluginHost& host) {
@@ -33,7 +59,19 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
   cfg.set("llm.vocab_size", std::to_string(tokenizer.vocab_size()));
   const auto options = llama_options_from_config(cfg);
   llm::LlamaForCausalLM net(options);
-  nn::init_normal(*net, kInitStd, seed);
+  // [init] scheme: normal (N(0, std), std 0.02 by default: HF's initializer_range, what the released
+  // models were trained from) or fan_in (N(0, gain^2 / fan_in): small models learn much faster from it).
+  const auto scheme = cfg.get_string("init.scheme", "normal");
+  if (scheme != "normal" && scheme != "fan_in") {
+    throw Error(ErrorKind::Format, config.source().string() + ": init.scheme is '" + scheme + "' (normal or fan_in)");
+  }
+  const double scale = scheme == "normal" ? cfg.get_double("init.std", kInitStd, 1e-6, 10)
+                                          : cfg.get_double("init.gain", 1.0, 1e-6, 10);
+  auto init = [&](torch::nn::Module& m, uint64_t s) {
+    if (scheme == "normal") nn::init_normal(m, scale, s);
+    else nn::init_fan_in(m, scale, s);
+  };
+  init(*net, seed);
 
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (const auto& p : net->named_parameters()) tensors.emplace_back(p.key(), p.value());
@@ -54,12 +92,25 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
       holder.register_parameter(std::to_string(i) + "_" + params[i].first.substr(params[i].first.rfind('.') + 1),
                                 params[i].second);
     }
-    nn::init_normal(holder, kInitStd, ++branch_seed);
+    init(holder, ++branch_seed);
     tensors.insert(tensors.end(), params.begin(), params.end());
     model_ini.set(section + ".plugin", spec.first);
   }
+  // [init] sincos_2d = TENSOR: a position table that starts as fixed 2-D sine-cosine positions (scaled by
+  // sincos_2d_scale) instead of noise; a vision transformer trained from scratch learns where things are
+  // far sooner from it.
+  if (cfg.has("init.sincos_2d")) {
+    const auto name = cfg.get_string("init.sincos_2d");
+    const double sincos_scale = cfg.get_double("init.sincos_2d_scale", 1.0, 1e-6, 1e3);
+    auto it = std::find_if(tensors.begin(), tensors.end(), [&](const auto& t) { return t.first == name; });
+    if (it == tensors.end()) {
+      throw Error(ErrorKind::Format, config.source().string() + ": init.sincos_2d names '" + name + "', no tensor of the model");
+    }
+    fill_sincos_2d(it->second, sincos_scale, config.source().string() + ": init.sincos_2d '" + name + "'");
+  }
   // Before the sections are copied (copying reads every key): keys no plugin read are typos.
   cfg.has("model.media_order");
+  cfg.has("model.system_prompt");
   if (const auto unknown = cfg.unread_keys(); !unknown.empty()) {
     throw Error(ErrorKind::Format, config.source().string() + ": unknown key '" + unknown.front() +
                                        "' (no part of lego or of the plugin of its section reads it)");
@@ -76,6 +127,7 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
     }
     model_ini.set("model.media_order", order);
   }
+  if (cfg.has("model.system_prompt")) model_ini.set("model.system_prompt", cfg.get_string("model.system_prompt"));
   weights::write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}, {"producer", "lego init-model"}});
 
   llama_options_to_config(options, model_ini);

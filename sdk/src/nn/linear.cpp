@@ -3,6 +3,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/nn/functional/linear.h>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "lego/sdk/error.h"
@@ -68,7 +70,11 @@ torch::nn::LayerNorm make_layer_norm(int64_t width, double eps) {
   return torch::nn::LayerNorm(torch::nn::LayerNormOptions({width}).eps(eps));
 }
 
-void init_normal(torch::nn::Module& module, double std, uint64_t seed) {
+namespace {
+
+// Biases 0, 1-D `weight`s 1, every other tensor N(0, std_of(tensor)^2), drawn in parameter order.
+template <typename StdOf>
+void init_walk(torch::nn::Module& module, uint64_t seed, StdOf std_of) {
   torch::NoGradGuard no_grad;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   for (auto& p : module.named_parameters(/*recurse=*/true)) {
@@ -82,9 +88,23 @@ void init_normal(torch::nn::Module& module, double std, uint64_t seed) {
     } else if (ends_with("weight") && t.dim() == 1) {
       t.fill_(1.0);  // normalisation scales
     } else {
-      t.copy_(torch::empty(t.sizes(), torch::kFloat32).normal_(0.0, std, gen));
+      t.copy_(torch::empty(t.sizes(), torch::kFloat32).normal_(0.0, std_of(t), gen));
     }
   }
+}
+
+}  // namespace
+
+void init_normal(torch::nn::Module& module, double std, uint64_t seed) {
+  init_walk(module, seed, [std](const torch::Tensor&) { return std; });
+}
+
+void init_fan_in(torch::nn::Module& module, double gain, uint64_t seed) {
+  init_walk(module, seed, [gain](const torch::Tensor& t) {
+    int64_t fan_in = t.dim() == 0 ? 1 : t.size(-1);
+    if (t.dim() == 4) fan_in = t.numel() / std::max<int64_t>(t.size(0), 1);  // a convolution kernel
+    return gain / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
+  });
 }
 
 }  // namespace lego::nn

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -222,6 +223,30 @@ TEST(Clone, NestOnItsOwnCopiesEverythingInside) {
     EXPECT_EQ(theirs[p.key()].requires_grad(), p.value().requires_grad()) << p.key();
   }
   EXPECT_TRUE(torch::equal(copy->named_buffers()["count"], torch::tensor({7}, torch::kInt64)));
+}
+
+// init_fan_in: each tensor N(0, gain^2 / fan_in), fan_in a matrix's input width or a kernel's input
+// channels times its window; biases 0 and norm scales 1 as with init_normal; the same seed, the same draw.
+TEST(Init, FanInScalesEachTensorByItsInputWidth) {
+  Nest m;
+  m->register_module("wide", Linear(LinearOptions(1024, 64)));
+  m->register_module("narrow", Linear(LinearOptions(16, 64)));
+  m->register_module("patch", torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 64, 8)));
+  m->register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({64})));
+  m->register_parameter("table", torch::empty({600, 256}));
+  init_fan_in(*m, 2.0, 5);
+  auto params = m->named_parameters();
+  auto std_of = [&](const std::string& n) { return params[n].std().item<double>(); };
+  EXPECT_NEAR(std_of("wide.weight"), 2.0 / 32, 0.003);
+  EXPECT_NEAR(std_of("narrow.weight"), 2.0 / 4, 0.03);
+  EXPECT_NEAR(std_of("patch.weight"), 2.0 / std::sqrt(3.0 * 8 * 8), 0.006);
+  EXPECT_NEAR(std_of("table"), 2.0 / 16, 0.003);
+  EXPECT_TRUE(torch::equal(params["wide.bias"], torch::zeros({64})));
+  EXPECT_TRUE(torch::equal(params["norm.weight"], torch::ones({64})));
+  EXPECT_TRUE(torch::equal(params["norm.bias"], torch::zeros({64})));
+  const auto first = params["table"].clone();
+  init_fan_in(*m, 2.0, 5);
+  EXPECT_TRUE(torch::equal(m->named_parameters()["table"], first));
 }
 
 }  // namespace

@@ -5,11 +5,14 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <fstream>
 
 #include "lego/model/init_model.h"
 #include "lego/pipeline/pipeline.h"
+#include "lego/sdk/error.h"
 #include "lego/sdk/io/image_reader.h"
+#include "lego/weights/tensor_source.h"
 #include "test_files.h"
 #include "tiny_model.h"
 
@@ -208,4 +211,47 @@ TEST(Pipeline, AnswersARequestEndToEnd) {
 }
 
 }  // namespace
+
+// lego init-model's [init] section: fan_in draws each matrix from N(0, 1/fan_in); sincos_2d makes the
+// named position table fixed 2-D sine-cosine positions (class-token row 0); bad keys name themselves.
+TEST(InitModel, FanInWeightsAndASineCosinePositionTable) {
+  lego::testing::TempDir dir;
+  const host::PluginHost host;
+  const std::string table = "model.vision_tower.vision_tower.vision_model.embeddings.position_embedding.weight";
+  auto cfg = lego::testing::tiny_config();
+  cfg.set("init.scheme", "fan_in");
+  cfg.set("init.sincos_2d", table);
+  cfg.set("init.sincos_2d_scale", "2");
+  init_model(cfg, dir / "m", 5, host);
+  const auto weights = weights::open_safetensors(dir / "m" / "model.safetensors");
+  EXPECT_NEAR(weights->get("lm_head.weight").std().item<double>(), 1.0 / 8, 0.01);  // hidden 64
+  const auto pos = weights->get(table);  // [1 + 4 * 4, 32]: a 4 x 4 grid, d / 4 = 8 frequencies
+  ASSERT_EQ(pos.sizes(), (std::vector<int64_t>{17, 32}));
+  EXPECT_TRUE(torch::equal(pos[0], torch::zeros({32})));
+  for (int64_t cell : {0, 6, 15}) {
+    const double col = static_cast<double>(cell % 4), row = static_cast<double>(cell / 4);
+    for (int64_t k = 0; k < 8; ++k) {
+      const double omega = 1.0 / std::pow(100.0, k / 8.0);
+      EXPECT_NEAR(pos[1 + cell][k].item<double>(), 2 * std::sin(col * omega), 1e-6);
+      EXPECT_NEAR(pos[1 + cell][8 + k].item<double>(), 2 * std::cos(col * omega), 1e-6);
+      EXPECT_NEAR(pos[1 + cell][16 + k].item<double>(), 2 * std::sin(row * omega), 1e-6);
+      EXPECT_NEAR(pos[1 + cell][24 + k].item<double>(), 2 * std::cos(row * omega), 1e-6);
+    }
+  }
+  auto refused = [&](const std::string& key, const std::string& value) {
+    auto c = lego::testing::tiny_config();
+    c.set(key, value);
+    try {
+      init_model(c, dir / "bad", 5, host);
+    } catch (const Error& e) {
+      EXPECT_FALSE(std::filesystem::exists(dir / "bad"));
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_NE(refused("init.scheme", "xavier").find("init.scheme is 'xavier' (normal or fan_in)"), std::string::npos);
+  EXPECT_NE(refused("init.sincos_2d", "no.such").find("init.sincos_2d names 'no.such', no tensor"), std::string::npos);
+  EXPECT_NE(refused("init.sincos_2d", "lm_head.weight").find("2-D sine-cosine table needs shape"), std::string::npos);
+}
+
 }  // namespace lego
