@@ -27,6 +27,7 @@ int run_synth(const Args& args) {
       ("model", po::value(&model), "a model directory whose modalities render the media")
       ("config", po::value(&config_file), "or a model config (configs/models/*.ini) whose sections name them")
       ("templates", po::value(&templates), "folder of the task templates (default: the source tree's configs/templates)")
+      ("max-objects", po::value(&options.max_objects)->default_value(4), "objects per scene at most, 1-4")
       ("threads", po::value(&options.threads)->default_value(2), "rendering threads")
       ("plugin-dir", po::value(&plugin_dirs)->composing(), "where to look for modality plugins first (repeatable)");
   if (!parse_args(args, d, "lego synth --out DIR (--model DIR | --config FILE) [--seed S] [--size small|full]")) return 0;

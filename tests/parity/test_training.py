@@ -236,3 +236,17 @@ def test_synth_is_deterministic_and_split_by_seed(tiny, tmp_path):
     assert {"image", "sound"} <= rows[0].keys()
     temporal = json.loads((tmp_path / "a" / "train-temporal.json").read_text())
     assert temporal[0]["conversations"][1]["value"].startswith("{")
+
+
+def test_synth_max_objects_draws_single_object_scenes(tmp_path):
+    counts = [a for k in ("train", "val", "test") for t in ("rec", "caption", "temporal", "sound_localization")
+              for a in ("--count", f"{k}.{t}={12 if (k, t) == ('train', 'caption') else 0}")]
+    run_lego("synth", "--config", TINY, "--seed", 9, "--out", tmp_path / "one", "--max-objects", "1", *counts)
+    captions = json.loads((tmp_path / "one" / "train-caption.json").read_text())
+    assert len(captions) == 12
+    for row in captions:  # a dense caption lists every object of the scene with its box
+        assert row["conversations"][1]["value"].count("[") == 1, row
+    for bad in ("0", "5"):
+        proc = run_lego("synth", "--config", TINY, "--out", tmp_path / "bad", "--max-objects", bad, *counts, check=False)
+        assert proc.returncode != 0 and "--max-objects must be in [1, 4]" in proc.stderr, proc.stderr
+        assert not (tmp_path / "bad").exists()

@@ -221,6 +221,10 @@ SynthSummary write_synthground(const std::vector<std::pair<std::string, std::sha
     if (n < 0 || n > 10'000'000) throw Error(ErrorKind::InvalidArgument, "--count " + key + " must be in [0, 10000000]");
     counts[key] = n;
   }
+  if (options.max_objects < 1 || options.max_objects > kMaxObjects) {
+    throw Error(ErrorKind::InvalidArgument, "--max-objects must be in [1, " + std::to_string(kMaxObjects) + "]");
+  }
+  const int most = options.max_objects;
   const auto rec = TemplateSet::load(options.templates / "rec.txt");
   const auto caption = TemplateSet::load(options.templates / "caption.txt");
   const auto temporal = TemplateSet::load(options.templates / "temporal.txt");
@@ -282,7 +286,7 @@ SynthSummary write_synthground(const std::vector<std::pair<std::string, std::sha
     };
     if (boxes) {
       add("rec", [&](Job& j) {
-        j.scene = r.scene(1, kMaxObjects, false, false);
+        j.scene = r.scene(1, most, false, false);
         if (j.scene.objects.empty()) return false;
         j.target = r.pick(static_cast<int>(j.scene.objects.size()));
         auto exp = refer(j.scene, static_cast<size_t>(j.target), r);
@@ -293,7 +297,7 @@ SynthSummary write_synthground(const std::vector<std::pair<std::string, std::sha
         return true;
       });
       add("caption", [&](Job& j) {
-        j.scene = r.scene(1, 3, true, false);
+        j.scene = r.scene(1, std::min(3, most), true, false);
         if (j.scene.objects.empty()) return false;
         for (size_t i = 0; i < j.scene.objects.size(); ++i) j.caption_order.push_back(i);
         std::sort(j.caption_order.begin(), j.caption_order.end(),
@@ -306,7 +310,7 @@ SynthSummary write_synthground(const std::vector<std::pair<std::string, std::sha
     }
     if (spans) {
       add("temporal", [&](Job& j) {
-        j.scene = r.scene(1, 3, true, false);
+        j.scene = r.scene(1, std::min(3, most), true, false);
         if (j.scene.objects.empty()) return false;
         Event e;
         e.object = r.pick(static_cast<int>(j.scene.objects.size()));
@@ -332,7 +336,7 @@ SynthSummary write_synthground(const std::vector<std::pair<std::string, std::sha
     }
     if (boxes && singles) {
       add("sound_localization", [&](Job& j) {
-        j.scene = r.scene(1, kMaxObjects, false, true);
+        j.scene = r.scene(1, most, false, true);
         if (j.scene.objects.empty()) return false;
         j.target = r.pick(static_cast<int>(j.scene.objects.size()));
         j.scene.sounding = j.target;

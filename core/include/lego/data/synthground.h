@@ -32,6 +32,7 @@ struct SynthOptions {
   // Rows per split and task: "small" or "full" presets, then `counts` ("train.rec" -> n) over them.
   std::string size = "small";
   std::map<std::string, int64_t> counts;
+  int max_objects = 4;  // objects per scene at most, 1-4 (1: a curriculum's first, single-object step)
   int threads = 2;
 };
 
