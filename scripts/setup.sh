@@ -16,7 +16,8 @@ req_bench=$root/bench/requirements.txt
 debs=(build-essential cmake ninja-build ccache pkg-config git python3-venv
       libboost-dev libboost-program-options-dev libopencv-dev
       libavformat-dev libavcodec-dev libavutil-dev libswscale-dev libswresample-dev libavdevice-dev
-      libsentencepiece-dev nlohmann-json3-dev zlib1g-dev libspdlog-dev libfmt-dev libgtest-dev libbenchmark-dev)
+      libsentencepiece-dev nlohmann-json3-dev zlib1g-dev libspdlog-dev libfmt-dev libgtest-dev libbenchmark-dev
+      libgloo-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -43,6 +43,10 @@ struct StageSettings {
   int64_t keep_checkpoints = 2;
   int64_t log_every = 10;
   bool activation_checkpointing = false;
+  // Data parallel (several ranks): gradients are summed in buckets of about this many bytes, and a rank
+  // that waits longer than the timeout for the others ends the run with an error naming it.
+  int64_t bucket_bytes = int64_t{25} << 20;
+  int64_t dist_timeout_s = 1800;
   bool bf16 = false;
   // Where to write the loss and the gradients of the first optimizer step (before clipping), for
   // gradient-parity checks against a reference implementation; empty: nowhere.

@@ -9,12 +9,15 @@
 #include <cmath>
 #include <fstream>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <regex>
 #include <set>
 
 #include "checkpoint.h"
 #include "lego/data/loader.h"
+#include "lego/dist/group.h"
+#include "lego/dist/world.h"
 #include "lego/fs/atomic_file.h"
 #include "lego/host/plugin_host.h"
 #include "lego/pipeline/pipeline.h"
@@ -283,6 +286,23 @@ void write_model_dir(Pipeline& p, const std::filesystem::path& target, const std
 StageResult run_stage(const config::Config& config, std::shared_ptr<const host::PluginHost> host, bool resume,
                       const Callbacks& callbacks) {
   const auto s = read_stage_settings(config);
+  // Data parallel when a launcher says so: each rank trains on its share of every global batch.
+  const auto world = dist::detect_world();
+  std::unique_ptr<dist::Group> group;
+  if (world.distributed()) {
+    if (!s.device.is_cpu()) {
+      throw Error(ErrorKind::Unsupported, "training on " + s.device.str() + " with " + std::to_string(world.size) +
+                                              " ranks needs NCCL, which this lego is not built with (CPU ranks use Gloo)");
+    }
+    group = dist::Group::connect(world, std::chrono::seconds(s.dist_timeout_s));
+  }
+  const bool lead = world.rank == 0;  // writes the config, metrics, checkpoints and the model
+  const int64_t ranks = world.size;
+  Callbacks cb = callbacks;
+  if (!lead) {
+    cb.progress = nullptr;
+    if (callbacks.notice) cb.notice = [&callbacks, r = world.rank](const std::string& line) { callbacks.notice("rank " + std::to_string(r) + ": " + line); };
+  }
   LoadOptions load;
   load.device = s.device;
   load.dtype = torch::kFloat32;  // master weights; bf16 is autocast's, on CUDA
@@ -291,9 +311,12 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   check_folders(s, *pipeline, config);
   torch::manual_seed(s.seed);
 
-  std::filesystem::create_directories(s.out);
-  fs::write_file_atomically(s.out / "config.ini", config.to_ini());
-  auto data = read_stage_data(s, *pipeline, callbacks.notice);
+  if (lead) {
+    std::filesystem::create_directories(s.out);
+    fs::write_file_atomically(s.out / "config.ini", config.to_ini());
+  }
+  // Every rank reads the same rows; the lead says what it skipped.
+  auto data = read_stage_data(s, *pipeline, lead ? callbacks.notice : NoticeCallback());
   auto trainable = select_trainable(s, *pipeline);
 
   // AdamW with two groups: decay for matrices, none for norms and biases (1-D parameters).
@@ -313,8 +336,10 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   const auto pool0 = epoch_pool(s, data, 0);
   std::vector<int64_t> lengths(data.examples.size());
   for (size_t i = 0; i < lengths.size(); ++i) lengths[i] = static_cast<int64_t>(data.examples[i].ids.size());
+  // The global batch: train.batch_size per rank.
+  const int64_t global_batch = s.batch_size * ranks;
   const auto batches_per_epoch =
-      static_cast<int64_t>((pool0.size() + static_cast<size_t>(s.batch_size) - 1) / static_cast<size_t>(s.batch_size));
+      static_cast<int64_t>((pool0.size() + static_cast<size_t>(global_batch) - 1) / static_cast<size_t>(global_batch));
   const int64_t steps_per_epoch = std::max<int64_t>(1, batches_per_epoch / s.grad_accum);
   const int64_t total_steps = s.max_steps > 0 ? s.max_steps : steps_per_epoch * s.epochs;
 
@@ -331,10 +356,21 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
     if (auto latest = latest_checkpoint(checkpoints)) {
       state = load_checkpoint(*latest, trainable.params, optimizer);
       result.resumed = true;
-      if (callbacks.notice) callbacks.notice("resuming from " + latest->string() + " (step " + std::to_string(state.step) + ")");
+      if (lead && callbacks.notice) callbacks.notice("resuming from " + latest->string() + " (step " + std::to_string(state.step) + ")");
     }
   }
-  MetricsLog metrics(s.out / "metrics.jsonl", result.resumed ? state.step : 0);
+  std::optional<MetricsLog> metrics;
+  if (lead) metrics.emplace(s.out / "metrics.jsonl", result.resumed ? state.step : 0);
+  std::optional<dist::GradientSync> sync;
+  if (group) {
+    sync.emplace(*group, parameters, s.bucket_bytes);
+    sync->broadcast_parameters();
+    if (callbacks.notice && lead) {
+      callbacks.notice("data parallel over " + std::to_string(ranks) + " ranks (" + world.launcher + "), Gloo, " +
+                       std::to_string(sync->buckets()) + " gradient bucket(s); global batch " +
+                       std::to_string(global_batch * s.grad_accum));
+    }
+  }
 
   auto& net = pipeline->llm().net;
   auto& model = *net->model;
@@ -345,6 +381,7 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   int64_t interval_steps = 0, interval_tokens = 0;
   std::vector<std::pair<std::string, torch::Tensor>> first_batch;  // for train.dump_gradients
   std::set<size_t> unloadable;  // examples whose media failed to load, each counted once
+  int64_t skipped_all = result.skipped_rows;  // over every rank
 
   for (int64_t epoch = state.epoch; state.step < total_steps; ++epoch) {
     auto pool = epoch_pool(s, data, epoch);
@@ -352,8 +389,12 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
     pool.erase(std::remove_if(pool.begin(), pool.end(), [&](size_t i) { return unloadable.count(i) > 0; }), pool.end());
     std::vector<int64_t> pool_lengths;
     for (size_t i : pool) pool_lengths.push_back(lengths[i]);
-    auto batches = data::epoch_batches(pool_lengths, s.batch_size, s.seed, epoch, s.group_by_length);
+    auto batches = data::epoch_batches(pool_lengths, global_batch, s.seed, epoch, s.group_by_length);
     for (auto& b : batches) {
+      // This rank's share of the global batch: its slice of batch_size examples (the last may be short or empty).
+      const auto from = std::min(b.size(), static_cast<size_t>(world.rank * s.batch_size));
+      const auto to = std::min(b.size(), from + static_cast<size_t>(s.batch_size));
+      b = std::vector<size_t>(b.begin() + static_cast<std::ptrdiff_t>(from), b.begin() + static_cast<std::ptrdiff_t>(to));
       for (auto& i : b) i = pool[i];
     }
     // Whole optimizer steps only: a trailing partial accumulation is dropped, as the step count assumes.
@@ -397,7 +438,7 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
             } catch (const std::exception& e) {
               const auto why = data.rows[i].where() + ": " + e.what();
               if (!s.skip_bad) throw Error(ErrorKind::Format, why);
-              if (callbacks.notice) callbacks.notice("skipped " + why);
+              if (cb.notice) cb.notice("skipped " + why);
             }
             ok = false;
           }
@@ -410,74 +451,128 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
           }
           at += n;
         }
-        if (keep.empty()) continue;
-        std::vector<EncodedMedia> media;
-        std::vector<std::vector<size_t>> where(keep.size());
-        for (size_t r = 0; r < keep.size(); ++r) {
-          for (size_t m : media_of[r]) {
-            where[r].push_back(media.size());
-            media.push_back(std::move(loaded.media[m]));
-          }
+        const bool last_micro = micro + 1 == s.grad_accum;
+        if (sync) sync->begin_backward(last_micro);
+        if (keep.empty() && !group) continue;
+        // A rank whose share is empty (the epoch's last batch, or rows skipped) still takes part in the
+        // collectives, with nothing of its own to add. Over several ranks the loss is the mean over the
+        // global batch's target tokens, as one process with the whole batch computes it: each rank weighs
+        // its own mean by its share of the targets. Their count is summed while the forward pass runs.
+        int64_t targets = 0;
+        for (size_t i : keep) {
+          const auto& l = data.examples[i].labels;
+          targets += std::count_if(l.begin() + std::min<std::ptrdiff_t>(1, static_cast<std::ptrdiff_t>(l.size())), l.end(),
+                                   [](int64_t v) { return v != data::kIgnoreLabel; });
         }
-        AutocastScope autocast(s.bf16, s.device);
-        pipeline->encode_loaded(media);
-        std::vector<std::vector<int64_t>> ids;
-        std::vector<std::vector<const EncodedMedia*>> ptrs;
-        int64_t longest = 0;
-        for (size_t r = 0; r < keep.size(); ++r) {
-          ids.push_back(data.examples[keep[r]].ids);
-          longest = std::max<int64_t>(longest, static_cast<int64_t>(ids.back().size()));
-          ptrs.emplace_back();
-          for (size_t m : where[r]) ptrs.back().push_back(&media[m]);
+        torch::Tensor stats;
+        dist::Group::Pending counting;
+        if (group) {
+          stats = torch::tensor({static_cast<double>(targets), static_cast<double>(result.skipped_rows - data.bad)},
+                                torch::kFloat64);
+          counting = group->all_reduce_sum_async(stats, "summing the batch's target tokens");
         }
-        auto spliced = pipeline->splice_ids(ids, ptrs, Padding::Right, s.detach_text);
-        const auto batch = static_cast<int64_t>(keep.size());
-        auto labels = torch::full({batch, longest}, data::kIgnoreLabel, torch::kInt64);
-        for (size_t r = 0; r < keep.size(); ++r) {
-          const auto& l = data.examples[keep[r]].labels;
-          labels[static_cast<int64_t>(r)].narrow(0, 0, static_cast<int64_t>(l.size())).copy_(torch::tensor(l, torch::kInt64));
-        }
-        labels = labels.to(s.device);
+        torch::Tensor loss;
+        double value = 0;
+        int64_t tokens = 0;
+        // These outlive the backward pass: activation checkpointing recomputes the layers with them.
         llm::AttentionContext ctx;
-        ctx.positions = torch::arange(longest, torch::TensorOptions().dtype(torch::kInt64).device(s.device))
-                            .unsqueeze(0)
-                            .expand({batch, longest});
-        ctx.key_valid = spliced.valid;
-        torch::Tensor hidden;
-        const auto inputs = model.prepare(ctx, longest, spliced.embeds.scalar_type());
-        if (s.activation_checkpointing) {
-          hidden = spliced.embeds;
-          if (!hidden.requires_grad()) hidden = hidden.detach().requires_grad_(true);
-          for (int64_t layer = 0; layer < static_cast<int64_t>(model.layers->size()); ++layer) {
-            hidden = CheckpointedLayer::apply(hidden, layer, reinterpret_cast<int64_t>(&model),
-                                              reinterpret_cast<int64_t>(&ctx), reinterpret_cast<int64_t>(&inputs));
+        std::optional<llm::LayerInputs> inputs;
+        if (!keep.empty()) {
+          std::vector<EncodedMedia> media;
+          std::vector<std::vector<size_t>> where(keep.size());
+          for (size_t r = 0; r < keep.size(); ++r) {
+            for (size_t m : media_of[r]) {
+              where[r].push_back(media.size());
+              media.push_back(std::move(loaded.media[m]));
+            }
           }
-          hidden = model.norm(hidden);
-        } else {
-          hidden = model.forward(spliced.embeds, ctx);
+          AutocastScope autocast(s.bf16, s.device);
+          pipeline->encode_loaded(media);
+          std::vector<std::vector<int64_t>> ids;
+          std::vector<std::vector<const EncodedMedia*>> ptrs;
+          int64_t longest = 0;
+          for (size_t r = 0; r < keep.size(); ++r) {
+            ids.push_back(data.examples[keep[r]].ids);
+            longest = std::max<int64_t>(longest, static_cast<int64_t>(ids.back().size()));
+            ptrs.emplace_back();
+            for (size_t m : where[r]) ptrs.back().push_back(&media[m]);
+          }
+          auto spliced = pipeline->splice_ids(ids, ptrs, Padding::Right, s.detach_text);
+          const auto batch = static_cast<int64_t>(keep.size());
+          auto labels = torch::full({batch, longest}, data::kIgnoreLabel, torch::kInt64);
+          for (size_t r = 0; r < keep.size(); ++r) {
+            const auto& l = data.examples[keep[r]].labels;
+            labels[static_cast<int64_t>(r)].narrow(0, 0, static_cast<int64_t>(l.size())).copy_(torch::tensor(l, torch::kInt64));
+          }
+          labels = labels.to(s.device);
+          ctx.positions = torch::arange(longest, torch::TensorOptions().dtype(torch::kInt64).device(s.device))
+                              .unsqueeze(0)
+                              .expand({batch, longest});
+          ctx.key_valid = spliced.valid;
+          torch::Tensor hidden;
+          inputs.emplace(model.prepare(ctx, longest, spliced.embeds.scalar_type()));
+          if (s.activation_checkpointing) {
+            hidden = spliced.embeds;
+            if (!hidden.requires_grad()) hidden = hidden.detach().requires_grad_(true);
+            for (int64_t layer = 0; layer < static_cast<int64_t>(model.layers->size()); ++layer) {
+              hidden = CheckpointedLayer::apply(hidden, layer, reinterpret_cast<int64_t>(&model),
+                                                reinterpret_cast<int64_t>(&ctx), reinterpret_cast<int64_t>(&*inputs));
+            }
+            hidden = model.norm(hidden);
+          } else {
+            hidden = model.forward(spliced.embeds, ctx);
+          }
+          auto logits = net->logits(hidden);
+          const auto vocab = logits.size(-1);
+          loss = torch::nn::functional::cross_entropy(
+              logits.narrow(1, 0, longest - 1).reshape({-1, vocab}).to(torch::kFloat32),
+              labels.narrow(1, 1, longest - 1).reshape({-1}),
+              torch::nn::functional::CrossEntropyFuncOptions().ignore_index(data::kIgnoreLabel));
+          value = loss.item<double>();
+          tokens = spliced.valid.sum().item<int64_t>();
+          if (state.step == 0 && micro == 0 && !s.dump_gradients.empty()) {
+            first_batch = {{"batch.ids", spliced.padded_ids.to(torch::kCPU).contiguous()},
+                           {"batch.labels", labels.to(torch::kCPU).contiguous()},
+                           {"batch.valid", spliced.valid.to(torch::kCPU).contiguous()}};
+          }
         }
-        auto logits = net->logits(hidden);
-        const auto vocab = logits.size(-1);
-        auto loss = torch::nn::functional::cross_entropy(
-            logits.narrow(1, 0, longest - 1).reshape({-1, vocab}).to(torch::kFloat32),
-            labels.narrow(1, 1, longest - 1).reshape({-1}),
-            torch::nn::functional::CrossEntropyFuncOptions().ignore_index(data::kIgnoreLabel));
-        const double value = loss.item<double>();
+        double global_targets = static_cast<double>(targets);
+        if (group) {
+          counting.wait();
+          global_targets = stats[0].item<double>();
+          skipped_all = data.bad + static_cast<int64_t>(stats[1].item<double>());
+        }
         if (!std::isfinite(value)) {
-          throw Error(ErrorKind::InvalidArgument, "the loss is " + std::to_string(value) + " at step " +
+          // Over several ranks the others then stop at their next collective ("another rank exited").
+          throw Error(ErrorKind::InvalidArgument, (group ? "rank " + std::to_string(world.rank) + " of " +
+                                                               std::to_string(ranks) + ": " : std::string()) +
+                                                      "the loss is " + std::to_string(value) + " at step " +
                                                       std::to_string(state.step + 1) + " (lower optim.lr?)");
         }
-        if (state.step == 0 && micro == 0 && !s.dump_gradients.empty()) {
-          first_batch = {{"batch.ids", spliced.padded_ids.to(torch::kCPU).contiguous()},
-                         {"batch.labels", labels.to(torch::kCPU).contiguous()},
-                         {"batch.valid", spliced.valid.to(torch::kCPU).contiguous()}};
+        // This rank's part of the step's loss; the ranks' parts add up to the global batch's loss.
+        double share = value;
+        if (loss.defined() && group) {
+          share = value * static_cast<double>(targets) / global_targets;
+          (loss * (static_cast<double>(targets) / global_targets / static_cast<double>(s.grad_accum))).backward();
+        } else if (loss.defined()) {
+          (loss / static_cast<double>(s.grad_accum)).backward();
         }
-        (loss / static_cast<double>(s.grad_accum)).backward();
-        step_loss += value / static_cast<double>(s.grad_accum);
-        step_tokens += (spliced.valid.sum().item<int64_t>());
+        step_loss += share / static_cast<double>(s.grad_accum);
+        step_tokens += tokens;
       }
-      if (state.step == 0 && !s.dump_gradients.empty()) {
-        std::vector<std::pair<std::string, torch::Tensor>> grads{{"loss", torch::tensor(step_loss, torch::kFloat64)}};
+      if (sync) sync->end_backward();
+      // Over several ranks, the step's loss and tokens are added up where they are reported.
+      auto sum_over_ranks = [&](std::vector<double> values, const std::string& what) {
+        if (!group) return values;
+        auto t = torch::tensor(values, torch::kFloat64);
+        group->all_reduce_sum(t, what);
+        return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+      };
+      const double first_loss = state.step == 0 && !s.dump_gradients.empty()
+                                    ? sum_over_ranks({step_loss}, "summing the first step's loss")[0]
+                                    : step_loss;
+      if (state.step == 0 && !s.dump_gradients.empty() && lead) {
+        std::vector<std::pair<std::string, torch::Tensor>> grads{{"loss", torch::tensor(first_loss, torch::kFloat64)}};
         grads.insert(grads.end(), first_batch.begin(), first_batch.end());
         for (const auto& [n, t] : trainable.params) {
           if (t.grad().defined()) grads.emplace_back("grad." + n, t.grad().detach().to(torch::kCPU).contiguous());
@@ -500,6 +595,13 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
       interval_tokens += step_tokens;
       ++interval_steps;
       if (state.step % s.log_every == 0 || state.step == total_steps) {
+        if (group) {
+          const auto sums = sum_over_ranks({interval_loss, static_cast<double>(interval_tokens), last_loss},
+                                           "summing the logged losses and tokens");
+          interval_loss = sums[0];
+          interval_tokens = static_cast<int64_t>(sums[1]);
+          last_loss = sums[2];
+        }
         Progress pr;
         pr.stage = s.name;
         pr.step = state.step;
@@ -513,15 +615,15 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
         // From this run's pace: a resumed run's earlier steps took no time here.
         pr.eta_s = pr.elapsed_s / static_cast<double>(std::max<int64_t>(1, state.step - first_step)) *
                    static_cast<double>(total_steps - state.step);
-        pr.skipped_rows = result.skipped_rows;
-        metrics.write(pr);
-        if (callbacks.progress) callbacks.progress(pr);
+        pr.skipped_rows = group ? skipped_all : result.skipped_rows;
+        if (metrics) metrics->write(pr);
+        if (cb.progress) cb.progress(pr);
         interval_loss = 0;
         interval_steps = 0;
         interval_tokens = 0;
         interval_start = Clock::now();
       }
-      if ((s.save_every > 0 && state.step % s.save_every == 0) || state.step == total_steps) {
+      if (lead && ((s.save_every > 0 && state.step % s.save_every == 0) || state.step == total_steps)) {
         save_checkpoint(checkpoints, state, trainable.params, optimizer, s.keep_checkpoints);
       }
     }
@@ -536,7 +638,10 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
     pipeline->modality(name).train(false);
     pipeline->modality(name).set_encoder_trainable(false);
   }
-  write_model_dir(*pipeline, result.model_dir, s.name);
+  if (lead) write_model_dir(*pipeline, result.model_dir, s.name);
+  // Every rank returns once the model is written.
+  if (group) group->barrier("waiting for rank 0 to write the model");
+  if (group) result.skipped_rows = skipped_all;
   return result;
 }
 

@@ -1,0 +1,90 @@
+// The ranks of a distributed run talking to each other (DESIGN.md, core/dist), on c10d: PyTorch's own
+// TCPStore rendezvous and Gloo process group. No communication code of our own: this wraps what c10d does
+// in lego's errors, so that a rank that dies or hangs ends the others with one clear line instead of a hang.
+//
+// Data parallel training (GradientSync): every rank holds the whole model; the gradients of each backward
+// pass that ends an optimizer step are summed over the ranks in buckets, each started from autograd hooks
+// as soon as its parameters' gradients are complete, so communication overlaps the rest of the backward pass.
+#pragma once
+
+#include <torch/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lego/dist/world.h"
+
+namespace lego::dist {
+
+class Group {
+ public:
+  // Meets the other ranks of `world` at MASTER_ADDR:MASTER_PORT (rank 0 serves the store, unless torchrun's
+  // agent does) and forms a Gloo group for CPU tensors. Waiting for the others, and every collective after,
+  // gives up after `timeout` with an Io error naming this rank and what it waited for. Throws Unsupported
+  // when this lego was built without Gloo.
+  static std::unique_ptr<Group> connect(const World& world, std::chrono::milliseconds timeout);
+  ~Group();
+  Group(const Group&) = delete;
+  Group& operator=(const Group&) = delete;
+
+  int rank() const;
+  int size() const;
+
+  // Collectives; every rank must call the same ones in the same order. CPU tensors, contiguous.
+  void all_reduce_sum(torch::Tensor& tensor, const std::string& what);
+  void broadcast(torch::Tensor& tensor, int root, const std::string& what);
+  void barrier(const std::string& what);
+
+  // An all-reduce (sum) started now and waited for later, in place.
+  class Pending {
+   public:
+    Pending();
+    ~Pending();
+    Pending(Pending&&) noexcept;
+    Pending& operator=(Pending&&) noexcept;
+    void wait();
+
+   private:
+    friend class Group;
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+  };
+  Pending all_reduce_sum_async(torch::Tensor tensor, const std::string& what);
+
+ private:
+  struct Impl;
+  explicit Group(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Whether this lego was built with Gloo (the c10d backend for CPU tensors).
+bool has_gloo();
+
+class GradientSync {
+ public:
+  // `params`: the trainable parameters, the same list in the same order on every rank. Buckets hold about
+  // `bucket_bytes` of gradients each, filled in reverse order of `params` (the order backward reaches them).
+  GradientSync(Group& group, std::vector<torch::Tensor> params, int64_t bucket_bytes);
+  ~GradientSync();
+  GradientSync(const GradientSync&) = delete;
+  GradientSync& operator=(const GradientSync&) = delete;
+
+  // Rank 0's parameter values to every rank (at the start, after a resume).
+  void broadcast_parameters();
+  // Before a backward pass: with `sync`, its buckets are summed over the ranks as they fill; without
+  // (a gradient-accumulation micro-step), gradients only accumulate locally.
+  void begin_backward(bool sync);
+  // After the sync pass: starts the buckets still waiting (parameters this rank's batch did not reach count
+  // as zero), waits for all of them and writes the sums into the parameters' .grad.
+  void end_backward();
+  int64_t buckets() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lego::dist

@@ -1,0 +1,358 @@
+#include "lego/dist/group.h"
+
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <mutex>
+
+#ifdef LEGO_WITH_GLOO
+// The pip wheel's libtorch_cpu carries c10d's Gloo backend; its header is compiled with gloo's headers
+// (Debian's libgloo-dev: declarations only, nothing of libgloo is linked).
+#ifndef USE_C10D_GLOO
+#define USE_C10D_GLOO 1
+#endif
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
+
+#include "lego/sdk/error.h"
+
+namespace lego::dist {
+namespace {
+
+// The first line of a c10d or Gloo message, without the C++ backtrace c10::Error appends.
+std::string first_line(const std::exception& e) {
+  std::string what;
+  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) {
+    what = c10->what_without_backtrace();
+  } else {
+    what = e.what();
+  }
+  return what.substr(0, what.find('\n'));
+}
+
+}  // namespace
+
+bool has_gloo() {
+#ifdef LEGO_WITH_GLOO
+  return true;
+#else
+  return false;
+#endif
+}
+
+#ifdef LEGO_WITH_GLOO
+
+struct Group::Impl {
+  int rank = 0, size = 1;
+  std::chrono::milliseconds timeout{0};
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> backend;
+
+  [[noreturn]] void fail(const std::string& what, const std::exception& e) const {
+    throw Error(ErrorKind::Io, "rank " + std::to_string(rank) + " of " + std::to_string(size) + ": " + what +
+                                   " failed (another rank exited, or did not answer within " +
+                                   std::to_string(timeout.count() / 1000) + " s): " + first_line(e));
+  }
+};
+
+struct Group::Pending::Impl {
+  c10::intrusive_ptr<c10d::Work> work;
+  const Group::Impl* group = nullptr;
+  std::string what;
+};
+
+Group::Group(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Group::~Group() = default;
+
+std::unique_ptr<Group> Group::connect(const World& world, std::chrono::milliseconds timeout) {
+  auto impl = std::make_unique<Impl>();
+  impl->rank = world.rank;
+  impl->size = world.size;
+  impl->timeout = timeout;
+  const std::string where = world.master_addr + ":" + std::to_string(world.master_port);
+  try {
+    c10d::TCPStoreOptions o;
+    o.port = static_cast<uint16_t>(world.master_port);
+    o.isServer = world.rank == 0 && !world.agent_store;
+    o.numWorkers = world.agent_store ? std::nullopt : std::optional<size_t>(static_cast<size_t>(world.size));
+    o.waitWorkers = !world.agent_store;
+    o.timeout = timeout;
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(world.master_addr, o);
+    // Our own key space: torchrun's agent keeps its keys in the same store.
+    impl->store = c10::make_intrusive<c10d::PrefixStore>("lego", tcp);
+  } catch (const std::exception& e) {
+    throw Error(ErrorKind::Io, "rank " + std::to_string(world.rank) + " of " + std::to_string(world.size) +
+                                   ": could not meet the other ranks at " + where + " within " +
+                                   std::to_string(timeout.count() / 1000) + " s: " + first_line(e));
+  }
+  try {
+    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+    // Ranks that meet on this machine talk over loopback; across machines, over the interface
+    // GLOO_SOCKET_IFNAME names (as PyTorch does), else the one this host's name resolves to.
+    const bool local = world.master_addr == "127.0.0.1" || world.master_addr == "localhost";
+    const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+    options->devices.push_back(local ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                               : ifname != nullptr && *ifname != 0
+                                   ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
+                                   : c10d::ProcessGroupGloo::createDefaultDevice());
+    options->threads = 1;
+    impl->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, world.rank, world.size, options);
+  } catch (const std::exception& e) {
+    impl->fail("forming the Gloo group at " + where, e);
+  }
+  return std::unique_ptr<Group>(new Group(std::move(impl)));
+}
+
+int Group::rank() const { return impl_->rank; }
+int Group::size() const { return impl_->size; }
+
+void Group::all_reduce_sum(torch::Tensor& tensor, const std::string& what) { all_reduce_sum_async(tensor, what).wait(); }
+
+Group::Pending Group::all_reduce_sum_async(torch::Tensor tensor, const std::string& what) {
+  Pending p;
+  p.impl_ = std::make_unique<Pending::Impl>();
+  p.impl_->group = impl_.get();
+  p.impl_->what = what;
+  try {
+    std::vector<at::Tensor> tensors{std::move(tensor)};
+    p.impl_->work = impl_->backend->allreduce(tensors);
+  } catch (const std::exception& e) {
+    impl_->fail(what, e);
+  }
+  return p;
+}
+
+void Group::broadcast(torch::Tensor& tensor, int root, const std::string& what) {
+  try {
+    std::vector<at::Tensor> tensors{tensor};
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    impl_->backend->broadcast(tensors, o)->wait();
+  } catch (const std::exception& e) {
+    impl_->fail(what, e);
+  }
+}
+
+void Group::barrier(const std::string& what) {
+  try {
+    impl_->backend->barrier()->wait();
+  } catch (const std::exception& e) {
+    impl_->fail(what, e);
+  }
+}
+
+void Group::Pending::wait() {
+  if (!impl_ || !impl_->work) return;
+  try {
+    impl_->work->wait();
+  } catch (const std::exception& e) {
+    auto work = std::move(impl_->work);
+    impl_->group->fail(impl_->what, e);
+  }
+  impl_->work.reset();
+}
+
+#else  // no Gloo: a one-process lego
+
+struct Group::Impl {};
+struct Group::Pending::Impl {};
+Group::Group(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Group::~Group() = default;
+std::unique_ptr<Group> Group::connect(const World& world, std::chrono::milliseconds) {
+  throw Error(ErrorKind::Unsupported, "this lego was built without Gloo (install libgloo-dev and rebuild): it cannot "
+                                      "join a run of " + std::to_string(world.size) + " ranks");
+}
+int Group::rank() const { return 0; }
+int Group::size() const { return 1; }
+void Group::all_reduce_sum(torch::Tensor&, const std::string&) {}
+Group::Pending Group::all_reduce_sum_async(torch::Tensor, const std::string&) { return {}; }
+void Group::broadcast(torch::Tensor&, int, const std::string&) {}
+void Group::barrier(const std::string&) {}
+void Group::Pending::wait() {}
+
+#endif
+
+Group::Pending::Pending() = default;
+Group::Pending::~Pending() = default;
+Group::Pending::Pending(Pending&&) noexcept = default;
+Group::Pending& Group::Pending::operator=(Pending&&) noexcept = default;
+
+// ---- data parallel gradients ----
+
+struct GradientSync::Impl {
+  struct Bucket {
+    std::vector<size_t> members;  // indices into params
+    int64_t numel = 0;
+    torch::Tensor flat;
+    Group::Pending pending;
+    bool started = false;
+  };
+  // What the autograd hooks touch, shared with them so that a hook outliving us does nothing.
+  struct State {
+    std::mutex mutex;
+    bool armed = false;
+    bool alive = true;
+    std::vector<char> ready;           // per parameter, this pass
+    std::vector<int64_t> remaining;    // per bucket: parameters not yet ready
+    size_t next = 0;                   // the next bucket to start (buckets start in order on every rank)
+  };
+
+  Group& group;
+  std::vector<torch::Tensor> params;
+  std::vector<size_t> bucket_of;
+  std::vector<Bucket> buckets;
+  std::shared_ptr<State> state = std::make_shared<State>();
+  std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, uintptr_t>> hooks;
+
+  Impl(Group& g, std::vector<torch::Tensor> p) : group(g), params(std::move(p)) {}
+
+  void start(size_t b) {
+    auto& bucket = buckets[b];
+    bucket.flat = torch::zeros({bucket.numel}, params[bucket.members.front()].options().requires_grad(false));
+    int64_t at = 0;
+    for (size_t i : bucket.members) {
+      const auto n = params[i].numel();
+      const auto& g = params[i].grad();
+      if (g.defined()) bucket.flat.narrow(0, at, n).copy_(g.detach().reshape({-1}));
+      at += n;
+    }
+    bucket.pending = group.all_reduce_sum_async(bucket.flat, "summing gradient bucket " + std::to_string(b));
+    bucket.started = true;
+  }
+
+  // Called under state->mutex: start every bucket whose turn has come and whose parameters are all ready.
+  void start_ready() {
+    while (state->next < buckets.size() && state->remaining[state->next] == 0) start(state->next++);
+  }
+
+  void on_ready(size_t i) {
+    std::lock_guard<std::mutex> lock(state->mutex);
+    if (!state->armed) return;
+    if (state->ready[i]) {
+      throw Error(ErrorKind::InvalidArgument, "data parallel: a parameter's gradient was accumulated twice in one "
+                                              "backward pass after its bucket was sent");
+    }
+    state->ready[i] = 1;
+    --state->remaining[bucket_of[i]];
+    start_ready();
+  }
+};
+
+GradientSync::GradientSync(Group& group, std::vector<torch::Tensor> params, int64_t bucket_bytes)
+    : impl_(std::make_unique<Impl>(group, std::move(params))) {
+  auto& p = impl_->params;
+  if (p.empty()) throw Error(ErrorKind::InvalidArgument, "data parallel: no trainable parameter");
+  if (bucket_bytes < 1) throw Error(ErrorKind::InvalidArgument, "data parallel: bucket size must be positive");
+  impl_->bucket_of.resize(p.size());
+  // Buckets in reverse parameter order, each up to bucket_bytes (a larger tensor gets one of its own);
+  // a bucket holds one dtype.
+  Impl::Bucket current;
+  int64_t bytes = 0;
+  for (size_t k = p.size(); k-- > 0;) {
+    const auto size = p[k].numel() * static_cast<int64_t>(p[k].element_size());
+    const bool other_dtype = !current.members.empty() && p[current.members.front()].scalar_type() != p[k].scalar_type();
+    if (!current.members.empty() && (bytes + size > bucket_bytes || other_dtype)) {
+      impl_->buckets.push_back(std::move(current));
+      current = {};
+      bytes = 0;
+    }
+    current.members.push_back(k);
+    current.numel += p[k].numel();
+    bytes += size;
+  }
+  impl_->buckets.push_back(std::move(current));
+  for (size_t b = 0; b < impl_->buckets.size(); ++b) {
+    for (size_t i : impl_->buckets[b].members) impl_->bucket_of[i] = b;
+  }
+  impl_->state->ready.assign(p.size(), 0);
+  impl_->state->remaining.assign(impl_->buckets.size(), 0);
+  for (size_t i = 0; i < p.size(); ++i) {
+    if (!p[i].requires_grad() || !p[i].is_leaf()) {
+      throw Error(ErrorKind::InvalidArgument, "data parallel: parameter " + std::to_string(i) + " is not a trainable leaf");
+    }
+    // The hook runs after the parameter's gradient is accumulated into .grad.
+    auto acc = torch::autograd::impl::grad_accumulator(p[i]);
+    std::weak_ptr<Impl::State> weak = impl_->state;
+    Impl* self = impl_.get();
+    const auto key = acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+        [weak, self, i](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) {
+          if (auto s = weak.lock(); s && s->alive) self->on_ready(i);
+          return outputs;
+        }));
+    impl_->hooks.emplace_back(acc, key);
+  }
+}
+
+GradientSync::~GradientSync() {
+  {
+    std::lock_guard<std::mutex> lock(impl_->state->mutex);
+    impl_->state->alive = false;
+  }
+  for (auto& [acc, key] : impl_->hooks) acc->del_post_hook(key);
+}
+
+int64_t GradientSync::buckets() const { return static_cast<int64_t>(impl_->buckets.size()); }
+
+void GradientSync::broadcast_parameters() {
+  torch::NoGradGuard no_grad;
+  for (size_t b = 0; b < impl_->buckets.size(); ++b) {
+    auto& bucket = impl_->buckets[b];
+    std::vector<torch::Tensor> parts;
+    for (size_t i : bucket.members) parts.push_back(impl_->params[i].detach().reshape({-1}));
+    auto flat = torch::cat(parts);
+    impl_->group.broadcast(flat, 0, "receiving rank 0's parameters (bucket " + std::to_string(b) + ")");
+    int64_t at = 0;
+    for (size_t i : bucket.members) {
+      auto& p = impl_->params[i];
+      p.detach().copy_(flat.narrow(0, at, p.numel()).view_as(p));
+      at += p.numel();
+    }
+  }
+}
+
+void GradientSync::begin_backward(bool sync) {
+  auto& s = *impl_->state;
+  std::lock_guard<std::mutex> lock(s.mutex);
+  s.armed = sync;
+  if (!sync) return;
+  std::fill(s.ready.begin(), s.ready.end(), 0);
+  for (size_t b = 0; b < impl_->buckets.size(); ++b) {
+    s.remaining[b] = static_cast<int64_t>(impl_->buckets[b].members.size());
+    impl_->buckets[b].started = false;
+  }
+  s.next = 0;
+}
+
+void GradientSync::end_backward() {
+  auto& s = *impl_->state;
+  {
+    std::lock_guard<std::mutex> lock(s.mutex);
+    if (!s.armed) return;
+    // What this rank's backward did not reach counts as zero; the buckets still start in order.
+    for (size_t b = s.next; b < impl_->buckets.size(); ++b) s.remaining[b] = 0;
+    impl_->start_ready();
+    s.armed = false;
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& bucket : impl_->buckets) {
+    bucket.pending.wait();
+    int64_t at = 0;
+    for (size_t i : bucket.members) {
+      auto& p = impl_->params[i];
+      auto sum = bucket.flat.narrow(0, at, p.numel()).view_as(p);
+      if (p.grad().defined()) {
+        p.mutable_grad().copy_(sum);
+      } else {
+        p.mutable_grad() = sum.clone();
+      }
+      at += p.numel();
+    }
+    bucket.flat = torch::Tensor();
+  }
+}
+
+}  // namespace lego::dist
