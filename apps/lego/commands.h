@@ -25,6 +25,7 @@ int run_plugins(const Args& args);
 int run_probe(const Args& args);
 int run_train(const Args& args);
 int run_data(const Args& args);
+int run_consolidate(const Args& args);
 int run_synth(const Args& args);
 int run_eval(const Args& args);
 int run_convert(const Args& args);

@@ -30,6 +30,7 @@ constexpr Entry kCommands[] = {
     {"plugins", "list the modality plugins found, loaded or refused", lego::cli::run_plugins},
     {"probe", "show what lego reads from a media file (frames or audio)", lego::cli::run_probe},
     {"train", "run one training stage from a config (docs/training.md)", lego::cli::run_train},
+    {"consolidate", "make a model directory of a training checkpoint (sharded runs included)", lego::cli::run_consolidate},
     {"synth", "write the SynthGround benchmark (generated grounding data, train/val/test)", lego::cli::run_synth},
     {"eval", "score a model on grounding data (REC, temporal, sound localisation, caption)", lego::cli::run_eval},
     {"data", "data check: validate a training config's data without training", lego::cli::run_data},

@@ -80,7 +80,8 @@ int spawn_ranks(int n, const Args& args) {
     for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
     const std::map<std::string, std::string> set{
         {"RANK", std::to_string(rank)}, {"WORLD_SIZE", std::to_string(n)}, {"LOCAL_RANK", std::to_string(rank)},
-        {"LOCAL_WORLD_SIZE", std::to_string(n)}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", std::to_string(port)}};
+        {"LOCAL_WORLD_SIZE", std::to_string(n)}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", std::to_string(port)},
+        {"LEGO_NPROC", std::to_string(n)}};
     env.erase(std::remove_if(env.begin(), env.end(), [&](const std::string& kv) {
                 return set.count(kv.substr(0, kv.find('='))) > 0;
               }), env.end());
@@ -201,6 +202,22 @@ int run_train(const Args& args) {
             << result.final_loss << "; skipped rows " << result.skipped_rows << ", fully masked "
             << result.fully_masked_rows << ", truncated " << result.truncated_rows << ")\n"
             << "model: " << result.model_dir.string() << "\nloss curve: " << (out / "loss.png").string() << "\n";
+  return 0;
+}
+
+int run_consolidate(const Args& args) {
+  std::string config_file, checkpoint, out;
+  std::vector<std::string> sets, plugin_dirs;
+  po::options_description d("consolidate");
+  d.add_options()
+      ("config", po::value(&config_file)->required(), "the stage's INI file (as given to lego train)")
+      ("set", po::value(&sets)->composing(), "override one key: section.key=value (repeatable)")
+      ("checkpoint", po::value(&checkpoint), "the checkpoint folder (default: the newest under train.out/checkpoints)")
+      ("out", po::value(&out)->required(), "the model directory to write")
+      ("plugin-dir", po::value(&plugin_dirs)->composing(), "where to look for modality plugins first (repeatable)");
+  if (!parse_args(args, d, "lego consolidate --config FILE [--set ...] [--checkpoint DIR] --out DIR")) return 0;
+  const auto used = train::consolidate(read_config(config_file, sets), host_for(args), checkpoint, out);
+  std::cout << "model: " << out << " (from " << used.string() << ")\n";
   return 0;
 }
 

@@ -217,3 +217,45 @@ def test_nproc_refuses_bad_counts_and_nesting(tiny):
     proc = subprocess.run([str(lego_bin()), "train", "--config", str(cfg)], capture_output=True, text=True,
                           env=dict(os.environ, WORLD_SIZE="2", RANK="5", MASTER_ADDR="127.0.0.1"))
     assert proc.returncode != 0 and "RANK='5'" in proc.stderr
+
+
+@pytest.mark.parametrize("zero", [1, 2])
+def test_sharded_optimizer_state_and_gradients_equal_plain_data_parallel(tiny, reference, zero):
+    # ZeRO 1: each rank keeps and steps the AdamW state of its own tensors and sends them to the others;
+    # ZeRO 2: also each gradient bucket is summed on its owner only (clipping sums the norm over ranks).
+    keys = dict(reference, **{"train.batch_size": 4, "train.zero_stage": zero})
+    proc = train_nproc(stage_config(tiny, f"zero{zero}", **keys))
+    assert f"ZeRO stage {zero}" in proc.stderr
+    worst = worst_difference(tiny / "dp-one" / "model", tiny / f"zero{zero}" / "model")
+    print(f"max abs difference, ZeRO {zero} vs one process:", worst)
+    assert worst <= 1e-5
+    # Each rank's part of the optimizer state is in the checkpoint, and the parameters make a model.
+    ckpt = tiny / f"zero{zero}" / "checkpoints" / "step-00000012"
+    assert sorted(p.name for p in ckpt.glob("optimizer*")) == ["optimizer-rank-0.pt", "optimizer-rank-1.pt"]
+    out = run_lego("consolidate", "--config", tiny / f"zero{zero}.ini", "--out", tiny / f"zero{zero}-model")
+    assert "step-00000012" in out.stdout
+    assert worst_difference(tiny / f"zero{zero}" / "model", tiny / f"zero{zero}-model") == 0
+
+
+def test_a_killed_zero2_run_resumes_to_the_parameters_of_an_uninterrupted_one(tiny):
+    keys = {"train.batch_size": 4, "train.max_steps": 20, "train.save_every": 5, "train.keep_checkpoints": 5,
+            "train.log_every": 5, "train.zero_stage": 2}
+    train_nproc(stage_config(tiny, "z-straight", **keys))
+    cfg = stage_config(tiny, "z-killed", **keys)
+    proc = subprocess.Popen([str(lego_bin()), "train", "--config", str(cfg), "--threads", "1", "--nproc", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=one_thread_env())
+    state = tiny / "z-killed" / "checkpoints" / "step-00000010" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not state.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tiny / "z-killed" / "model").exists(), "the run ended before it was killed"
+    # Its optimizer state is in two parts: a run that keeps it whole refuses the checkpoint.
+    refused = train_nproc(cfg, 2, "--resume", "--set", "train.zero_stage=0", check=False)
+    assert refused.returncode != 0 and "sharded over 2 ranks (train.zero_stage 2)" in refused.stderr
+    resumed = train_nproc(cfg, 2, "--resume")
+    assert "resuming from" in resumed.stderr
+    worst = worst_difference(tiny / "z-straight" / "model", tiny / "z-killed" / "model")
+    print("max abs difference after a ZeRO-2 resume:", worst)
+    assert worst <= 1e-6

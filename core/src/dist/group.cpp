@@ -126,6 +126,22 @@ Group::Pending Group::all_reduce_sum_async(torch::Tensor tensor, const std::stri
   return p;
 }
 
+Group::Pending Group::reduce_sum_async(torch::Tensor tensor, int root, const std::string& what) {
+  Pending p;
+  p.impl_ = std::make_unique<Pending::Impl>();
+  p.impl_->group = impl_.get();
+  p.impl_->what = what;
+  try {
+    std::vector<at::Tensor> tensors{std::move(tensor)};
+    c10d::ReduceOptions o;
+    o.rootRank = root;
+    p.impl_->work = impl_->backend->reduce(tensors, o);
+  } catch (const std::exception& e) {
+    impl_->fail(what, e);
+  }
+  return p;
+}
+
 void Group::broadcast(torch::Tensor& tensor, int root, const std::string& what) {
   try {
     std::vector<at::Tensor> tensors{tensor};
@@ -170,6 +186,7 @@ int Group::rank() const { return 0; }
 int Group::size() const { return 1; }
 void Group::all_reduce_sum(torch::Tensor&, const std::string&) {}
 Group::Pending Group::all_reduce_sum_async(torch::Tensor, const std::string&) { return {}; }
+Group::Pending Group::reduce_sum_async(torch::Tensor, int, const std::string&) { return {}; }
 void Group::broadcast(torch::Tensor&, int, const std::string&) {}
 void Group::barrier(const std::string&) {}
 void Group::Pending::wait() {}
@@ -187,6 +204,7 @@ struct GradientSync::Impl {
   struct Bucket {
     std::vector<size_t> members;  // indices into params
     int64_t numel = 0;
+    int owner = -1;               // -1: summed on every rank; else only on that rank
     torch::Tensor flat;
     Group::Pending pending;
     bool started = false;
@@ -203,6 +221,7 @@ struct GradientSync::Impl {
 
   Group& group;
   std::vector<torch::Tensor> params;
+  std::vector<int> owners;
   std::vector<size_t> bucket_of;
   std::vector<Bucket> buckets;
   std::shared_ptr<State> state = std::make_shared<State>();
@@ -220,8 +239,14 @@ struct GradientSync::Impl {
       if (g.defined()) bucket.flat.narrow(0, at, n).copy_(g.detach().reshape({-1}));
       at += n;
     }
-    bucket.pending = group.all_reduce_sum_async(bucket.flat, "summing gradient bucket " + std::to_string(b));
+    const auto what = "summing gradient bucket " + std::to_string(b);
+    bucket.pending = bucket.owner < 0 ? group.all_reduce_sum_async(bucket.flat, what)
+                                      : group.reduce_sum_async(bucket.flat, bucket.owner, what);
     bucket.started = true;
+    // Sent: a rank that does not own these parameters no longer needs their gradients.
+    if (bucket.owner >= 0 && bucket.owner != group.rank()) {
+      for (size_t i : bucket.members) params[i].mutable_grad() = torch::Tensor();
+    }
   }
 
   // Called under state->mutex: start every bucket whose turn has come and whose parameters are all ready.
@@ -242,29 +267,43 @@ struct GradientSync::Impl {
   }
 };
 
-GradientSync::GradientSync(Group& group, std::vector<torch::Tensor> params, int64_t bucket_bytes)
+GradientSync::GradientSync(Group& group, std::vector<torch::Tensor> params, int64_t bucket_bytes, std::vector<int> owners)
     : impl_(std::make_unique<Impl>(group, std::move(params))) {
   auto& p = impl_->params;
   if (p.empty()) throw Error(ErrorKind::InvalidArgument, "data parallel: no trainable parameter");
+  if (!owners.empty() && owners.size() != p.size()) {
+    throw Error(ErrorKind::InvalidArgument, "data parallel: one owner per parameter expected");
+  }
+  impl_->owners = owners;
+  auto owner_of = [&](size_t i) { return owners.empty() ? -1 : owners[i]; };
   if (bucket_bytes < 1) throw Error(ErrorKind::InvalidArgument, "data parallel: bucket size must be positive");
   impl_->bucket_of.resize(p.size());
-  // Buckets in reverse parameter order, each up to bucket_bytes (a larger tensor gets one of its own);
-  // a bucket holds one dtype.
-  Impl::Bucket current;
-  int64_t bytes = 0;
-  for (size_t k = p.size(); k-- > 0;) {
-    const auto size = p[k].numel() * static_cast<int64_t>(p[k].element_size());
-    const bool other_dtype = !current.members.empty() && p[current.members.front()].scalar_type() != p[k].scalar_type();
-    if (!current.members.empty() && (bytes + size > bucket_bytes || other_dtype)) {
-      impl_->buckets.push_back(std::move(current));
-      current = {};
-      bytes = 0;
-    }
-    current.members.push_back(k);
-    current.numel += p[k].numel();
-    bytes += size;
+  // Buckets in reverse parameter order, each up to bucket_bytes (a larger tensor gets one of its own) and
+  // of one dtype; with owners, each owner's parameters are bucketed apart, owner by owner.
+  std::vector<int> groups{-1};
+  if (!owners.empty()) {
+    groups.clear();
+    for (int r = 0; r < group.size(); ++r) groups.push_back(r);
   }
-  impl_->buckets.push_back(std::move(current));
+  for (int g : groups) {
+    Impl::Bucket current;
+    int64_t bytes = 0;
+    for (size_t k = p.size(); k-- > 0;) {
+      if (owner_of(k) != g) continue;
+      const auto size = p[k].numel() * static_cast<int64_t>(p[k].element_size());
+      const bool other_dtype = !current.members.empty() && p[current.members.front()].scalar_type() != p[k].scalar_type();
+      if (!current.members.empty() && (bytes + size > bucket_bytes || other_dtype)) {
+        impl_->buckets.push_back(std::move(current));
+        current = {};
+        bytes = 0;
+      }
+      current.members.push_back(k);
+      current.owner = g;
+      current.numel += p[k].numel();
+      bytes += size;
+    }
+    if (!current.members.empty()) impl_->buckets.push_back(std::move(current));
+  }
   for (size_t b = 0; b < impl_->buckets.size(); ++b) {
     for (size_t i : impl_->buckets[b].members) impl_->bucket_of[i] = b;
   }
@@ -314,6 +353,28 @@ void GradientSync::broadcast_parameters() {
   }
 }
 
+void GradientSync::broadcast_from_owners(const std::vector<int>& owners) {
+  torch::NoGradGuard no_grad;
+  auto& p = impl_->params;
+  for (int r = 0; r < impl_->group.size(); ++r) {
+    std::vector<size_t> mine;
+    for (size_t i = 0; i < p.size(); ++i) {
+      if (owners.at(i) == r) mine.push_back(i);
+    }
+    if (mine.empty()) continue;
+    std::vector<torch::Tensor> parts;
+    for (size_t i : mine) parts.push_back(p[i].detach().reshape({-1}));
+    auto flat = torch::cat(parts);
+    impl_->group.broadcast(flat, r, "receiving rank " + std::to_string(r) + "'s updated parameters");
+    if (r == impl_->group.rank()) continue;
+    int64_t at = 0;
+    for (size_t i : mine) {
+      p[i].detach().copy_(flat.narrow(0, at, p[i].numel()).view_as(p[i]));
+      at += p[i].numel();
+    }
+  }
+}
+
 void GradientSync::begin_backward(bool sync) {
   auto& s = *impl_->state;
   std::lock_guard<std::mutex> lock(s.mutex);
@@ -340,6 +401,10 @@ void GradientSync::end_backward() {
   torch::NoGradGuard no_grad;
   for (auto& bucket : impl_->buckets) {
     bucket.pending.wait();
+    if (bucket.owner >= 0 && bucket.owner != impl_->group.rank()) {
+      bucket.flat = torch::Tensor();
+      continue;
+    }
     int64_t at = 0;
     for (size_t i : bucket.members) {
       auto& p = impl_->params[i];

@@ -91,6 +91,7 @@ World detect_world(const Environment& env) {
       throw Error(ErrorKind::InvalidArgument, "environment: WORLD_SIZE=" + std::to_string(w.size) + " but MASTER_ADDR is not set");
     }
     w.agent_store = env("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True";
+    if (env("LEGO_NPROC")) w.launcher = "lego train --nproc";
   } else if (const auto ntasks = env("SLURM_NTASKS")) {
     w.launcher = "slurm";
     w.size = static_cast<int>(parse_int("SLURM_NTASKS", *ntasks, 1, kMaxRanks));

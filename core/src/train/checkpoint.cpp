@@ -52,7 +52,7 @@ std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::pa
 
 void save_checkpoint(const std::filesystem::path& dir, const TrainState& state,
                      const std::vector<std::pair<std::string, torch::Tensor>>& params, torch::optim::Optimizer& optimizer,
-                     int64_t keep) {
+                     int64_t keep, const Sharding& sharding, const std::vector<std::filesystem::path>& shards) {
   char name[32];
   std::snprintf(name, sizeof(name), "%s%08lld", kPrefix, static_cast<long long>(state.step));
   std::filesystem::create_directories(dir);
@@ -61,7 +61,17 @@ void save_checkpoint(const std::filesystem::path& dir, const TrainState& state,
     std::vector<std::pair<std::string, torch::Tensor>> tensors;
     for (const auto& [n, t] : params) tensors.emplace_back(n, t.detach().to(torch::kCPU).contiguous());
     weights::write_safetensors(staged.path() / "trainable.safetensors", tensors, {{"producer", "lego train"}});
-    torch::save(optimizer, (staged.path() / "optimizer.pt").string());
+    if (sharding.sharded()) {
+      if (shards.size() != static_cast<size_t>(sharding.ranks)) {
+        throw Error(ErrorKind::InvalidArgument, "checkpoint: " + std::to_string(shards.size()) + " optimizer shards for " +
+                                                    std::to_string(sharding.ranks) + " ranks");
+      }
+      for (size_t r = 0; r < shards.size(); ++r) {
+        std::filesystem::rename(shards[r], staged.path() / ("optimizer-rank-" + std::to_string(r) + ".pt"));
+      }
+    } else {
+      torch::save(optimizer, (staged.path() / "optimizer.pt").string());
+    }
     auto generator = at::detail::getDefaultCPUGenerator();
     torch::Tensor rng;
     {
@@ -70,6 +80,10 @@ void save_checkpoint(const std::filesystem::path& dir, const TrainState& state,
     }
     weights::write_safetensors(staged.path() / "rng.safetensors", {{kRngTensor, rng}});
     nlohmann::json j = {{"step", state.step}, {"epoch", state.epoch}, {"batch", state.batch}};
+    if (sharding.sharded()) {
+      j["ranks"] = sharding.ranks;
+      j["zero_stage"] = sharding.zero_stage;
+    }
     fs::write_file_atomically(staged.path() / "state.json", j.dump(2) + "\n");
     staged.commit();
   }
@@ -78,16 +92,17 @@ void save_checkpoint(const std::filesystem::path& dir, const TrainState& state,
   // Staging folders of runs that were killed while writing (hidden, ".step-...").
   for (const auto& e : std::filesystem::directory_iterator(dir)) {
     const auto n = e.path().filename().string();
-    if (n.rfind(std::string(".") + kPrefix, 0) == 0 && n.find(".staging.") != std::string::npos) {
+    // And optimizer shards of a save that a kill interrupted (".shard-...").
+    if ((n.rfind(std::string(".") + kPrefix, 0) == 0 && n.find(".staging.") != std::string::npos) ||
+        n.rfind(".shard-", 0) == 0) {
       std::error_code ec;
       std::filesystem::remove_all(e.path(), ec);
     }
   }
 }
 
-TrainState load_checkpoint(const std::filesystem::path& checkpoint,
-                           const std::vector<std::pair<std::string, torch::Tensor>>& params,
-                           torch::optim::Optimizer& optimizer) {
+void load_checkpoint_parameters(const std::filesystem::path& checkpoint,
+                                const std::vector<std::pair<std::string, torch::Tensor>>& params) {
   const auto where = checkpoint.string();
   auto source = weights::open_tensor_source(checkpoint / "trainable.safetensors");
   {
@@ -102,10 +117,39 @@ TrainState load_checkpoint(const std::filesystem::path& checkpoint,
       t.copy_(v);
     }
   }
+}
+
+TrainState load_checkpoint(const std::filesystem::path& checkpoint,
+                           const std::vector<std::pair<std::string, torch::Tensor>>& params,
+                           torch::optim::Optimizer& optimizer, const Sharding& sharding) {
+  const auto where = checkpoint.string();
+  // How the checkpoint's optimizer state was kept must be how this run keeps it.
+  {
+    std::ifstream in(checkpoint / "state.json");
+    nlohmann::json j;
+    try {
+      in >> j;
+    } catch (const std::exception& e) {
+      throw Error(ErrorKind::Format, where + "/state.json: " + e.what());
+    }
+    const int ranks = j.value("ranks", 1), zero = j.value("zero_stage", 0);
+    const bool was_sharded = zero > 0 && ranks > 1;
+    if (was_sharded != sharding.sharded() || (was_sharded && (ranks != sharding.ranks || zero != sharding.zero_stage))) {
+      auto how = [](bool sharded, int n, int z) {
+        return sharded ? "sharded over " + std::to_string(n) + " ranks (train.zero_stage " + std::to_string(z) + ")"
+                       : std::string("whole (train.zero_stage 0, or one rank)");
+      };
+      throw Error(ErrorKind::Format, where + ": its optimizer state is " + how(was_sharded, ranks, zero) +
+                                         ", this run's is " + how(sharding.sharded(), sharding.ranks, sharding.zero_stage) +
+                                         ": resume it as it was run, or make a model of it (lego consolidate) and start a new stage");
+    }
+  }
+  load_checkpoint_parameters(checkpoint, params);
+  const auto file = sharding.sharded() ? "optimizer-rank-" + std::to_string(sharding.rank) + ".pt" : std::string("optimizer.pt");
   try {
-    torch::load(optimizer, (checkpoint / "optimizer.pt").string());
+    torch::load(optimizer, (checkpoint / file).string());
   } catch (const c10::Error& e) {
-    throw Error(ErrorKind::Format, where + "/optimizer.pt: " + e.what_without_backtrace());
+    throw Error(ErrorKind::Format, where + "/" + file + ": " + e.what_without_backtrace());
   }
   auto rng = weights::open_tensor_source(checkpoint / "rng.safetensors");
   {

@@ -108,6 +108,7 @@ StageSettings read_stage_settings(const config::Config& c) {
   s.activation_checkpointing = c.get_bool("train.activation_checkpointing", false);
   s.bucket_bytes = c.get_int("train.bucket_mb", 25, 1, 4096) << 20;
   s.dist_timeout_s = c.get_int("train.dist_timeout_s", 1800, 1, 7 * 24 * 3600);
+  s.zero_stage = static_cast<int>(c.get_int("train.zero_stage", 0, 0, 2));
   const auto precision = c.get_string("train.precision", "fp32");
   if (precision != "fp32" && precision != "bf16") {
     throw Error(ErrorKind::Format, c.source().string() + ": train.precision is '" + precision + "' (fp32 or bf16)");

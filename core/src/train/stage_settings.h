@@ -47,6 +47,9 @@ struct StageSettings {
   // that waits longer than the timeout for the others ends the run with an error naming it.
   int64_t bucket_bytes = int64_t{25} << 20;
   int64_t dist_timeout_s = 1800;
+  // ZeRO over several ranks: 1 shards the optimizer state, 2 the gradients too (each summed only on the
+  // rank that owns its parameter); 0 keeps both whole on every rank.
+  int zero_stage = 0;
   bool bf16 = false;
   // Where to write the loss and the gradients of the first optimizer step (before clipping), for
   // gradient-parity checks against a reference implementation; empty: nowhere.

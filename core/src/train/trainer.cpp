@@ -319,9 +319,39 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   auto data = read_stage_data(s, *pipeline, lead ? callbacks.notice : NoticeCallback());
   auto trainable = select_trainable(s, *pipeline);
 
+  // ZeRO: each trainable tensor is owned by one rank (largest first, to the least loaded), which alone keeps
+  // its optimizer state, steps it and sends it to the others.
+  const Sharding sharding{world.rank, static_cast<int>(ranks), group ? s.zero_stage : 0};
+  std::vector<int> owners;
+  if (sharding.sharded()) {
+    if (trainable.params.size() < static_cast<size_t>(ranks)) {
+      throw Error(ErrorKind::InvalidArgument, "train.zero_stage " + std::to_string(s.zero_stage) + ": " +
+                                                  std::to_string(trainable.params.size()) + " trainable tensors cannot be shared by " +
+                                                  std::to_string(ranks) + " ranks");
+    }
+    std::vector<size_t> order(trainable.params.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return trainable.params[a].second.numel() > trainable.params[b].second.numel();
+    });
+    owners.assign(trainable.params.size(), 0);
+    std::vector<int64_t> load(static_cast<size_t>(ranks), 0);
+    for (size_t i : order) {
+      const auto r = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+      owners[i] = static_cast<int>(r);
+      load[r] += trainable.params[i].second.numel();
+    }
+  }
+  auto owned = [&](size_t i) { return owners.empty() || owners[i] == world.rank; };
+
   // AdamW with two groups: decay for matrices, none for norms and biases (1-D parameters).
-  std::vector<torch::Tensor> decay, no_decay;
-  for (auto& [n, t] : trainable.params) (t.dim() >= 2 ? decay : no_decay).push_back(t);
+  std::vector<torch::Tensor> decay, no_decay, owned_params;
+  for (size_t i = 0; i < trainable.params.size(); ++i) {
+    if (!owned(i)) continue;
+    const auto& t = trainable.params[i].second;
+    (t.dim() >= 2 ? decay : no_decay).push_back(t);
+    owned_params.push_back(t);
+  }
   auto options = [&](double wd) {
     return std::make_unique<torch::optim::AdamWOptions>(
         torch::optim::AdamWOptions(s.lr).betas({s.beta1, s.beta2}).eps(s.eps).weight_decay(wd));
@@ -354,7 +384,7 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   const auto checkpoints = s.out / "checkpoints";
   if (resume) {
     if (auto latest = latest_checkpoint(checkpoints)) {
-      state = load_checkpoint(*latest, trainable.params, optimizer);
+      state = load_checkpoint(*latest, trainable.params, optimizer, sharding);
       result.resumed = true;
       if (lead && callbacks.notice) callbacks.notice("resuming from " + latest->string() + " (step " + std::to_string(state.step) + ")");
     }
@@ -363,12 +393,25 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   if (lead) metrics.emplace(s.out / "metrics.jsonl", result.resumed ? state.step : 0);
   std::optional<dist::GradientSync> sync;
   if (group) {
-    sync.emplace(*group, parameters, s.bucket_bytes);
+    sync.emplace(*group, parameters, s.bucket_bytes, s.zero_stage >= 2 ? owners : std::vector<int>());
     sync->broadcast_parameters();
     if (callbacks.notice && lead) {
+      // What each rank holds of the trained tensors (fp32): the parameters whole, the gradients and AdamW's
+      // two moments whole or (ZeRO) its own share; rank 0's share is shown.
+      int64_t all_bytes = 0, own_bytes = 0;
+      for (size_t i = 0; i < trainable.params.size(); ++i) {
+        const auto b = trainable.params[i].second.numel() * static_cast<int64_t>(trainable.params[i].second.element_size());
+        all_bytes += b;
+        if (owned(i)) own_bytes += b;
+      }
+      auto mb = [](int64_t b) { return std::to_string((b + (1 << 19)) >> 20) + " MB"; };
+      callbacks.notice("per rank: trained parameters " + mb(all_bytes) + ", gradients " +
+                       mb(s.zero_stage >= 2 && sharding.sharded() ? own_bytes : all_bytes) + ", optimizer state " +
+                       mb(2 * own_bytes));
       callbacks.notice("data parallel over " + std::to_string(ranks) + " ranks (" + world.launcher + "), Gloo, " +
                        std::to_string(sync->buckets()) + " gradient bucket(s); global batch " +
-                       std::to_string(global_batch * s.grad_accum));
+                       std::to_string(global_batch * s.grad_accum) +
+                       (sharding.sharded() ? "; ZeRO stage " + std::to_string(s.zero_stage) : std::string()));
     }
   }
 
@@ -582,10 +625,26 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
       const double factor = schedule_factor(s, state.step, total_steps);
       for (auto& g : optimizer.param_groups()) g.options().set_lr(s.lr * factor);
       double norm = 0;
-      if (s.max_grad_norm > 0) {
+      if (s.max_grad_norm > 0 && sharding.sharded() && s.zero_stage >= 2) {
+        // Each rank holds its own parameters' gradients only: the norm is summed over the ranks.
+        double squares = 0;
+        for (auto& p : owned_params) {
+          if (p.grad().defined()) squares += std::pow(p.grad().norm().item<double>(), 2);
+        }
+        auto total = torch::tensor({squares}, torch::kFloat64);
+        group->all_reduce_sum(total, "summing the gradient norm");
+        norm = std::sqrt(total.item<double>());
+        const double coef = s.max_grad_norm / (norm + 1e-6);
+        if (coef < 1) {
+          for (auto& p : owned_params) {
+            if (p.grad().defined()) p.mutable_grad().mul_(coef);
+          }
+        }
+      } else if (s.max_grad_norm > 0) {
         norm = torch::nn::utils::clip_grad_norm_(parameters, s.max_grad_norm);
       }
       optimizer.step();
+      if (sharding.sharded()) sync->broadcast_from_owners(owners);
       ++state.step;
       state.epoch = epoch;
       state.batch = static_cast<int64_t>(k);
@@ -623,8 +682,23 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
         interval_tokens = 0;
         interval_start = Clock::now();
       }
-      if (lead && ((s.save_every > 0 && state.step % s.save_every == 0) || state.step == total_steps)) {
-        save_checkpoint(checkpoints, state, trainable.params, optimizer, s.keep_checkpoints);
+      if ((s.save_every > 0 && state.step % s.save_every == 0) || state.step == total_steps) {
+        std::vector<std::filesystem::path> shards;
+        if (sharding.sharded()) {
+          // Every rank writes its part of the optimizer state; rank 0 then moves them into the checkpoint.
+          auto shard = [&](int r) {
+            return checkpoints / (".shard-" + std::to_string(state.step) + "-rank-" + std::to_string(r) + ".pt");
+          };
+          std::filesystem::create_directories(checkpoints);
+          const auto mine = shard(world.rank);
+          auto partial = mine;
+          partial += ".partial";
+          torch::save(optimizer, partial.string());
+          std::filesystem::rename(partial, mine);
+          group->barrier("writing the optimizer shards of step " + std::to_string(state.step));
+          for (int r = 0; r < ranks; ++r) shards.push_back(shard(r));
+        }
+        if (lead) save_checkpoint(checkpoints, state, trainable.params, optimizer, s.keep_checkpoints, sharding, shards);
       }
     }
     if (state.step < total_steps) {
@@ -643,6 +717,32 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   if (group) group->barrier("waiting for rank 0 to write the model");
   if (group) result.skipped_rows = skipped_all;
   return result;
+}
+
+std::filesystem::path consolidate(const config::Config& config, std::shared_ptr<const host::PluginHost> host,
+                                  const std::filesystem::path& checkpoint, const std::filesystem::path& out) {
+  const auto s = read_stage_settings(config);
+  auto chosen = checkpoint;
+  if (chosen.empty()) {
+    const auto latest = latest_checkpoint(s.out / "checkpoints");
+    if (!latest) throw Error(ErrorKind::NotFound, (s.out / "checkpoints").string() + ": no complete checkpoint");
+    chosen = *latest;
+  }
+  if (!std::filesystem::is_regular_file(chosen / "state.json") ||
+      !std::filesystem::is_regular_file(chosen / "trainable.safetensors")) {
+    throw Error(ErrorKind::NotFound, chosen.string() + ": not a complete checkpoint (state.json and trainable.safetensors)");
+  }
+  LoadOptions load;
+  load.overrides = s.model_overrides;
+  auto pipeline = Pipeline::load(s.model_dir, load, host);
+  auto trainable = select_trainable(s, *pipeline);
+  load_checkpoint_parameters(chosen, trainable.params);
+  for (const auto& name : pipeline->media_order()) {
+    pipeline->modality(name).train(false);
+    pipeline->modality(name).set_encoder_trainable(false);
+  }
+  write_model_dir(*pipeline, out, s.name);
+  return chosen;
 }
 
 std::vector<SourceReport> check_data(const config::Config& config, std::shared_ptr<const host::PluginHost> host,

@@ -53,6 +53,8 @@ class Group {
     std::unique_ptr<Impl> impl_;
   };
   Pending all_reduce_sum_async(torch::Tensor tensor, const std::string& what);
+  // The sum over the ranks into `root`'s tensor (the others' tensors are left undefined in content).
+  Pending reduce_sum_async(torch::Tensor tensor, int root, const std::string& what);
 
  private:
   struct Impl;
@@ -67,7 +69,9 @@ class GradientSync {
  public:
   // `params`: the trainable parameters, the same list in the same order on every rank. Buckets hold about
   // `bucket_bytes` of gradients each, filled in reverse order of `params` (the order backward reaches them).
-  GradientSync(Group& group, std::vector<torch::Tensor> params, int64_t bucket_bytes);
+  // With `owners` (one rank per parameter: ZeRO stage 2), a bucket holds one owner's parameters and its
+  // sum goes to that owner only; every other rank drops those gradients once they are sent.
+  GradientSync(Group& group, std::vector<torch::Tensor> params, int64_t bucket_bytes, std::vector<int> owners = {});
   ~GradientSync();
   GradientSync(const GradientSync&) = delete;
   GradientSync& operator=(const GradientSync&) = delete;
@@ -78,9 +82,12 @@ class GradientSync {
   // (a gradient-accumulation micro-step), gradients only accumulate locally.
   void begin_backward(bool sync);
   // After the sync pass: starts the buckets still waiting (parameters this rank's batch did not reach count
-  // as zero), waits for all of them and writes the sums into the parameters' .grad.
+  // as zero), waits for all of them and writes the sums into the parameters' .grad (with owners: into the
+  // owner's, and the other ranks' .grad of those parameters is undefined).
   void end_backward();
   int64_t buckets() const;
+  // Each owner's parameters, from that owner to every rank (after a sharded optimizer step).
+  void broadcast_from_owners(const std::vector<int>& owners);
 
  private:
   struct Impl;

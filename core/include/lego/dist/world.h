@@ -19,7 +19,7 @@ struct World {
   int local_size = 1;
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
-  // Who set the variables: "none" (one process), "torchrun" or "slurm".
+  // Who set the variables: "none" (one process), "torchrun", "lego train --nproc" or "slurm".
   std::string launcher = "none";
   // torchrun's elastic agent already serves the rendezvous store at MASTER_ADDR:MASTER_PORT
   // (TORCHELASTIC_USE_AGENT_STORE=True): every rank connects to it as a client.

@@ -65,6 +65,13 @@ struct Callbacks {
 StageResult run_stage(const config::Config& config, std::shared_ptr<const host::PluginHost> host, bool resume,
                       const Callbacks& callbacks = {});
 
+// A model directory at `out` from a checkpoint of the stage `config` describes: the stage's starting model
+// with the checkpoint's trained parameters (the newest complete checkpoint under train.out when
+// `checkpoint` is empty). Sharded runs (train.zero_stage) shard only optimizer state and gradients, so
+// their checkpoints hold whole parameters too. Returns the checkpoint used.
+std::filesystem::path consolidate(const config::Config& config, std::shared_ptr<const host::PluginHost> host,
+                                  const std::filesystem::path& checkpoint, const std::filesystem::path& out);
+
 // What `lego data check` reports about one data file.
 struct SourceReport {
   std::string file;
