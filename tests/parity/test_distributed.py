@@ -259,3 +259,15 @@ def test_a_killed_zero2_run_resumes_to_the_parameters_of_an_uninterrupted_one(ti
     worst = worst_difference(tiny / "z-straight" / "model", tiny / "z-killed" / "model")
     print("max abs difference after a ZeRO-2 resume:", worst)
     assert worst <= 1e-6
+
+
+def test_consolidate_names_what_is_missing(tiny):
+    cfg = stage_config(tiny, "never-trained", **{"train.max_steps": 1})
+    proc = run_lego("consolidate", "--config", cfg, "--out", tiny / "nt-model", check=False)
+    assert proc.returncode != 0 and "no complete checkpoint" in proc.stderr
+    half = tiny / "half-ckpt"
+    half.mkdir()
+    (half / "state.json").write_text("{}")
+    proc = run_lego("consolidate", "--config", cfg, "--checkpoint", half, "--out", tiny / "nt-model", check=False)
+    assert proc.returncode != 0 and "not a complete checkpoint" in proc.stderr
+    assert not (tiny / "nt-model").exists()
