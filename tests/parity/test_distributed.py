@@ -96,20 +96,26 @@ def test_small_buckets_and_activation_checkpointing_change_nothing(tiny, referen
     assert worst_difference(tiny / "dp-one" / "model", tiny / "dp-buckets" / "model") <= 1e-5
 
 
+def kill_nproc_at_checkpoint(cfg, out, step):
+    """Starts `lego train --nproc 2` and SIGKILLs the launcher (its ranks die with it) once the checkpoint of
+    `step` is complete."""
+    proc = subprocess.Popen([str(lego_bin()), "train", "--config", str(cfg), "--threads", "1", "--nproc", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=one_thread_env())
+    state = out / "checkpoints" / f"step-{step:08d}" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not state.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model").exists(), "the run ended before it was killed"
+
+
 def test_a_killed_two_rank_run_resumes_to_the_parameters_of_an_uninterrupted_one(tiny):
     keys = {"train.batch_size": 4, "train.max_steps": 20, "train.save_every": 5, "train.keep_checkpoints": 5,
             "train.log_every": 5}
     train_nproc(stage_config(tiny, "dp-straight", **keys))
     cfg = stage_config(tiny, "dp-killed", **keys)
-    proc = subprocess.Popen([str(lego_bin()), "train", "--config", str(cfg), "--threads", "1", "--nproc", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=one_thread_env())
-    state = tiny / "dp-killed" / "checkpoints" / "step-00000010" / "state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and not state.exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # the launcher: its ranks die with it
-    proc.wait()
-    assert not (tiny / "dp-killed" / "model").exists(), "the run ended before it was killed"
+    kill_nproc_at_checkpoint(cfg, tiny / "dp-killed", 10)
     resumed = train_nproc(cfg, 2, "--resume")
     assert "resuming from" in resumed.stderr
     worst = worst_difference(tiny / "dp-straight" / "model", tiny / "dp-killed" / "model")
@@ -242,15 +248,7 @@ def test_a_killed_zero2_run_resumes_to_the_parameters_of_an_uninterrupted_one(ti
             "train.log_every": 5, "train.zero_stage": 2}
     train_nproc(stage_config(tiny, "z-straight", **keys))
     cfg = stage_config(tiny, "z-killed", **keys)
-    proc = subprocess.Popen([str(lego_bin()), "train", "--config", str(cfg), "--threads", "1", "--nproc", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=one_thread_env())
-    state = tiny / "z-killed" / "checkpoints" / "step-00000010" / "state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and not state.exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tiny / "z-killed" / "model").exists(), "the run ended before it was killed"
+    kill_nproc_at_checkpoint(cfg, tiny / "z-killed", 10)
     # Its optimizer state is in two parts: a run that keeps it whole refuses the checkpoint.
     refused = train_nproc(cfg, 2, "--resume", "--set", "train.zero_stage=0", check=False)
     assert refused.returncode != 0 and "sharded over 2 ranks (train.zero_stage 2)" in refused.stderr
