@@ -1,7 +1,12 @@
 # lego_configure_target(TARGET): the flags every target of ours gets (warnings as errors, sanitizers,
 # the shared libtorch precompiled header).
 
-set(LEGO_WARNINGS -Wall -Wextra -Werror)
+set(LEGO_WARNINGS -Wall -Wextra)
+# Warnings stop our own builds; a foreign compiler's new warnings need not stop scripts/gpu-check.sh.
+option(LEGO_WERROR "Treat warnings as errors" ON)
+if(LEGO_WERROR)
+  list(APPEND LEGO_WARNINGS -Werror)
+endif()
 
 # LEGO_SANITIZE=address,undefined: instrument our code (libtorch, FFmpeg and OpenCV stay uninstrumented).
 # Undefined behaviour aborts at the first report so ctest sees it as a failure.

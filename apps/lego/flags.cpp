@@ -39,7 +39,9 @@ po::options_description sampling_flags(generate::SamplingOptions& o) {
       ("repetition-penalty", po::value(&o.repetition_penalty)->default_value(o.repetition_penalty), "penalty on tokens already present (1: none)")
       ("stop", po::value(&o.stop)->composing(), "stop when the text contains this string (repeatable)")
       ("ignore-eos", po::bool_switch()->notifier([&o](bool v) { o.stop_at_eos = !v; }), "keep generating past the end-of-sequence token")
-      ("seed", po::value(&o.seed)->default_value(o.seed), "seed of the sampler");
+      ("seed", po::value(&o.seed)->default_value(o.seed), "seed of the sampler")
+      ("no-cuda-graph", po::bool_switch()->notifier([&o](bool v) { o.cuda_graphs = !v; }),
+       "on CUDA, launch each decoding step's kernels one by one instead of replaying a CUDA graph");
   return d;
 }
 

@@ -17,6 +17,15 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
+// GPU ranks talk over NCCL, which the CUDA wheel's libtorch_cuda carries; its header needs nccl.h (the
+// wheel's nvidia/nccl/include, found by cmake/LegoTorch.cmake).
+#if defined(LEGO_WITH_GLOO) && defined(LEGO_WITH_NCCL)
+#ifndef USE_C10D_NCCL
+#define USE_C10D_NCCL 1
+#endif
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include "lego/sdk/error.h"
 
@@ -36,6 +45,14 @@ std::string first_line(const std::exception& e) {
 
 }  // namespace
 
+bool has_nccl() {
+#if defined(LEGO_WITH_GLOO) && defined(LEGO_WITH_NCCL)
+  return true;
+#else
+  return false;
+#endif
+}
+
 bool has_gloo() {
 #ifdef LEGO_WITH_GLOO
   return true;
@@ -50,7 +67,12 @@ struct Group::Impl {
   int rank = 0, size = 1;
   std::chrono::milliseconds timeout{0};
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> backend;
+  c10::intrusive_ptr<c10d::Backend> backend;
+  // NCCL's collectives take tensors on `device` only: CPU tensors travel through a copy there and back.
+  bool nccl = false;
+  torch::Device device{torch::kCPU};
+
+  torch::Tensor staged(const torch::Tensor& t) const { return nccl && !t.is_cuda() ? t.to(device) : t; }
 
   [[noreturn]] void fail(const std::string& what, const std::exception& e) const {
     throw Error(ErrorKind::Io, "rank " + std::to_string(rank) + " of " + std::to_string(size) + ": " + what +
@@ -63,12 +85,17 @@ struct Group::Pending::Impl {
   c10::intrusive_ptr<c10d::Work> work;
   const Group::Impl* group = nullptr;
   std::string what;
+  torch::Tensor origin, sent;  // a CPU tensor staged on the GPU: the result is copied back after the wait
 };
 
 Group::Group(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Group::~Group() = default;
 
-std::unique_ptr<Group> Group::connect(const World& world, std::chrono::milliseconds timeout) {
+std::unique_ptr<Group> Group::connect(const World& world, std::chrono::milliseconds timeout, torch::Device device) {
+  if (device.is_cuda() && !has_nccl()) {
+    throw Error(ErrorKind::Unsupported, "ranks on " + device.str() + " talk over NCCL, which this lego is not built "
+                                        "with (configure with -DLEGO_WITH_CUDA=ON); CPU ranks use Gloo");
+  }
   auto impl = std::make_unique<Impl>();
   impl->rank = world.rank;
   impl->size = world.size;
@@ -89,6 +116,24 @@ std::unique_ptr<Group> Group::connect(const World& world, std::chrono::milliseco
                                    ": could not meet the other ranks at " + where + " within " +
                                    std::to_string(timeout.count() / 1000) + " s: " + first_line(e));
   }
+#ifdef LEGO_WITH_NCCL
+  if (device.is_cuda()) {
+    try {
+      // A collective that outlives the timeout then throws in wait() (naming this rank) instead of the
+      // watchdog aborting the process.
+      setenv("TORCH_NCCL_BLOCKING_WAIT", "1", /*overwrite=*/0);
+      c10::cuda::set_device(device.index());
+      auto options = c10d::ProcessGroupNCCL::Options::create();
+      options->timeout = timeout;
+      impl->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl->store, world.rank, world.size, options);
+      impl->nccl = true;
+      impl->device = device;
+    } catch (const std::exception& e) {
+      impl->fail("forming the NCCL group at " + where, e);
+    }
+    return std::unique_ptr<Group>(new Group(std::move(impl)));
+  }
+#endif
   try {
     auto options = c10d::ProcessGroupGloo::Options::create(timeout);
     // Ranks that meet on this machine talk over loopback; across machines, over the interface
@@ -118,7 +163,9 @@ Group::Pending Group::all_reduce_sum_async(torch::Tensor tensor, const std::stri
   p.impl_->group = impl_.get();
   p.impl_->what = what;
   try {
-    std::vector<at::Tensor> tensors{std::move(tensor)};
+    p.impl_->sent = impl_->staged(tensor);
+    if (!p.impl_->sent.is_same(tensor)) p.impl_->origin = tensor;
+    std::vector<at::Tensor> tensors{p.impl_->sent};
     p.impl_->work = impl_->backend->allreduce(tensors);
   } catch (const std::exception& e) {
     impl_->fail(what, e);
@@ -132,7 +179,9 @@ Group::Pending Group::reduce_sum_async(torch::Tensor tensor, int root, const std
   p.impl_->group = impl_.get();
   p.impl_->what = what;
   try {
-    std::vector<at::Tensor> tensors{std::move(tensor)};
+    p.impl_->sent = impl_->staged(tensor);
+    if (!p.impl_->sent.is_same(tensor)) p.impl_->origin = tensor;
+    std::vector<at::Tensor> tensors{p.impl_->sent};
     c10d::ReduceOptions o;
     o.rootRank = root;
     p.impl_->work = impl_->backend->reduce(tensors, o);
@@ -144,10 +193,12 @@ Group::Pending Group::reduce_sum_async(torch::Tensor tensor, int root, const std
 
 void Group::broadcast(torch::Tensor& tensor, int root, const std::string& what) {
   try {
-    std::vector<at::Tensor> tensors{tensor};
+    auto sent = impl_->staged(tensor);
+    std::vector<at::Tensor> tensors{sent};
     c10d::BroadcastOptions o;
     o.rootRank = root;
     impl_->backend->broadcast(tensors, o)->wait();
+    if (!sent.is_same(tensor)) tensor.copy_(sent);
   } catch (const std::exception& e) {
     impl_->fail(what, e);
   }
@@ -170,6 +221,8 @@ void Group::Pending::wait() {
     impl_->group->fail(impl_->what, e);
   }
   impl_->work.reset();
+  if (impl_->origin.defined()) impl_->origin.copy_(impl_->sent);
+  impl_->origin = impl_->sent = torch::Tensor();
 }
 
 #else  // no Gloo: a one-process lego
@@ -178,7 +231,7 @@ struct Group::Impl {};
 struct Group::Pending::Impl {};
 Group::Group(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Group::~Group() = default;
-std::unique_ptr<Group> Group::connect(const World& world, std::chrono::milliseconds) {
+std::unique_ptr<Group> Group::connect(const World& world, std::chrono::milliseconds, torch::Device) {
   throw Error(ErrorKind::Unsupported, "this lego was built without Gloo (install libgloo-dev and rebuild): it cannot "
                                       "join a run of " + std::to_string(world.size) + " ranks");
 }

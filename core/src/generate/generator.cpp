@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "lego/llm/decode_step.h"
 #include "lego/sdk/error.h"
 #include "lego/text/incremental_decoder.h"
 
@@ -224,6 +225,10 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
   }
 
   auto t1 = Clock::now();
+  // On CUDA each step replays one captured graph; elsewhere it is the plain forward over the filled slots.
+  const auto mode = options.cuda_graphs && llm::DecodeStep::graphs_available(device) ? llm::DecodeMode::Graph
+                                                                                    : llm::DecodeMode::Dynamic;
+  llm::DecodeStep decoder(model_, cache, key_valid, mode);
   int64_t steps = 0;
   if (timings != nullptr) timings->step_ms.clear();
   for (int64_t step = 0; step < max_new; ++step) {
@@ -278,11 +283,7 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
       all_done = all_done && r.done;
     }
     const bool last = all_done || step + 1 == max_new;
-    if (!last) {
-      ctx.positions = (next_pos + step).unsqueeze(1).to(device);
-      auto step_embeds = model_->model->embed(next.unsqueeze(1).to(device));
-      logits = model_->logits(model_->model->forward(step_embeds, ctx)).squeeze(1);
-    }
+    if (!last) logits = decoder.step(next, next_pos + step);
     if (timings != nullptr) timings->step_ms.push_back(ms_since(step_start));
     if (last) break;
   }

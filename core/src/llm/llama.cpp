@@ -1,13 +1,22 @@
 #include "lego/llm/llama.h"
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <torch/autograd.h>
 #include <torch/nn/functional/linear.h>
 
 #include <algorithm>
+#include <limits>
 #include <string>
 
 #include "lego/sdk/error.h"
 #include "lego/sdk/files.h"
+
+#ifdef LEGO_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+
+#include "cuda/decode_kernels.h"
+#endif
 
 namespace lego::llm {
 namespace {
@@ -87,8 +96,8 @@ KvCache::KvCache(const LlamaOptions& options, int64_t batch, int64_t capacity,
   keys_.reserve(options.num_layers());
   values_.reserve(options.num_layers());
   for (int64_t i = 0; i < options.num_layers(); ++i) {
-    keys_.push_back(torch::empty({batch, options.kv_heads(), capacity, options.head_width()}, tensor_options));
-    values_.push_back(torch::empty({batch, options.kv_heads(), capacity, options.head_width()}, tensor_options));
+    keys_.push_back(torch::zeros({batch, options.kv_heads(), capacity, options.head_width()}, tensor_options));
+    values_.push_back(torch::zeros({batch, options.kv_heads(), capacity, options.head_width()}, tensor_options));
   }
 }
 
@@ -106,7 +115,24 @@ std::pair<torch::Tensor, torch::Tensor> KvCache::append(int64_t layer, const tor
   return {k.narrow(2, 0, length_ + steps), v.narrow(2, 0, length_ + steps)};
 }
 
-void KvCache::advance(int64_t steps) { length_ += steps; }
+std::pair<torch::Tensor, torch::Tensor> KvCache::write(int64_t layer, const torch::Tensor& keys,
+                                                       const torch::Tensor& values, const torch::Tensor& slot) {
+  // No host-side bound check on `slot` here (reading it would synchronise, and a graph replays without
+  // us): DecodeStep checks length() < capacity() before every step.
+  auto& k = keys_.at(layer);
+  auto& v = values_.at(layer);
+  k.index_copy_(2, slot, keys);
+  v.index_copy_(2, slot, values);
+  return {k, v};
+}
+
+void KvCache::advance(int64_t steps) {
+  if (length_ + steps > capacity_) {
+    throw Error(ErrorKind::InvalidArgument, "KvCache: " + std::to_string(length_ + steps) +
+                                                " positions exceed its capacity of " + std::to_string(capacity_));
+  }
+  length_ += steps;
+}
 
 // ---------------------------------------------------------------------------------------------------------
 RMSNormImpl::RMSNormImpl(int64_t width, double eps) : width_(width), eps_(eps) { reset(); }
@@ -118,9 +144,9 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   if (x.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32) {
     return at::rms_norm(x, {width_}, weight, eps_);
   }
-  // Half precisions: normalise in float32, round, then scale, in the reference's order.
-  auto xf = x.to(torch::kFloat32);
-  auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps_);
+  // Half precisions: normalise in float32 (the same fused kernel, no scale), round, then scale, in the
+  // reference's order: 4 kernels instead of 8, which counts in batch-1 decoding.
+  auto normed = at::rms_norm(x.to(torch::kFloat32), {width_}, std::nullopt, eps_);
   return weight * normed.to(x.scalar_type());
 }
 
@@ -181,17 +207,70 @@ void LlamaAttentionImpl::reset() {
   o_proj = register_module("o_proj", make_linear(options_.num_heads() * d, h, bias));
 }
 
+namespace {
+
+// Re-points each parameter into one new tensor stacked along dim 0 (a view each), returning that tensor.
+torch::Tensor stack_into_one(const std::vector<torch::Tensor*>& params) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> parts;
+  for (auto* p : params) parts.push_back(*p);
+  auto fused = torch::cat(parts, 0);
+  int64_t row = 0;
+  for (auto* p : params) {
+    const int64_t rows = p->size(0);
+    p->set_data(fused.narrow(0, row, rows));
+    row += rows;
+  }
+  return fused;
+}
+
+bool views_of(const torch::Tensor& whole, const std::vector<const torch::Tensor*>& parts) {
+  if (!whole.defined()) return false;
+  for (const auto* p : parts) {
+    if (!p->defined() || !p->is_alias_of(whole)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void LlamaAttentionImpl::fuse_projections() {
+  if (fused()) return;
+  qkv_weight_ = stack_into_one({&q_proj->weight, &k_proj->weight, &v_proj->weight});
+  qkv_bias_ = options_.attention_bias() ? stack_into_one({&q_proj->bias, &k_proj->bias, &v_proj->bias}) : torch::Tensor();
+}
+
+bool LlamaAttentionImpl::fused() const {
+  return views_of(qkv_weight_, {&q_proj->weight, &k_proj->weight, &v_proj->weight}) &&
+         (!options_.attention_bias() || views_of(qkv_bias_, {&q_proj->bias, &k_proj->bias, &v_proj->bias}));
+}
+
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, int64_t layer, const AttentionContext& ctx,
                                           const LayerInputs& in) {
   const int64_t batch = x.size(0);
   const int64_t steps = x.size(1);
   const int64_t d = options_.head_width();
-  auto q = q_proj(x).view({batch, steps, options_.num_heads(), d}).transpose(1, 2);
-  auto k = k_proj(x).view({batch, steps, options_.kv_heads(), d}).transpose(1, 2);
-  auto v = v_proj(x).view({batch, steps, options_.kv_heads(), d}).transpose(1, 2);
-  q = RotaryEmbeddingImpl::rotate(q, in.cos, in.sin);
-  k = RotaryEmbeddingImpl::rotate(k, in.cos, in.sin);
-  if (ctx.cache != nullptr) std::tie(k, v) = ctx.cache->append(layer, k, v);
+  const int64_t heads = options_.num_heads();
+  const int64_t kv = options_.kv_heads();
+  torch::Tensor q, k, v;
+  if (steps == 1 && !torch::GradMode::is_enabled() && fused()) {
+    // One token: [B, 1, heads + 2 kv, D] from one product; the tables [B, 1, 1, D] broadcast over the
+    // heads, so q and k rotate in one pass. Transposing a length-1 axis moves no data.
+    auto qkv = torch::nn::functional::linear(x, qkv_weight_, qkv_bias_).view({batch, 1, heads + 2 * kv, d});
+    auto qk = RotaryEmbeddingImpl::rotate(qkv.narrow(2, 0, heads + kv), in.cos, in.sin);
+    q = qk.narrow(2, 0, heads).transpose(1, 2);
+    k = qk.narrow(2, heads, kv).transpose(1, 2);
+    v = qkv.narrow(2, heads + kv, kv).transpose(1, 2);
+  } else {
+    q = q_proj(x).view({batch, steps, heads, d}).transpose(1, 2);
+    k = k_proj(x).view({batch, steps, kv, d}).transpose(1, 2);
+    v = v_proj(x).view({batch, steps, kv, d}).transpose(1, 2);
+    q = RotaryEmbeddingImpl::rotate(q, in.cos, in.sin);
+    k = RotaryEmbeddingImpl::rotate(k, in.cos, in.sin);
+  }
+  if (ctx.cache != nullptr) {
+    std::tie(k, v) = ctx.slot.defined() ? ctx.cache->write(layer, k, v, ctx.slot) : ctx.cache->append(layer, k, v);
+  }
   const bool gqa = options_.kv_heads() != options_.num_heads();
   auto out = at::scaled_dot_product_attention(q, k, v, in.mask.defined() ? std::optional<at::Tensor>(in.mask)
                                                                          : std::nullopt,
@@ -211,7 +290,18 @@ void LlamaMLPImpl::reset() {
   down_proj = register_module("down_proj", make_linear(m, h, false));
 }
 
+void LlamaMLPImpl::fuse_projections() {
+  if (!fused()) gate_up_weight_ = stack_into_one({&gate_proj->weight, &up_proj->weight});
+}
+
+bool LlamaMLPImpl::fused() const { return views_of(gate_up_weight_, {&gate_proj->weight, &up_proj->weight}); }
+
 torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x) {
+  if (!torch::GradMode::is_enabled() && fused()) {
+    const int64_t m = options_.intermediate_size();
+    auto gate_up = torch::nn::functional::linear(x, gate_up_weight_);
+    return down_proj(torch::silu(gate_up.narrow(-1, 0, m)) * gate_up.narrow(-1, m, m));
+  }
   return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
 }
 
@@ -255,8 +345,31 @@ void LlamaModelImpl::reset() {
 
 torch::Tensor LlamaModelImpl::embed(const torch::Tensor& ids) { return embed_tokens(ids); }
 
+void LlamaModelImpl::fuse_projections() {
+  for (size_t i = 0; i < layers->size(); ++i) {
+    auto& layer = layers->at<LlamaDecoderLayerImpl>(i);
+    layer.self_attn->fuse_projections();
+    layer.mlp->fuse_projections();
+  }
+}
+
 LayerInputs LlamaModelImpl::prepare(const AttentionContext& ctx, int64_t new_tokens, torch::ScalarType dtype) {
   LayerInputs in;
+  if (ctx.slot.defined()) {
+    // Static decoding: one token, every slot of the cache; key j is visible when j <= slot and real.
+    if (ctx.cache == nullptr || new_tokens != 1) {
+      throw Error(ErrorKind::InvalidArgument, "llama: static decoding takes one token and a cache");
+    }
+    const int64_t capacity = ctx.cache->capacity();
+    std::tie(in.cos, in.sin) = rotary_emb->tables(ctx.positions, dtype, capacity);
+    auto key_slots = torch::arange(capacity, torch::TensorOptions().dtype(torch::kInt64).device(ctx.slot.device()));
+    auto mask = (key_slots <= ctx.slot).view({1, 1, 1, capacity});
+    if (ctx.key_valid.defined()) mask = mask & ctx.key_valid.to(torch::kBool).view({-1, 1, 1, capacity});
+    // Additive, made once here: SDPA would otherwise turn the boolean mask into this in every layer.
+    in.mask = torch::zeros(mask.sizes(), torch::TensorOptions().dtype(dtype).device(mask.device()))
+                  .masked_fill_(mask.logical_not(), -std::numeric_limits<double>::infinity());
+    return in;
+  }
   const int64_t past = ctx.cache != nullptr ? ctx.cache->length() : 0;
   const int64_t total = past + new_tokens;
   // Positions count the valid tokens before each one, so all lie below past + new_tokens.
@@ -304,9 +417,138 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_embeds, const A
                     std::to_string(options_.max_position()));
   }
   const auto in = prepare(ctx, steps, input_embeds.scalar_type());
+  if (ctx.slot.defined()) {
+    if (auto out = forward_fused_decode(input_embeds, ctx, in); out.defined()) return out;
+  }
   auto hidden = input_embeds;
   for (int64_t i = 0; i < options_.num_layers(); ++i) hidden = forward_layer(i, hidden, ctx, in);
-  if (ctx.cache != nullptr) ctx.cache->advance(steps);
+  if (ctx.cache != nullptr && !ctx.slot.defined()) ctx.cache->advance(steps);
+  return norm(hidden);
+}
+
+torch::Tensor LlamaModelImpl::forward_fused_decode(const torch::Tensor& input_embeds, const AttentionContext& ctx,
+                                                   const LayerInputs& in) {
+#ifdef LEGO_WITH_CUDA
+  const auto dtype = input_embeds.scalar_type();
+  if (!input_embeds.is_cuda() || torch::GradMode::is_enabled() || input_embeds.size(1) != 1 ||
+      (dtype != torch::kFloat32 && dtype != torch::kBFloat16) || !in.mask.defined()) {
+    return {};
+  }
+  for (size_t i = 0; i < layers->size(); ++i) {
+    auto& layer = layers->at<LlamaDecoderLayerImpl>(i);
+    if (!layer.self_attn->fused() || !layer.mlp->fused() || layer.self_attn->qkv_weight().scalar_type() != dtype ||
+        layer.input_layernorm->weight.scalar_type() != dtype ||
+        layer.post_attention_layernorm->weight.scalar_type() != dtype ||
+        ctx.cache->layer_keys(static_cast<int64_t>(i)).scalar_type() != dtype) {
+      return {};
+    }
+  }
+  if (norm->weight.scalar_type() != dtype) return {};
+  const int kind = dtype == torch::kBFloat16 ? 1 : 0;
+  void* stream = at::cuda::getCurrentCUDAStream().stream();
+  const int64_t batch = input_embeds.size(0);
+  const int64_t width = options_.hidden_size();
+  const int64_t heads = options_.num_heads();
+  const int64_t kv = options_.kv_heads();
+  const int64_t d = options_.head_width();
+  const int64_t m = options_.intermediate_size();
+  const auto eps = static_cast<float>(options_.rms_norm_eps());
+  const auto cos = in.cos.contiguous();
+  const auto sin = in.sin.contiguous();
+  auto residual = input_embeds.contiguous();
+  auto normed = torch::empty_like(residual);
+  cuda::add_rms_norm(kind, residual.data_ptr(), nullptr, nullptr,
+                     layers->at<LlamaDecoderLayerImpl>(0).input_layernorm->weight.data_ptr(), normed.data_ptr(), batch,
+                     width, eps, stream);
+  for (int64_t i = 0; i < options_.num_layers(); ++i) {
+    auto& layer = layers->at<LlamaDecoderLayerImpl>(static_cast<size_t>(i));
+    auto& attn = *layer.self_attn;
+    auto qkv = torch::nn::functional::linear(normed, attn.qkv_weight(), attn.qkv_bias()).contiguous();
+    const auto& keys = ctx.cache->layer_keys(i);
+    const auto& values = ctx.cache->layer_values(i);
+    cuda::rope_into_cache(kind, qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), keys.data_ptr(), values.data_ptr(),
+                          ctx.slot.data_ptr<int64_t>(), batch, heads, kv, d, ctx.cache->capacity(), stream);
+    auto q = qkv.view({batch, 1, heads + 2 * kv, d}).narrow(2, 0, heads).transpose(1, 2);
+    auto out = at::scaled_dot_product_attention(q, keys, values, in.mask, 0.0, false, std::nullopt, kv != heads);
+    auto o = attn.o_proj(out.transpose(1, 2).reshape({batch, 1, heads * d}));
+    auto mid = torch::empty_like(residual);
+    cuda::add_rms_norm(kind, residual.data_ptr(), o.contiguous().data_ptr(), mid.data_ptr(),
+                       layer.post_attention_layernorm->weight.data_ptr(), normed.data_ptr(), batch, width, eps, stream);
+    auto gate_up = torch::nn::functional::linear(normed, layer.mlp->gate_up_weight()).contiguous();
+    auto activated = torch::empty({batch, 1, m}, gate_up.options());
+    cuda::silu_mul(kind, gate_up.data_ptr(), activated.data_ptr(), batch, m, stream);
+    auto down = layer.mlp->down_proj(activated).contiguous();
+    const auto& next_norm = i + 1 < options_.num_layers()
+                                ? layers->at<LlamaDecoderLayerImpl>(static_cast<size_t>(i + 1)).input_layernorm->weight
+                                : norm->weight;
+    residual = torch::empty_like(mid);
+    cuda::add_rms_norm(kind, mid.data_ptr(), down.data_ptr(), residual.data_ptr(), next_norm.data_ptr(), normed.data_ptr(),
+                       batch, width, eps, stream);
+  }
+  return normed;  // the final norm of the last residual
+#else
+  (void)input_embeds;
+  (void)ctx;
+  (void)in;
+  return {};
+#endif
+}
+
+namespace {
+
+// One decoder layer whose activations are recomputed in the backward pass instead of kept. The model,
+// context and layer inputs travel as addresses: autograd's saved data holds only IValues.
+struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden, int64_t layer,
+                               int64_t model, int64_t attention, int64_t inputs) {
+    ctx->saved_data["layer"] = layer;
+    ctx->saved_data["model"] = model;
+    ctx->saved_data["attention"] = attention;
+    ctx->saved_data["inputs"] = inputs;
+    // The recomputation must see the forward's autocast (bf16 on CUDA), which is usually off by the time
+    // backward runs.
+    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(at::kCUDA);
+    ctx->save_for_backward({hidden});
+    torch::NoGradGuard no_grad;
+    return reinterpret_cast<LlamaModelImpl*>(model)->forward_layer(
+        layer, hidden, *reinterpret_cast<const AttentionContext*>(attention),
+        *reinterpret_cast<const LayerInputs*>(inputs));
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                  torch::autograd::variable_list grads) {
+    auto hidden = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    torch::Tensor out;
+    {
+      torch::AutoGradMode enable(true);
+      const bool was_autocast = at::autocast::is_autocast_enabled(at::kCUDA);
+      const bool autocast = ctx->saved_data["autocast"].toBool();
+      at::autocast::set_autocast_enabled(at::kCUDA, autocast);
+      struct Restore {
+        bool on;
+        ~Restore() { at::autocast::set_autocast_enabled(at::kCUDA, on); }
+      } restore{was_autocast};
+      out = reinterpret_cast<LlamaModelImpl*>(ctx->saved_data["model"].toInt())
+                ->forward_layer(ctx->saved_data["layer"].toInt(), hidden,
+                                *reinterpret_cast<const AttentionContext*>(ctx->saved_data["attention"].toInt()),
+                                *reinterpret_cast<const LayerInputs*>(ctx->saved_data["inputs"].toInt()));
+    }
+    torch::autograd::backward({out}, {grads[0]});
+    return {hidden.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor LlamaModelImpl::forward_checkpointed(const torch::Tensor& input_embeds, const AttentionContext& ctx,
+                                                   const LayerInputs& in) {
+  if (ctx.cache != nullptr) throw Error(ErrorKind::InvalidArgument, "llama: checkpointed forward takes no cache");
+  auto hidden = input_embeds;
+  // The function needs an input that requires grad, or autograd would not record it at all.
+  if (!hidden.requires_grad()) hidden = hidden.detach().requires_grad_(true);
+  for (int64_t layer = 0; layer < options_.num_layers(); ++layer) {
+    hidden = CheckpointedLayer::apply(hidden, layer, reinterpret_cast<int64_t>(this), reinterpret_cast<int64_t>(&ctx),
+                                      reinterpret_cast<int64_t>(&in));
+  }
   return norm(hidden);
 }
 

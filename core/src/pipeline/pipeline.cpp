@@ -248,7 +248,13 @@ void Pipeline::encode_loaded(std::vector<EncodedMedia>& out) {
     const auto& e = entry(name);
     std::vector<Media> group;
     for (size_t i : indices) group.push_back(out[i].media);
-    const auto batch = e.modality->collate(group);
+    auto batch = e.modality->collate(group);
+    if (llm_.net->model->embed_tokens->weight.is_cuda()) {
+      // Page-locked host memory: the plugin's copy to the GPU then goes by DMA, without a staging copy.
+      for (auto& [key, tensor] : batch.tensors) {
+        if (tensor.is_cpu() && !tensor.is_pinned()) tensor = tensor.pin_memory();
+      }
+    }
     const auto features = e.modality->encode(batch);
     const auto n = static_cast<int64_t>(indices.size());
     const int64_t hidden = llm_.options.hidden_size();

@@ -32,37 +32,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// A decoder layer whose activations are recomputed in the backward pass instead of kept (activation
-// checkpointing, as torch.utils.checkpoint's reentrant form does).
-struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden, int64_t layer,
-                               int64_t model, int64_t attention, int64_t inputs) {
-    ctx->saved_data["layer"] = layer;
-    ctx->saved_data["model"] = model;
-    ctx->saved_data["attention"] = attention;
-    ctx->saved_data["inputs"] = inputs;
-    ctx->save_for_backward({hidden});
-    torch::NoGradGuard no_grad;
-    return reinterpret_cast<llm::LlamaModelImpl*>(model)->forward_layer(
-        layer, hidden, *reinterpret_cast<const llm::AttentionContext*>(attention),
-        *reinterpret_cast<const llm::LayerInputs*>(inputs));
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                  torch::autograd::variable_list grads) {
-    auto hidden = ctx->get_saved_variables()[0].detach().requires_grad_(true);
-    torch::Tensor out;
-    {
-      torch::AutoGradMode enable(true);
-      out = reinterpret_cast<llm::LlamaModelImpl*>(ctx->saved_data["model"].toInt())
-                ->forward_layer(ctx->saved_data["layer"].toInt(), hidden,
-                                *reinterpret_cast<const llm::AttentionContext*>(ctx->saved_data["attention"].toInt()),
-                                *reinterpret_cast<const llm::LayerInputs*>(ctx->saved_data["inputs"].toInt()));
-    }
-    torch::autograd::backward({out}, {grads[0]});
-    return {hidden.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
-  }
-};
-
 // bf16 autocast on CUDA for the forward pass; nothing elsewhere.
 class AutocastScope {
  public:
@@ -285,16 +254,14 @@ void write_model_dir(Pipeline& p, const std::filesystem::path& target, const std
 
 StageResult run_stage(const config::Config& config, std::shared_ptr<const host::PluginHost> host, bool resume,
                       const Callbacks& callbacks) {
-  const auto s = read_stage_settings(config);
+  auto s = read_stage_settings(config);
   // Data parallel when a launcher says so: each rank trains on its share of every global batch.
   const auto world = dist::detect_world();
   std::unique_ptr<dist::Group> group;
   if (world.distributed()) {
-    if (!s.device.is_cpu()) {
-      throw Error(ErrorKind::Unsupported, "training on " + s.device.str() + " with " + std::to_string(world.size) +
-                                              " ranks needs NCCL, which this lego is not built with (CPU ranks use Gloo)");
-    }
-    group = dist::Group::connect(world, std::chrono::seconds(s.dist_timeout_s));
+    // One GPU per rank: "cuda" means this node's GPU of the rank's LOCAL_RANK.
+    if (s.device.is_cuda() && !s.device.has_index()) s.device = torch::Device(torch::kCUDA, static_cast<int8_t>(world.local_rank));
+    group = dist::Group::connect(world, std::chrono::seconds(s.dist_timeout_s), s.device);
   }
   const bool lead = world.rank == 0;  // writes the config, metrics, checkpoints and the model
   const int64_t ranks = world.size;
@@ -551,17 +518,16 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
           ctx.positions = torch::arange(longest, torch::TensorOptions().dtype(torch::kInt64).device(s.device))
                               .unsqueeze(0)
                               .expand({batch, longest});
-          ctx.key_valid = spliced.valid;
+          // Right padding: a real token's causal window holds only real tokens, so the plain causal pattern
+          // is exact wherever a label is, and SDPA may pick its flash kernel (no [B, 1, T, T] mask).
           torch::Tensor hidden;
-          inputs.emplace(model.prepare(ctx, longest, spliced.embeds.scalar_type()));
+          // Under bf16 autocast the rotary tables are bf16 too: q and k leave their (autocast) products in
+          // bf16, and rotating them against fp32 tables would promote both to fp32 before attention casts
+          // them back. This is also what training in bf16 outright (DeepSpeed's bf16 mode) computes.
+          const auto table_dtype = s.bf16 && s.device.is_cuda() ? torch::kBFloat16 : spliced.embeds.scalar_type();
+          inputs.emplace(model.prepare(ctx, longest, table_dtype));
           if (s.activation_checkpointing) {
-            hidden = spliced.embeds;
-            if (!hidden.requires_grad()) hidden = hidden.detach().requires_grad_(true);
-            for (int64_t layer = 0; layer < static_cast<int64_t>(model.layers->size()); ++layer) {
-              hidden = CheckpointedLayer::apply(hidden, layer, reinterpret_cast<int64_t>(&model),
-                                                reinterpret_cast<int64_t>(&ctx), reinterpret_cast<int64_t>(&*inputs));
-            }
-            hidden = model.norm(hidden);
+            hidden = model.forward_checkpointed(spliced.embeds, ctx, *inputs);
           } else {
             hidden = model.forward(spliced.embeds, ctx);
           }

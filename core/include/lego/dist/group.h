@@ -25,7 +25,10 @@ class Group {
   // agent does) and forms a Gloo group for CPU tensors. Waiting for the others, and every collective after,
   // gives up after `timeout` with an Io error naming this rank and what it waited for. Throws Unsupported
   // when this lego was built without Gloo.
-  static std::unique_ptr<Group> connect(const World& world, std::chrono::milliseconds timeout);
+  // On a CUDA `device` (one per rank, in builds with LEGO_WITH_CUDA) the group is NCCL's instead, and CPU
+  // tensors given to its collectives travel through a copy on `device`.
+  static std::unique_ptr<Group> connect(const World& world, std::chrono::milliseconds timeout,
+                                        torch::Device device = torch::kCPU);
   ~Group();
   Group(const Group&) = delete;
   Group& operator=(const Group&) = delete;
@@ -33,7 +36,8 @@ class Group {
   int rank() const;
   int size() const;
 
-  // Collectives; every rank must call the same ones in the same order. CPU tensors, contiguous.
+  // Collectives; every rank must call the same ones in the same order. Contiguous tensors: CPU ones for
+  // Gloo, any for NCCL.
   void all_reduce_sum(torch::Tensor& tensor, const std::string& what);
   void broadcast(torch::Tensor& tensor, int root, const std::string& what);
   void barrier(const std::string& what);
@@ -64,6 +68,9 @@ class Group {
 
 // Whether this lego was built with Gloo (the c10d backend for CPU tensors).
 bool has_gloo();
+// Whether this lego was built with NCCL (the c10d backend for CUDA tensors: LEGO_WITH_CUDA and Gloo's
+// headers, which the distributed code needs either way).
+bool has_nccl();
 
 class GradientSync {
  public:

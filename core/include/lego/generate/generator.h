@@ -35,6 +35,8 @@ struct SamplingOptions {
   std::vector<std::string> stop;
   bool stop_at_eos = true;
   uint64_t seed = 0;
+  // On a CUDA device, replay each decoding step as a CUDA graph (llm::DecodeStep); no effect elsewhere.
+  bool cuda_graphs = true;
   // Throws lego::Error(InvalidArgument) naming the first bad field.
   void validate() const;
 };

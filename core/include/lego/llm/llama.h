@@ -65,9 +65,17 @@ class KvCache {
   // views of slots 0..length()+T-1.
   std::pair<torch::Tensor, torch::Tensor> append(int64_t layer, const torch::Tensor& keys,
                                                  const torch::Tensor& values);
+  // Static-shape form for one new token (CUDA graphs): writes [B, kv_heads, 1, D] at the slot held in
+  // `slot` ([1] int64 on the cache's device) and returns the whole cache of `layer`, every slot. Slots not
+  // yet written hold zeros (the cache starts zeroed), so masked attention over them stays finite.
+  std::pair<torch::Tensor, torch::Tensor> write(int64_t layer, const torch::Tensor& keys, const torch::Tensor& values,
+                                                const torch::Tensor& slot);
   // Marks T more slots as filled; called once per forward after every layer appended.
   void advance(int64_t steps);
   void reset() { length_ = 0; }
+  // The whole [B, kv_heads, capacity, D] buffers of one layer (the fused CUDA decoding step writes them).
+  const torch::Tensor& layer_keys(int64_t layer) const { return keys_.at(layer); }
+  const torch::Tensor& layer_values(int64_t layer) const { return values_.at(layer); }
 
  private:
   int64_t batch_;
@@ -86,6 +94,10 @@ struct AttentionContext {
   torch::Tensor key_valid;
   // When set, new keys and values are appended to it and all cached slots are attended.
   KvCache* cache = nullptr;
+  // Static decoding (see DecodeStep): [1] int64 on the device, the cache slot of the one new token. Every
+  // shape then depends on the cache's capacity alone: keys are written at `slot`, all capacity() slots are
+  // attended with those after `slot` masked, and forward() leaves cache->length() to the caller.
+  torch::Tensor slot;
 };
 
 // What every layer of one forward call shares, prepared once per call by LlamaModelImpl::prepare.
@@ -146,10 +158,19 @@ class LlamaAttentionImpl : public torch::nn::Cloneable<LlamaAttentionImpl> {
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x, int64_t layer, const AttentionContext& ctx, const LayerInputs& in);
 
+  // For decoding: re-points the q/k/v weights into one [q + 2 kv, hidden] tensor (views, no extra memory)
+  // so that a one-token step outside autograd runs one matrix product and one rotary pass instead of three
+  // and two. Idempotent; moving the module afterwards simply turns it off again.
+  void fuse_projections();
+  bool fused() const;
+  const torch::Tensor& qkv_weight() const { return qkv_weight_; }
+  const torch::Tensor& qkv_bias() const { return qkv_bias_; }
+
   nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
  private:
   LlamaOptions options_;
+  torch::Tensor qkv_weight_, qkv_bias_;
 };
 TORCH_MODULE(LlamaAttention);
 
@@ -160,10 +181,16 @@ class LlamaMLPImpl : public torch::nn::Cloneable<LlamaMLPImpl> {
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
 
+  // As LlamaAttention's: gate and up in one [2 m, hidden] tensor, used outside autograd.
+  void fuse_projections();
+  bool fused() const;
+  const torch::Tensor& gate_up_weight() const { return gate_up_weight_; }
+
   nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 
  private:
   LlamaOptions options_;
+  torch::Tensor gate_up_weight_;
 };
 TORCH_MODULE(LlamaMLP);
 
@@ -197,8 +224,15 @@ class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl> {
   // One decoder layer on its own: the seam for activation checkpointing in training.
   torch::Tensor forward_layer(int64_t layer, const torch::Tensor& hidden, const AttentionContext& ctx,
                               const LayerInputs& in);
+  // forward() with activation checkpointing: each layer's activations are recomputed in the backward
+  // pass instead of kept (torch.utils.checkpoint's reentrant form). `ctx` and `in` (from prepare) must
+  // outlive the backward pass.
+  torch::Tensor forward_checkpointed(const torch::Tensor& input_embeds, const AttentionContext& ctx,
+                                     const LayerInputs& in);
 
   const LlamaOptions& options() const { return options_; }
+  // Every layer's fuse_projections (DecodeStep calls it once the model sits on its device).
+  void fuse_projections();
 
   nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};  // of LlamaDecoderLayer
@@ -206,6 +240,11 @@ class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl> {
   RotaryEmbedding rotary_emb{nullptr};
 
  private:
+  // The static one-token step on CUDA with fused kernels (norms with the residual adds, rotary with the
+  // cache writes, SiLU with the product): undefined when this build, device or model cannot take it.
+  torch::Tensor forward_fused_decode(const torch::Tensor& input_embeds, const AttentionContext& ctx,
+                                     const LayerInputs& in);
+
   LlamaOptions options_;
 };
 TORCH_MODULE(LlamaModel);
