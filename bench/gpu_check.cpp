@@ -208,6 +208,24 @@ json parity(const Settings& s) {
     j["decode_steps"] = {{"mode", mode == DecodeMode::Graph ? "cuda_graph" : "static"},
                          {"max_rel", steps}, {"same_greedy_tokens", same_tokens}, {"bar", kFp32Bar},
                          {"pass", steps <= kFp32Bar && same_tokens}};
+
+    // bf16, what the decode benchmark runs: the graph's steps (fused kernels on CUDA) against the plain
+    // eager steps, both on the device.
+    auto on_device_bf16 = [&] {
+      LlamaForCausalLM copy(std::dynamic_pointer_cast<lego::llm::LlamaForCausalLMImpl>(ref->clone()));
+      copy->to(s.device, torch::kBFloat16);
+      return copy;
+    };
+    auto plain_bf16 = on_device_bf16();
+    auto fast_bf16 = on_device_bf16();
+    auto want16 = greedy_steps(plain_bf16, prompt.to(s.device), DecodeMode::Dynamic, 16);
+    auto got16 = greedy_steps(fast_bf16, prompt.to(s.device), mode, 16);
+    const double steps16 = max_rel(got16, want16);
+    const bool same16 = torch::equal(got16.argmax(2), want16.argmax(2));
+    j["decode_steps_bf16"] = {{"mode", mode == DecodeMode::Graph ? "cuda_graph" : "static"},
+                              {"against", "plain eager steps on the same device, bf16"},
+                              {"max_rel", steps16}, {"same_greedy_tokens", same16}, {"bar", 2e-2},
+                              {"pass", steps16 <= 2e-2 && same16}};
   });
   guarded("encoders", [&] {  // CLIP vision tower (patch convolution, pre-norm blocks) and the BLIP-2 Q-Former with its projector.
     auto opts = lego::nn::ClipVisionOptions().image_size(56).patch_size(14).width(128).layers(3).heads(4).mlp_dim(512);
