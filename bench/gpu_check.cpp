@@ -222,6 +222,13 @@ json parity(const Settings& s) {
     auto got16 = greedy_steps(fast_bf16, prompt.to(s.device), mode, 16);
     const double steps16 = max_rel(got16, want16);
     const bool same16 = torch::equal(got16.argmax(2), want16.argmax(2));
+    // The one-row head product (on CUDA the bandwidth-bound kernel) against fp32 arithmetic on the same
+    // bf16 inputs.
+    auto row = torch::randn({1, 1, 256}, torch::TensorOptions().dtype(torch::kBFloat16).device(s.device));
+    auto head = plain_bf16->logits(row).to(torch::kFloat32);
+    auto exact = torch::matmul(row.to(torch::kFloat32), plain_bf16->lm_head->weight.to(torch::kFloat32).t());
+    const double head_err = max_rel(head, exact);
+    j["head_one_row_bf16"] = {{"max_rel", head_err}, {"bar", 1e-2}, {"pass", head_err <= 1e-2}};
     j["decode_steps_bf16"] = {{"mode", mode == DecodeMode::Graph ? "cuda_graph" : "static"},
                               {"against", "plain eager steps on the same device, bf16"},
                               {"max_rel", steps16}, {"same_greedy_tokens", same16}, {"bar", 2e-2},
@@ -353,9 +360,38 @@ json decode(const Settings& s, double copy_gb_per_s) {
       return json{{"error", what.substr(0, what.find('\n'))}};
     }
   };
+  // The same graph with each token chosen on the device (greedy argmax) and fed back without a host
+  // round trip: the GPU-bound rate, what the graph itself sustains.
+  auto device_loop = [&] {
+    torch::NoGradGuard no_grad;
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(s.device);
+    auto prompt = torch::randint(0, options.vocab_size(), {1, prompt_len}, i64);
+    KvCache cache(options, 1, prompt_len + new_tokens, torch::TensorOptions().dtype(dtype).device(s.device));
+    AttentionContext ctx;
+    ctx.positions = torch::arange(prompt_len, i64).unsqueeze(0);
+    ctx.cache = &cache;
+    auto logits = m->forward(m->model->embed(prompt), ctx).select(1, prompt_len - 1);
+    DecodeStep decoder(m, cache, torch::Tensor(), DecodeMode::Graph);
+    auto positions = torch::arange(prompt_len, prompt_len + new_tokens, i64);
+    for (int64_t t = 0; t < 2; ++t) logits = decoder.step(logits.argmax(-1), positions.narrow(0, t, 1));
+    sync(s.device);
+    const auto t0 = Clock::now();
+    for (int64_t t = 2; t < new_tokens; ++t) logits = decoder.step(logits.argmax(-1), positions.narrow(0, t, 1));
+    sync(s.device);
+    const double secs = seconds_since(t0);
+    const double tps = static_cast<double>(new_tokens - 2) / secs;
+    return json{{"tokens_per_s", tps}, {"ms_per_token", 1e3 * secs / static_cast<double>(new_tokens - 2)},
+                {"roofline_percent", 100.0 * tps / roofline}};
+  };
   j["eager"] = guarded(DecodeMode::Dynamic);
   if (DecodeStep::graphs_available(s.device)) {
     j["cuda_graph"] = guarded(DecodeMode::Graph);
+    try {
+      j["cuda_graph_tokens_on_device"] = device_loop();
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      j["cuda_graph_tokens_on_device"] = json{{"error", what.substr(0, what.find('\n'))}};
+    }
   } else {
     j["static_eager"] = guarded(DecodeMode::Static);
     j["cuda_graph"] = "not available: " + std::string(s.device.is_cuda() ? "built without LEGO_WITH_CUDA" : "CPU device");

@@ -121,6 +121,13 @@ torch::Tensor DecodeStep::step(const torch::Tensor& ids, const torch::Tensor& po
     throw Error(ErrorKind::InvalidArgument, "DecodeStep: the key/value cache is full (" +
                                                 std::to_string(s.cache->capacity()) + " positions)");
   }
+  if (s.mode != DecodeMode::Dynamic && s.device.is_cuda() && ids.device() == s.device && positions.device() == s.device) {
+    // Tokens chosen on the device (an argmax there): no round trip to the host, so consecutive steps queue
+    // without waiting. Their range is the caller's guarantee, as an argmax over the vocabulary gives it.
+    s.ids.copy_(ids.view({batch, 1}), /*non_blocking=*/true);
+    s.positions.copy_(positions.to(torch::kInt64).view({batch, 1}), /*non_blocking=*/true);
+    return run_static_step(s);
+  }
   const auto host_ids = ids.to(torch::kCPU, torch::kInt64);
   const int64_t vocab = s.model->options().vocab_size();
   const auto lo = host_ids.min().item<int64_t>();
@@ -139,6 +146,10 @@ torch::Tensor DecodeStep::step(const torch::Tensor& ids, const torch::Tensor& po
   }
   s.ids.copy_(host_ids.view({batch, 1}));
   s.positions.copy_(positions.to(torch::kInt64).view({batch, 1}));
+  return run_static_step(s);
+}
+
+torch::Tensor DecodeStep::run_static_step(Impl& s) {
   s.slot.fill_(s.cache->length());
   if (s.mode == DecodeMode::Graph) {
 #ifdef LEGO_WITH_CUDA

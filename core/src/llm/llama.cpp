@@ -426,6 +426,25 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_embeds, const A
   return norm(hidden);
 }
 
+#ifdef LEGO_WITH_CUDA
+namespace {
+
+// x [1, 1, k] -> [1, 1, n]: the bandwidth-bound matrix-vector kernel for one bf16 row, else cuBLAS.
+torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, void* stream) {
+  if (x.scalar_type() == torch::kBFloat16 && x.size(0) == 1 && weight.is_contiguous() && x.is_contiguous() &&
+      (!bias.defined() || bias.is_contiguous())) {
+    auto y = torch::empty({1, 1, weight.size(0)}, x.options());
+    if (cuda::gemv_bf16(weight.data_ptr(), x.data_ptr(), bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(),
+                        weight.size(0), weight.size(1), stream)) {
+      return y;
+    }
+  }
+  return torch::nn::functional::linear(x, weight, bias);
+}
+
+}  // namespace
+#endif
+
 torch::Tensor LlamaModelImpl::forward_fused_decode(const torch::Tensor& input_embeds, const AttentionContext& ctx,
                                                    const LayerInputs& in) {
 #ifdef LEGO_WITH_CUDA
@@ -463,21 +482,22 @@ torch::Tensor LlamaModelImpl::forward_fused_decode(const torch::Tensor& input_em
   for (int64_t i = 0; i < options_.num_layers(); ++i) {
     auto& layer = layers->at<LlamaDecoderLayerImpl>(static_cast<size_t>(i));
     auto& attn = *layer.self_attn;
-    auto qkv = torch::nn::functional::linear(normed, attn.qkv_weight(), attn.qkv_bias()).contiguous();
+    auto qkv = decode_linear(normed, attn.qkv_weight(), attn.qkv_bias(), stream).contiguous();
     const auto& keys = ctx.cache->layer_keys(i);
     const auto& values = ctx.cache->layer_values(i);
     cuda::rope_into_cache(kind, qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), keys.data_ptr(), values.data_ptr(),
                           ctx.slot.data_ptr<int64_t>(), batch, heads, kv, d, ctx.cache->capacity(), stream);
     auto q = qkv.view({batch, 1, heads + 2 * kv, d}).narrow(2, 0, heads).transpose(1, 2);
     auto out = at::scaled_dot_product_attention(q, keys, values, in.mask, 0.0, false, std::nullopt, kv != heads);
-    auto o = attn.o_proj(out.transpose(1, 2).reshape({batch, 1, heads * d}));
+    auto o = decode_linear(out.transpose(1, 2).reshape({batch, 1, heads * d}).contiguous(), attn.o_proj->weight,
+                           attn.o_proj->bias, stream);
     auto mid = torch::empty_like(residual);
     cuda::add_rms_norm(kind, residual.data_ptr(), o.contiguous().data_ptr(), mid.data_ptr(),
                        layer.post_attention_layernorm->weight.data_ptr(), normed.data_ptr(), batch, width, eps, stream);
-    auto gate_up = torch::nn::functional::linear(normed, layer.mlp->gate_up_weight()).contiguous();
+    auto gate_up = decode_linear(normed, layer.mlp->gate_up_weight(), torch::Tensor(), stream).contiguous();
     auto activated = torch::empty({batch, 1, m}, gate_up.options());
     cuda::silu_mul(kind, gate_up.data_ptr(), activated.data_ptr(), batch, m, stream);
-    auto down = layer.mlp->down_proj(activated).contiguous();
+    auto down = decode_linear(activated, layer.mlp->down_proj->weight, torch::Tensor(), stream).contiguous();
     const auto& next_norm = i + 1 < options_.num_layers()
                                 ? layers->at<LlamaDecoderLayerImpl>(static_cast<size_t>(i + 1)).input_layernorm->weight
                                 : norm->weight;
@@ -563,6 +583,13 @@ void LlamaForCausalLMImpl::reset() {
 }
 
 torch::Tensor LlamaForCausalLMImpl::logits(const torch::Tensor& hidden) {
+#ifdef LEGO_WITH_CUDA
+  // One token of one sequence (decoding): the head is the largest matrix read per step.
+  if (lm_head && hidden.is_cuda() && !torch::GradMode::is_enabled() && hidden.dim() == 3 && hidden.size(0) == 1 &&
+      hidden.size(1) == 1) {
+    return decode_linear(hidden.contiguous(), lm_head->weight, lm_head->bias, at::cuda::getCurrentCUDAStream().stream());
+  }
+#endif
   if (lm_head) return lm_head(hidden);
   return torch::nn::functional::linear(hidden, model->embed_tokens->weight);
 }

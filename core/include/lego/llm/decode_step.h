@@ -33,6 +33,9 @@ class DecodeStep {
   // cache.length(), advances the cache and returns the logits [B, vocab] of the next token. The returned
   // tensor is valid until the next call (in graph mode it is the graph's output buffer). Throws
   // lego::Error(InvalidArgument) for an id outside the vocabulary or a full cache, before running anything.
+  // In the static and graph modes, ids and positions already on the model's device (a greedy argmax there)
+  // are used without a round trip to the host, so that steps queue without waiting; their range is then
+  // the caller's to guarantee.
   torch::Tensor step(const torch::Tensor& ids, const torch::Tensor& positions);
 
   DecodeMode mode() const;
@@ -41,6 +44,7 @@ class DecodeStep {
 
  private:
   struct Impl;
+  static torch::Tensor run_static_step(Impl& s);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,6 +1,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -105,6 +106,38 @@ __global__ void silu_mul_kernel(const T* gate_up, T* out, int64_t m) {
   out[row * m + i] = down<T>(up(activated) * up(gate_up[row * 2 * m + m + i]));
 }
 
+// One warp per output row; each lane reads 8 bf16 (16 bytes) of the row per iteration.
+constexpr int kGemvWarps = 8;
+
+__global__ void gemv_bf16_kernel(const __nv_bfloat16* __restrict__ weight, const __nv_bfloat16* __restrict__ x,
+                                 const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ y, int64_t n,
+                                 int64_t k) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= n) return;
+  const auto* w = reinterpret_cast<const uint4*>(weight + row * k);
+  const auto* v = reinterpret_cast<const uint4*>(x);
+  const int64_t chunks = k / 8;
+  float acc = 0;
+  for (int64_t c = lane; c < chunks; c += 32) {
+    uint4 wq = __ldg(w + c);  // streamed once
+    uint4 xq = v[c];          // reused by every warp: stays in cache
+    const auto* wh = reinterpret_cast<const __nv_bfloat162*>(&wq);
+    const auto* xh = reinterpret_cast<const __nv_bfloat162*>(&xq);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 a = __bfloat1622float2(wh[i]);
+      const float2 b = __bfloat1622float2(xh[i]);
+      acc += a.x * b.x + a.y * b.y;
+    }
+  }
+  for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+  if (lane == 0) {
+    if (bias != nullptr) acc += __bfloat162float(bias[row]);
+    y[row] = __float2bfloat16_rn(acc);
+  }
+}
+
 void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
 }
@@ -155,6 +188,17 @@ void silu_mul(int dtype, const void* gate_up, void* out, int64_t rows, int64_t m
     silu_mul_kernel<float><<<grid, kThreads, 0, s>>>(static_cast<const float*>(gate_up), static_cast<float*>(out), m);
   }
   check(cudaGetLastError(), "silu_mul");
+}
+
+bool gemv_bf16(const void* weight, const void* x, const void* bias, void* y, int64_t n, int64_t k, void* stream) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (k % 8 != 0 || !aligned(weight) || !aligned(x) || n <= 0) return false;
+  const auto blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
+  gemv_bf16_kernel<<<blocks, kGemvWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(
+      static_cast<const __nv_bfloat16*>(weight), static_cast<const __nv_bfloat16*>(x),
+      static_cast<const __nv_bfloat16*>(bias), static_cast<__nv_bfloat16*>(y), n, k);
+  check(cudaGetLastError(), "gemv_bf16");
+  return true;
 }
 
 }  // namespace lego::llm::cuda

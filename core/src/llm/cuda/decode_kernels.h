@@ -23,4 +23,9 @@ void rope_into_cache(int dtype, void* qkv, const void* cos, const void* sin, voi
 // out [rows, m] = round(round(silu(gate)) * up) for gate_up [rows, 2 m] (gate first).
 void silu_mul(int dtype, const void* gate_up, void* out, int64_t rows, int64_t m, void* stream);
 
+// y [n] = round(W [n, k] x [k] + bias) for one row x, bf16 only, fp32 accumulation: a matrix-vector product
+// that streams W with 16-byte loads, one warp per output. Returns false (doing nothing) where it does not
+// apply (k not a multiple of 8, or pointers not 16-byte aligned); the caller then uses cuBLAS.
+bool gemv_bf16(const void* weight, const void* x, const void* bias, void* y, int64_t n, int64_t k, void* stream);
+
 }  // namespace lego::llm::cuda
