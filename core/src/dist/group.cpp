@@ -86,6 +86,21 @@ struct Group::Pending::Impl {
   const Group::Impl* group = nullptr;
   std::string what;
   torch::Tensor origin, sent;  // a CPU tensor staged on the GPU: the result is copied back after the wait
+
+  // Starts `collective` on `tensor`, staged on the GPU first where the group needs it.
+  template <typename Start>
+  void start(const Group::Impl& g, torch::Tensor tensor, const std::string& w, Start collective) {
+    group = &g;
+    what = w;
+    try {
+      sent = g.staged(tensor);
+      if (!sent.is_same(tensor)) origin = std::move(tensor);
+      std::vector<at::Tensor> tensors{sent};
+      work = collective(tensors);
+    } catch (const std::exception& e) {
+      g.fail(w, e);
+    }
+  }
 };
 
 Group::Group(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -160,34 +175,18 @@ void Group::all_reduce_sum(torch::Tensor& tensor, const std::string& what) { all
 Group::Pending Group::all_reduce_sum_async(torch::Tensor tensor, const std::string& what) {
   Pending p;
   p.impl_ = std::make_unique<Pending::Impl>();
-  p.impl_->group = impl_.get();
-  p.impl_->what = what;
-  try {
-    p.impl_->sent = impl_->staged(tensor);
-    if (!p.impl_->sent.is_same(tensor)) p.impl_->origin = tensor;
-    std::vector<at::Tensor> tensors{p.impl_->sent};
-    p.impl_->work = impl_->backend->allreduce(tensors);
-  } catch (const std::exception& e) {
-    impl_->fail(what, e);
-  }
+  p.impl_->start(*impl_, std::move(tensor), what, [&](std::vector<at::Tensor>& t) { return impl_->backend->allreduce(t); });
   return p;
 }
 
 Group::Pending Group::reduce_sum_async(torch::Tensor tensor, int root, const std::string& what) {
   Pending p;
   p.impl_ = std::make_unique<Pending::Impl>();
-  p.impl_->group = impl_.get();
-  p.impl_->what = what;
-  try {
-    p.impl_->sent = impl_->staged(tensor);
-    if (!p.impl_->sent.is_same(tensor)) p.impl_->origin = tensor;
-    std::vector<at::Tensor> tensors{p.impl_->sent};
+  p.impl_->start(*impl_, std::move(tensor), what, [&](std::vector<at::Tensor>& t) {
     c10d::ReduceOptions o;
     o.rootRank = root;
-    p.impl_->work = impl_->backend->reduce(tensors, o);
-  } catch (const std::exception& e) {
-    impl_->fail(what, e);
-  }
+    return impl_->backend->reduce(t, o);
+  });
   return p;
 }
 
