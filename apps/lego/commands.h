@@ -17,6 +17,7 @@ using Args = std::vector<std::string>;
 int run_init_model(const Args& args);
 int run_generate(const Args& args);
 int run_import(const Args& args);
+int run_quantize(const Args& args);
 int run_tokenize(const Args& args);
 int run_infer(const Args& args);
 int run_chat(const Args& args);

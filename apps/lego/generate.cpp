@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "lego/model/language_model.h"
+#include "lego/llm/decode_step.h"
 #include "lego/sdk/error.h"
 #include "lego/weights/tensor_source.h"
 
@@ -53,6 +54,7 @@ int run_generate(const Args& args) {
   std::string dump_logits;
   bool json = false;
   bool no_bos = false;
+  bool dump_all = false;
   generate::SamplingOptions sampling;
   RuntimeFlags runtime;
   po::options_description d("generate");
@@ -62,7 +64,8 @@ int run_generate(const Args& args) {
       ("prompt-ids", po::value(&prompt_ids)->composing(), "a prompt as comma-separated token ids (used as given, no BOS added); repeatable")
       ("no-bos", po::bool_switch(&no_bos), "do not prepend the BOS token")
       ("json", po::bool_switch(&json), "print one JSON object per prompt: text, token_ids, prompt_token_ids, timings")
-      ("dump-logits", po::value(&dump_logits), "write the last prompt position's logits [B, vocab] as safetensors (tensor 'logits')");
+      ("dump-logits", po::value(&dump_logits), "write the last prompt position's logits [B, vocab] as safetensors (tensor 'logits')")
+      ("dump-all-logits", po::bool_switch(&dump_all), "with --dump-logits and one prompt: the logits after every prompt token [T, vocab], each from a one-token decoding step");
   d.add(sampling_flags(sampling)).add(runtime_flags(runtime));
   if (!parse_args(args, d, "lego generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [...] [options]")) return 0;
   apply_runtime_flags(runtime);
@@ -75,8 +78,12 @@ int run_generate(const Args& args) {
   if (ids.empty()) throw Error(ErrorKind::InvalidArgument, "give --prompt or --prompt-ids");
   generate::Generator generator(model.net, model.tokenizer);
 
+  if (dump_all && (dump_logits.empty() || ids.size() != 1)) {
+    throw Error(ErrorKind::InvalidArgument, "--dump-all-logits needs --dump-logits FILE and exactly one prompt");
+  }
   if (!dump_logits.empty()) {
-    weights::write_safetensors(dump_logits, {{"logits", generator.last_logits(ids)}});
+    weights::write_safetensors(dump_logits,
+                               {{"logits", dump_all ? llm::stepwise_logits(model.net, ids.front()) : generator.last_logits(ids)}});
   }
   const bool stream_text = !json && ids.size() == 1;
   generate::StreamCallback stream;

@@ -23,6 +23,8 @@ constexpr Entry kCommands[] = {
      lego::cli::run_init_model},
     {"generate", "continue text prompts with a model directory", lego::cli::run_generate},
     {"import", "turn a released checkpoint (HF LLaMA/Vicuna) into a lego model directory", lego::cli::run_import},
+    {"quantize", "write a model directory with int8 or int4 language-model weights (CPU inference)",
+     lego::cli::run_quantize},
     {"tokenize", "print the token ids of texts", lego::cli::run_tokenize},
     {"infer", "answer a question about media files, with grounding", lego::cli::run_infer},
     {"chat", "talk with a model interactively, attaching media", lego::cli::run_chat},

@@ -64,7 +64,8 @@ LoadReport load_module(torch::nn::Module& module, const TensorSource& source, co
                                          shape_string(info.shape) + ", the model expects " +
                                          shape_string(target.sizes()));
     }
-    const auto want = dtype.value_or(target.scalar_type());
+    // `dtype` is for floating-point tensors; integer ones (quantised blocks, ids) keep their own.
+    const auto want = dtype && at::isFloatingType(target.scalar_type()) ? *dtype : target.scalar_type();
     // A converted integer or boolean tensor would load as plausible-looking floats: refuse the kind change.
     if (at::isFloatingType(target.scalar_type()) != at::isFloatingType(info.dtype) ||
         at::isComplexType(info.dtype)) {

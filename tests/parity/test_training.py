@@ -88,6 +88,40 @@ def test_rec_accuracy_rises_above_chance(learned):
     assert report["metrics"]["acc@0.5"] > report["chance"]["acc@0.5"]
 
 
+def test_int8_keeps_the_greedy_answers_of_the_trained_model(learned, tmp_path):
+    """Issue 12's bar: on trained weights, int8 picks the dense model's greedy token at >= 95 % of 256
+    teacher-forced decoding steps (each logit row from the decoding kernels, as generation runs them)."""
+    out, _ = learned
+    dense = out / "model"
+    ask = "Where is the red circle in the picture?"
+    prompt = json.loads(run_lego("tokenize", "--model", dense, "--text", ask).stdout.splitlines()[0])
+    gen = run_lego("generate", "--model", dense, "--prompt-ids", ",".join(map(str, prompt)), "--max-new-tokens", 256,
+                   "--ignore-eos", "--json")
+    ref = json.loads(gen.stdout.splitlines()[0])["token_ids"]
+    assert len(ref) == 256
+    seq = ",".join(map(str, prompt + ref))
+    rows = slice(len(prompt) - 1, len(prompt) - 1 + 256)  # the rows that predicted ref[0..255]
+
+    def logits(model, name):
+        f = tmp_path / f"{name}.safetensors"
+        run_lego("generate", "--model", model, "--prompt-ids", seq, "--max-new-tokens", 1, "--dump-logits", f,
+                 "--dump-all-logits")
+        return load_file(str(f))["logits"][rows]
+
+    want = logits(dense, "dense")
+    assert (want.argmax(1) == np.array(ref)).mean() == 1.0  # stepwise logits are generation's own
+    report = {}
+    for to in ("int8", "int4"):
+        run_lego("quantize", "--model", dense, "--to", to, "--out", tmp_path / to)
+        got = logits(tmp_path / to, to)
+        report[to] = {"agreement": float((got.argmax(1) == np.array(ref)).mean()),
+                      "max_abs": float(np.abs(got - want).max()),
+                      "rms": float(np.sqrt(((got - want) ** 2).mean()))}
+    print("logit error against the dense model over 256 teacher-forced steps:", report)
+    assert report["int8"]["agreement"] >= 0.95, report
+    assert report["int4"]["rms"] > report["int8"]["rms"], report
+
+
 def final_params(model_dir):
     return load_file(str(model_dir / "model.safetensors"))
 

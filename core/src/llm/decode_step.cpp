@@ -162,4 +162,29 @@ torch::Tensor DecodeStep::run_static_step(Impl& s) {
   return s.out;
 }
 
+torch::Tensor stepwise_logits(LlamaForCausalLM model, const std::vector<int64_t>& ids) {
+  torch::NoGradGuard no_grad;
+  const auto steps = static_cast<int64_t>(ids.size());
+  if (steps == 0) throw Error(ErrorKind::InvalidArgument, "stepwise logits need at least one token");
+  if (steps > model->options().max_position()) {
+    throw Error(ErrorKind::InvalidArgument, std::to_string(steps) + " tokens exceed the model context of " +
+                                                std::to_string(model->options().max_position()));
+  }
+  const auto& table = model->model->embed_tokens->weight;
+  const auto device = table.device();
+  const auto all = torch::tensor(ids, torch::kInt64);
+  KvCache cache(model->options(), 1, steps, torch::TensorOptions().dtype(table.dtype()).device(device));
+  AttentionContext ctx;
+  ctx.positions = torch::zeros({1, 1}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  ctx.cache = &cache;
+  auto out = torch::empty({steps, model->options().vocab_size()}, torch::kFloat32);
+  auto first = model->model->embed(all.narrow(0, 0, 1).view({1, 1}).to(device));  // range-checked by the table
+  out[0].copy_(model->logits(model->model->forward(first, ctx)).view({-1}));
+  DecodeStep decoder(model, cache, torch::Tensor(), DecodeMode::Dynamic);
+  for (int64_t t = 1; t < steps; ++t) {
+    out[t].copy_(decoder.step(all.narrow(0, t, 1), torch::full({1}, t, torch::kInt64)).view({-1}));
+  }
+  return out;
+}
+
 }  // namespace lego::llm

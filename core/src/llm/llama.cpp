@@ -29,6 +29,13 @@ nn::Linear make_linear(int64_t in, int64_t out, bool bias) {
   return nn::Linear(nn::LinearOptions(in, out).bias(bias));
 }
 
+// A dense projection: the module under autograd, else decode_linear (the CPU decoding kernel for a few
+// rows of bf16, libtorch otherwise).
+torch::Tensor project(nn::Linear& layer, const torch::Tensor& x) {
+  if (torch::GradMode::is_enabled()) return layer(x);
+  return decode_linear(x, layer->weight, layer->bias);
+}
+
 // [..., D] -> [..., D] with the two halves swapped. HF's rotate_half also negates the first half; that
 // sign lives in the sin table instead, saving a kernel per call.
 torch::Tensor swap_halves(const torch::Tensor& x) {
@@ -64,6 +71,7 @@ void LlamaOptions::validate() const {
   require(rope_theta_ > 0, "rope_theta must be positive");
   require(rope_scaling_factor_ > 0, "rope_scaling_factor must be positive");
   require(max_position_ > 0, "max_position must be positive");
+  if (quantized()) quant_format().check("llm options: weight_group");
   // Checked before anything is allocated: this libtorch aborts on a failed allocation.
   require_allocatable(2.0 * parameter_count(), "llm options: a model of " + std::to_string(parameter_count() / 1e9).substr(0, 6) +
                                                    "B parameters (vocab_size, hidden_size, intermediate_size, num_layers)");
@@ -201,6 +209,12 @@ void LlamaAttentionImpl::reset() {
   const int64_t h = options_.hidden_size();
   const int64_t d = options_.head_width();
   const bool bias = options_.attention_bias();
+  if (options_.quantized()) {
+    const auto f = options_.quant_format();
+    qkv_proj = register_module("qkv_proj", QuantLinear(h, (options_.num_heads() + 2 * options_.kv_heads()) * d, bias, f));
+    o_proj_quant = register_module("o_proj", QuantLinear(options_.num_heads() * d, h, bias, f));
+    return;
+  }
   q_proj = register_module("q_proj", make_linear(h, options_.num_heads() * d, bias));
   k_proj = register_module("k_proj", make_linear(h, options_.kv_heads() * d, bias));
   v_proj = register_module("v_proj", make_linear(h, options_.kv_heads() * d, bias));
@@ -235,12 +249,13 @@ bool views_of(const torch::Tensor& whole, const std::vector<const torch::Tensor*
 }  // namespace
 
 void LlamaAttentionImpl::fuse_projections() {
-  if (fused()) return;
+  if (options_.quantized() || fused()) return;
   qkv_weight_ = stack_into_one({&q_proj->weight, &k_proj->weight, &v_proj->weight});
   qkv_bias_ = options_.attention_bias() ? stack_into_one({&q_proj->bias, &k_proj->bias, &v_proj->bias}) : torch::Tensor();
 }
 
 bool LlamaAttentionImpl::fused() const {
+  if (options_.quantized()) return false;
   return views_of(qkv_weight_, {&q_proj->weight, &k_proj->weight, &v_proj->weight}) &&
          (!options_.attention_bias() || views_of(qkv_bias_, {&q_proj->bias, &k_proj->bias, &v_proj->bias}));
 }
@@ -253,18 +268,26 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, int64_t layer,
   const int64_t heads = options_.num_heads();
   const int64_t kv = options_.kv_heads();
   torch::Tensor q, k, v;
-  if (steps == 1 && !torch::GradMode::is_enabled() && fused()) {
-    // One token: [B, 1, heads + 2 kv, D] from one product; the tables [B, 1, 1, D] broadcast over the
-    // heads, so q and k rotate in one pass. Transposing a length-1 axis moves no data.
-    auto qkv = torch::nn::functional::linear(x, qkv_weight_, qkv_bias_).view({batch, 1, heads + 2 * kv, d});
-    auto qk = RotaryEmbeddingImpl::rotate(qkv.narrow(2, 0, heads + kv), in.cos, in.sin);
-    q = qk.narrow(2, 0, heads).transpose(1, 2);
-    k = qk.narrow(2, heads, kv).transpose(1, 2);
+  const bool one_fused_token = steps == 1 && !torch::GradMode::is_enabled() && fused();
+  if (one_fused_token || options_.quantized()) {
+    // q, k and v from one product, [B, T, heads + 2 kv, D].
+    auto qkv = (options_.quantized() ? qkv_proj->forward(x) : decode_linear(x, qkv_weight_, qkv_bias_))
+                   .view({batch, steps, heads + 2 * kv, d});
+    if (steps == 1) {
+      // One token: the tables [B, 1, 1, D] broadcast over the heads, so q and k rotate in one pass.
+      // Transposing a length-1 axis moves no data.
+      auto qk = RotaryEmbeddingImpl::rotate(qkv.narrow(2, 0, heads + kv), in.cos, in.sin);
+      q = qk.narrow(2, 0, heads).transpose(1, 2);
+      k = qk.narrow(2, heads, kv).transpose(1, 2);
+    } else {
+      q = RotaryEmbeddingImpl::rotate(qkv.narrow(2, 0, heads).transpose(1, 2), in.cos, in.sin);
+      k = RotaryEmbeddingImpl::rotate(qkv.narrow(2, heads, kv).transpose(1, 2), in.cos, in.sin);
+    }
     v = qkv.narrow(2, heads + kv, kv).transpose(1, 2);
   } else {
-    q = q_proj(x).view({batch, steps, heads, d}).transpose(1, 2);
-    k = k_proj(x).view({batch, steps, kv, d}).transpose(1, 2);
-    v = v_proj(x).view({batch, steps, kv, d}).transpose(1, 2);
+    q = project(q_proj, x).view({batch, steps, heads, d}).transpose(1, 2);
+    k = project(k_proj, x).view({batch, steps, kv, d}).transpose(1, 2);
+    v = project(v_proj, x).view({batch, steps, kv, d}).transpose(1, 2);
     q = RotaryEmbeddingImpl::rotate(q, in.cos, in.sin);
     k = RotaryEmbeddingImpl::rotate(k, in.cos, in.sin);
   }
@@ -276,7 +299,8 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, int64_t layer,
                                                                          : std::nullopt,
                                               /*dropout_p=*/0.0, in.causal, /*scale=*/std::nullopt, gqa);
   out = out.transpose(1, 2).reshape({batch, steps, options_.num_heads() * d});
-  return o_proj(out);
+  if (options_.quantized()) return o_proj_quant->forward(out);
+  return project(o_proj, out);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -285,24 +309,36 @@ LlamaMLPImpl::LlamaMLPImpl(const LlamaOptions& options) : options_(options) { re
 void LlamaMLPImpl::reset() {
   const int64_t h = options_.hidden_size();
   const int64_t m = options_.intermediate_size();
+  if (options_.quantized()) {
+    gate_up_proj = register_module("gate_up_proj", QuantLinear(h, 2 * m, false, options_.quant_format()));
+    down_proj_quant = register_module("down_proj", QuantLinear(m, h, false, options_.quant_format()));
+    return;
+  }
   gate_proj = register_module("gate_proj", make_linear(h, m, false));
   up_proj = register_module("up_proj", make_linear(h, m, false));
   down_proj = register_module("down_proj", make_linear(m, h, false));
 }
 
 void LlamaMLPImpl::fuse_projections() {
-  if (!fused()) gate_up_weight_ = stack_into_one({&gate_proj->weight, &up_proj->weight});
+  if (!options_.quantized() && !fused()) gate_up_weight_ = stack_into_one({&gate_proj->weight, &up_proj->weight});
 }
 
-bool LlamaMLPImpl::fused() const { return views_of(gate_up_weight_, {&gate_proj->weight, &up_proj->weight}); }
+bool LlamaMLPImpl::fused() const {
+  return !options_.quantized() && views_of(gate_up_weight_, {&gate_proj->weight, &up_proj->weight});
+}
 
 torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x) {
-  if (!torch::GradMode::is_enabled() && fused()) {
-    const int64_t m = options_.intermediate_size();
-    auto gate_up = torch::nn::functional::linear(x, gate_up_weight_);
-    return down_proj(torch::silu(gate_up.narrow(-1, 0, m)) * gate_up.narrow(-1, m, m));
+  const int64_t m = options_.intermediate_size();
+  if (options_.quantized()) {
+    auto gate_up = gate_up_proj->forward(x);
+    return down_proj_quant->forward(torch::silu(gate_up.narrow(-1, 0, m)) * gate_up.narrow(-1, m, m));
   }
-  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  if (!torch::GradMode::is_enabled() && fused()) {
+    auto gate_up = decode_linear(x, gate_up_weight_, torch::Tensor());
+    return decode_linear(torch::silu(gate_up.narrow(-1, 0, m)) * gate_up.narrow(-1, m, m), down_proj->weight,
+                         torch::Tensor());
+  }
+  return project(down_proj, torch::silu(project(gate_proj, x)) * project(up_proj, x));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -430,7 +466,7 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_embeds, const A
 namespace {
 
 // x [1, 1, k] -> [1, 1, n]: the bandwidth-bound matrix-vector kernel for one bf16 row, else cuBLAS.
-torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, void* stream) {
+torch::Tensor cuda_decode_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, void* stream) {
   if (x.scalar_type() == torch::kBFloat16 && x.size(0) == 1 && weight.is_contiguous() && x.is_contiguous() &&
       (!bias.defined() || bias.is_contiguous())) {
     auto y = torch::empty({1, 1, weight.size(0)}, x.options());
@@ -482,22 +518,22 @@ torch::Tensor LlamaModelImpl::forward_fused_decode(const torch::Tensor& input_em
   for (int64_t i = 0; i < options_.num_layers(); ++i) {
     auto& layer = layers->at<LlamaDecoderLayerImpl>(static_cast<size_t>(i));
     auto& attn = *layer.self_attn;
-    auto qkv = decode_linear(normed, attn.qkv_weight(), attn.qkv_bias(), stream).contiguous();
+    auto qkv = cuda_decode_linear(normed, attn.qkv_weight(), attn.qkv_bias(), stream).contiguous();
     const auto& keys = ctx.cache->layer_keys(i);
     const auto& values = ctx.cache->layer_values(i);
     cuda::rope_into_cache(kind, qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), keys.data_ptr(), values.data_ptr(),
                           ctx.slot.data_ptr<int64_t>(), batch, heads, kv, d, ctx.cache->capacity(), stream);
     auto q = qkv.view({batch, 1, heads + 2 * kv, d}).narrow(2, 0, heads).transpose(1, 2);
     auto out = at::scaled_dot_product_attention(q, keys, values, in.mask, 0.0, false, std::nullopt, kv != heads);
-    auto o = decode_linear(out.transpose(1, 2).reshape({batch, 1, heads * d}).contiguous(), attn.o_proj->weight,
+    auto o = cuda_decode_linear(out.transpose(1, 2).reshape({batch, 1, heads * d}).contiguous(), attn.o_proj->weight,
                            attn.o_proj->bias, stream);
     auto mid = torch::empty_like(residual);
     cuda::add_rms_norm(kind, residual.data_ptr(), o.contiguous().data_ptr(), mid.data_ptr(),
                        layer.post_attention_layernorm->weight.data_ptr(), normed.data_ptr(), batch, width, eps, stream);
-    auto gate_up = decode_linear(normed, layer.mlp->gate_up_weight(), torch::Tensor(), stream).contiguous();
+    auto gate_up = cuda_decode_linear(normed, layer.mlp->gate_up_weight(), torch::Tensor(), stream).contiguous();
     auto activated = torch::empty({batch, 1, m}, gate_up.options());
     cuda::silu_mul(kind, gate_up.data_ptr(), activated.data_ptr(), batch, m, stream);
-    auto down = decode_linear(activated, layer.mlp->down_proj->weight, torch::Tensor(), stream).contiguous();
+    auto down = cuda_decode_linear(activated, layer.mlp->down_proj->weight, torch::Tensor(), stream).contiguous();
     const auto& next_norm = i + 1 < options_.num_layers()
                                 ? layers->at<LlamaDecoderLayerImpl>(static_cast<size_t>(i + 1)).input_layernorm->weight
                                 : norm->weight;
@@ -577,7 +613,11 @@ LlamaForCausalLMImpl::LlamaForCausalLMImpl(const LlamaOptions& options) : option
 
 void LlamaForCausalLMImpl::reset() {
   model = register_module("model", LlamaModel(options_));
-  if (!options_.tie_word_embeddings()) {
+  if (!options_.tie_word_embeddings() && options_.quantized()) {
+    auto head = options_.quant_format();
+    head.format = WeightFormat::Int8;  // the head is int8 in every format (llama.cpp keeps it >= 6 bits too)
+    lm_head_quant = register_module("lm_head", QuantLinear(options_.hidden_size(), options_.vocab_size(), false, head));
+  } else if (!options_.tie_word_embeddings()) {
     lm_head = register_module("lm_head", make_linear(options_.hidden_size(), options_.vocab_size(), false));
   }
 }
@@ -587,11 +627,12 @@ torch::Tensor LlamaForCausalLMImpl::logits(const torch::Tensor& hidden) {
   // One token of one sequence (decoding): the head is the largest matrix read per step.
   if (lm_head && hidden.is_cuda() && !torch::GradMode::is_enabled() && hidden.dim() == 3 && hidden.size(0) == 1 &&
       hidden.size(1) == 1) {
-    return decode_linear(hidden.contiguous(), lm_head->weight, lm_head->bias, at::cuda::getCurrentCUDAStream().stream());
+    return cuda_decode_linear(hidden.contiguous(), lm_head->weight, lm_head->bias, at::cuda::getCurrentCUDAStream().stream());
   }
 #endif
-  if (lm_head) return lm_head(hidden);
-  return torch::nn::functional::linear(hidden, model->embed_tokens->weight);
+  if (lm_head_quant) return lm_head_quant->forward(hidden);
+  if (lm_head) return project(lm_head, hidden);
+  return decode_linear(hidden, model->embed_tokens->weight, torch::Tensor());
 }
 
 torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& input_embeds, const AttentionContext& ctx) {

@@ -25,7 +25,10 @@ llm::LlamaOptions llama_options_from_config(const config::Config& c) {
       .max_position(c.get_int("llm.max_position", 4096))
       .attention_bias(c.get_bool("llm.attention_bias", false))
       .tie_word_embeddings(c.get_bool("llm.tie_word_embeddings", false));
+  const std::string format = c.get_string("llm.weight_format", "dense");
   try {
+    if (format != "dense") o.weight_format(llm::parse_weight_format(format, "llm.weight_format"));
+    o.weight_group(c.get_int("llm.weight_group", 32));
     o.validate();
   } catch (const Error& e) {
     throw Error(ErrorKind::Format, c.source().string() + ": " + e.what());
@@ -53,6 +56,10 @@ void llama_options_to_config(const llm::LlamaOptions& o, config::Config& c) {
   c.set("llm.max_position", std::to_string(o.max_position()));
   c.set("llm.attention_bias", o.attention_bias() ? "true" : "false");
   c.set("llm.tie_word_embeddings", o.tie_word_embeddings() ? "true" : "false");
+  if (o.quantized()) {
+    c.set("llm.weight_format", llm::weight_format_name(o.weight_format()));
+    c.set("llm.weight_group", std::to_string(o.weight_group()));
+  }
 }
 
 text::Tokenizer tokenizer_from_model_dir(const std::filesystem::path& dir, const config::Config& config) {
@@ -84,6 +91,10 @@ LanguageModel LanguageModel::load(const std::filesystem::path& dir, const LoadOp
   }
   if (options.device.is_cuda() && !torch::cuda::is_available()) {
     throw Error(ErrorKind::Unsupported, "device " + options.device.str() + " requested but CUDA is not available");
+  }
+  if (llama.quantized() && !options.device.is_cpu()) {
+    throw Error(ErrorKind::Unsupported, (dir / "model.ini").string() + ": " + llm::weight_format_name(llama.weight_format()) +
+                                            " weights run on the CPU only (device " + options.device.str() + ")");
   }
   llm::LlamaForCausalLM net(llama);
   auto source = weights::open_tensor_source(dir);

@@ -275,6 +275,10 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   load.dtype = torch::kFloat32;  // master weights; bf16 is autocast's, on CUDA
   load.overrides = s.model_overrides;
   auto pipeline = Pipeline::load(s.model_dir, load, host);
+  if (pipeline->llm().options.quantized()) {
+    throw Error(ErrorKind::Unsupported, s.model_dir.string() + ": " + llm::weight_format_name(pipeline->llm().options.weight_format()) +
+                                            " weights are for inference; train the dense model it was quantised from");
+  }
   check_folders(s, *pipeline, config);
   torch::manual_seed(s.seed);
 

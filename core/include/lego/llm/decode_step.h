@@ -48,4 +48,10 @@ class DecodeStep {
   std::unique_ptr<Impl> impl_;
 };
 
+// Logits [T, vocab] (float32, CPU) after each of `ids` (T >= 1), each from a one-token decoding step as
+// generation runs it on the CPU (the first id is a one-token prompt): what a teacher-forced comparison of
+// weight formats or decoding kernels reads. Throws lego::Error(InvalidArgument) for no ids, an id outside
+// the vocabulary or more ids than the model's context.
+torch::Tensor stepwise_logits(LlamaForCausalLM model, const std::vector<int64_t>& ids);
+
 }  // namespace lego::llm

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "lego/llm/quant.h"
 #include "lego/sdk/nn/linear.h"
 
 namespace lego::llm {
@@ -25,6 +26,8 @@ struct LlamaOptions {
 
   int64_t kv_heads() const { return num_kv_heads_ > 0 ? num_kv_heads_ : num_heads_; }
   int64_t head_width() const { return head_dim_ > 0 ? head_dim_ : hidden_size_ / num_heads_; }
+  bool quantized() const { return weight_format_ != WeightFormat::Dense; }
+  QuantFormat quant_format() const { return QuantFormat{weight_format_, weight_group_}; }
   // Throws lego::Error(InvalidArgument) naming the first inconsistent field, or saying that the model
   // would not fit in this machine's memory even in half precision.
   void validate() const;
@@ -48,6 +51,11 @@ struct LlamaOptions {
   TORCH_ARG(int64_t, max_position) = 4096;
   TORCH_ARG(bool, attention_bias) = false;
   TORCH_ARG(bool, tie_word_embeddings) = false;
+  // Int8/Int4: the decoder's projections and the LM head hold quantised weights (lego/llm/quant.h) for
+  // inference on the CPU: q/k/v as one `qkv_proj`, gate/up as one `gate_up_proj`, and the LM head in
+  // int8 whatever the format. Embeddings and norms stay dense.
+  TORCH_ARG(WeightFormat, weight_format) = WeightFormat::Dense;
+  TORCH_ARG(int64_t, weight_group) = 32;
 
 };
 
@@ -166,7 +174,10 @@ class LlamaAttentionImpl : public torch::nn::Cloneable<LlamaAttentionImpl> {
   const torch::Tensor& qkv_weight() const { return qkv_weight_; }
   const torch::Tensor& qkv_bias() const { return qkv_bias_; }
 
+  // Dense models: q/k/v/o. Quantised models (options.quantized()): qkv_proj and o_proj_quant (named
+  // "o_proj" in the state dict), the dense ones null.
   nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  QuantLinear qkv_proj{nullptr}, o_proj_quant{nullptr};
 
  private:
   LlamaOptions options_;
@@ -187,6 +198,8 @@ class LlamaMLPImpl : public torch::nn::Cloneable<LlamaMLPImpl> {
   const torch::Tensor& gate_up_weight() const { return gate_up_weight_; }
 
   nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  // Quantised models: gate_up_proj and down_proj_quant (named "down_proj"), the dense ones null.
+  QuantLinear gate_up_proj{nullptr}, down_proj_quant{nullptr};
 
  private:
   LlamaOptions options_;
@@ -264,6 +277,7 @@ class LlamaForCausalLMImpl : public torch::nn::Cloneable<LlamaForCausalLMImpl> {
 
   LlamaModel model{nullptr};
   nn::Linear lm_head{nullptr};
+  QuantLinear lm_head_quant{nullptr};  // quantised models (named "lm_head"), int8
 
  private:
   LlamaOptions options_;

@@ -43,8 +43,9 @@ struct LoadReport {
 // Fills every parameter and persistent buffer of `module` from `source` (name = prefix + module name).
 // Each tensor's shape is checked against the module's. Parameters take `dtype` (default: the module's
 // current dtype) and adopt the source tensor's storage when no conversion is needed: a mapped
-// safetensors file is then used in place, without a second copy. Missing tensors or shape mismatches
-// throw lego::Error naming the file, the tensor and both shapes.
+// safetensors file is then used in place, without a second copy. Integer tensors (quantised blocks)
+// keep their dtype. Missing tensors or shape mismatches throw lego::Error naming the file, the tensor and
+// both shapes.
 LoadReport load_module(torch::nn::Module& module, const TensorSource& source, const std::string& prefix = "",
                        std::optional<at::ScalarType> dtype = std::nullopt);
 

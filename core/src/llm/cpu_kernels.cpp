@@ -1,0 +1,283 @@
+// The CPU matrix products of decoding (lego/llm/quant.h): bf16 and block-quantised weights times a few
+// rows of float32 activations. Each kernel has a portable form and an AVX2/FMA/F16C form compiled with a
+// target attribute, so the library runs on any x86-64 and takes AVX2 where the CPU has it.
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "lego/llm/quant.h"
+#include "lego/sdk/error.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define LEGO_X86 1
+#define LEGO_AVX2 __attribute__((target("avx2,fma,f16c")))
+#endif
+
+namespace lego::llm::kernels {
+namespace {
+
+constexpr int64_t kQ = 32;  // columns per activation scale and per integer dot
+
+float bf16_to_float(uint16_t v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+float half_to_float(const uint8_t* p) {
+  uint16_t bits;
+  std::memcpy(&bits, p, sizeof bits);
+  return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+}
+
+// Rows of w handed to each thread: enough that a chunk outweighs the hand-over.
+int64_t grain(int64_t n) { return std::max<int64_t>(16, n / (4 * std::max(1, at::get_num_threads()))); }
+
+// Activations rounded to int8 per 32 columns: q = round(x / d), d = max|x| / 127 (Q8_0's rule).
+struct QuantizedActivations {
+  std::vector<int8_t> q;    // [m, k]
+  std::vector<float> scale; // [m, k / 32]
+};
+
+QuantizedActivations quantize_activations(const float* x, int64_t m, int64_t k) {
+  QuantizedActivations a;
+  a.q.resize(static_cast<size_t>(m * k));
+  a.scale.resize(static_cast<size_t>(m * k / kQ));
+  for (int64_t b = 0; b < m * k / kQ; ++b) {
+    const float* src = x + b * kQ;
+    float amax = 0.f;
+    for (int64_t j = 0; j < kQ; ++j) amax = std::max(amax, std::fabs(src[j]));
+    const float d = amax / 127.f;
+    const float inv = d > 0.f ? 1.f / d : 0.f;
+    a.scale[static_cast<size_t>(b)] = d;
+    for (int64_t j = 0; j < kQ; ++j) {
+      a.q[static_cast<size_t>(b * kQ + j)] = static_cast<int8_t>(std::nearbyint(src[j] * inv));
+    }
+  }
+  return a;
+}
+
+// One 32-column sub-block of a quantised row as 32 signed values.
+void unpack_portable(const uint8_t* values, WeightFormat format, int8_t* out) {
+  if (format == WeightFormat::Int8) {
+    std::memcpy(out, values, kQ);
+    return;
+  }
+  for (int j = 0; j < 16; ++j) {
+    out[j] = static_cast<int8_t>((values[j] & 0x0F) - 8);
+    out[j + 16] = static_cast<int8_t>((values[j] >> 4) - 8);
+  }
+}
+
+void bf16_portable(const uint16_t* w, int64_t n, int64_t k, const float* x, int64_t m, float* y) {
+  at::parallel_for(0, n, grain(n), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const uint16_t* row = w + i * k;
+      for (int64_t r = 0; r < m; ++r) {
+        const float* xr = x + r * k;
+        float sum = 0.f;
+        for (int64_t j = 0; j < k; ++j) sum += bf16_to_float(row[j]) * xr[j];
+        y[r * n + i] = sum;
+      }
+    }
+  });
+}
+
+void quant_portable(const uint8_t* w, const QuantFormat& f, int64_t n, int64_t k, const float* x, int64_t m, float* y) {
+  const auto a = quantize_activations(x, m, k);
+  const int64_t row_bytes = f.row_bytes(k);
+  const int64_t sub_bytes = f.format == WeightFormat::Int4 ? 16 : kQ;
+  at::parallel_for(0, n, grain(n), [&](int64_t begin, int64_t end) {
+    int8_t vals[kQ];
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t r = 0; r < m; ++r) {
+        const uint8_t* p = w + i * row_bytes;
+        const int8_t* xq = a.q.data() + r * k;
+        const float* xs = a.scale.data() + r * (k / kQ);
+        float sum = 0.f;
+        for (int64_t g = 0; g < k / f.group; ++g) {
+          const float ws = half_to_float(p);
+          p += 2;
+          for (int64_t s = 0; s < f.group / kQ; ++s, p += sub_bytes) {
+            unpack_portable(p, f.format, vals);
+            const int64_t col = g * f.group + s * kQ;
+            int32_t dot = 0;
+            for (int j = 0; j < kQ; ++j) dot += static_cast<int32_t>(vals[j]) * xq[col + j];
+            sum += static_cast<float>(dot) * (ws * xs[col / kQ]);
+          }
+        }
+        y[r * n + i] = sum;
+      }
+    }
+  });
+}
+
+#ifdef LEGO_X86
+LEGO_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// WR rows of w against R rows of the permuted activations: per 16 columns, the even bf16 values become
+// float32 by a shift and the odd ones by a mask, matched by activations stored evens-then-odds.
+template <int WR, int R>
+LEGO_AVX2 void bf16_tile(const uint16_t* w, int64_t k, const float* xp, float* out, int64_t out_stride) {
+  const __m256i odd_mask = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  __m256 even[WR][R], odd[WR][R];
+  for (int a = 0; a < WR; ++a) {
+    for (int r = 0; r < R; ++r) even[a][r] = odd[a][r] = _mm256_setzero_ps();
+  }
+  for (int64_t j = 0; j < k; j += 16) {
+    for (int a = 0; a < WR; ++a) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + a * k + j));
+      const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+      const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(raw, odd_mask));
+      for (int r = 0; r < R; ++r) {
+        even[a][r] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xp + r * k + j), even[a][r]);
+        odd[a][r] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(xp + r * k + j + 8), odd[a][r]);
+      }
+    }
+  }
+  for (int a = 0; a < WR; ++a) {
+    for (int r = 0; r < R; ++r) out[r * out_stride + a] = hsum(_mm256_add_ps(even[a][r], odd[a][r]));
+  }
+}
+
+LEGO_AVX2 void bf16_avx2(const uint16_t* w, int64_t n, int64_t k, const float* x, int64_t m, float* y) {
+  // Activations rearranged once per call: in each 16 columns, the 8 even ones, then the 8 odd ones.
+  std::vector<float> xp(static_cast<size_t>(m * k));
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t j = 0; j < k; j += 16) {
+      for (int t = 0; t < 8; ++t) {
+        xp[static_cast<size_t>(r * k + j + t)] = x[r * k + j + 2 * t];
+        xp[static_cast<size_t>(r * k + j + 8 + t)] = x[r * k + j + 2 * t + 1];
+      }
+    }
+  }
+  at::parallel_for(0, n, grain(n), [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    for (; i + 2 <= end; i += 2) {
+      int64_t r = 0;
+      for (; r + 2 <= m; r += 2) bf16_tile<2, 2>(w + i * k, k, xp.data() + r * k, y + r * n + i, n);
+      if (r < m) bf16_tile<2, 1>(w + i * k, k, xp.data() + r * k, y + r * n + i, n);
+    }
+    if (i < end) {
+      int64_t r = 0;
+      for (; r + 2 <= m; r += 2) bf16_tile<1, 2>(w + i * k, k, xp.data() + r * k, y + r * n + i, n);
+      if (r < m) bf16_tile<1, 1>(w + i * k, k, xp.data() + r * k, y + r * n + i, n);
+    }
+  });
+}
+
+// 32 signed weights of one sub-block.
+template <WeightFormat F>
+LEGO_AVX2 inline __m256i load_sub(const uint8_t* p) {
+  if constexpr (F == WeightFormat::Int8) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  } else {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i low = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(packed, low);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+    return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
+  }
+}
+
+// One row of w against R rows of int8 activations. Signed × signed bytes go through maddubs (unsigned ×
+// signed) as |w| × (x with w's sign); pairs sum to at most 2 · 127 · 128, inside int16.
+template <WeightFormat F, int R>
+LEGO_AVX2 void quant_row(const uint8_t* p, int64_t group, int64_t k, const int8_t* xq, const float* xs, float* out,
+                         int64_t out_stride) {
+  constexpr int64_t sub_bytes = F == WeightFormat::Int4 ? 16 : kQ;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t col = 0; col < k;) {
+    const float ws = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(p));
+    p += 2;
+    for (int64_t s = 0; s < group; s += kQ, col += kQ, p += sub_bytes) {
+      const __m256i wv = load_sub<F>(p);
+      const __m256i aw = _mm256_sign_epi8(wv, wv);
+      for (int r = 0; r < R; ++r) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + col));
+        const __m256i pairs = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv));
+        const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+        acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(ws * xs[r * (k / kQ) + col / kQ]), acc[r]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r * out_stride] = hsum(acc[r]);
+}
+
+template <WeightFormat F>
+LEGO_AVX2 void quant_avx2(const uint8_t* w, const QuantFormat& f, int64_t n, int64_t k, const float* x, int64_t m,
+                          float* y) {
+  const auto a = quantize_activations(x, m, k);
+  const int64_t row_bytes = f.row_bytes(k);
+  at::parallel_for(0, n, grain(n), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const uint8_t* row = w + i * row_bytes;
+      int64_t r = 0;
+      for (; r + 4 <= m; r += 4) {
+        quant_row<F, 4>(row, f.group, k, a.q.data() + r * k, a.scale.data() + r * (k / kQ), y + r * n + i, n);
+      }
+      for (; r < m; ++r) {
+        quant_row<F, 1>(row, f.group, k, a.q.data() + r * k, a.scale.data() + r * (k / kQ), y + r * n + i, n);
+      }
+    }
+  });
+}
+#endif
+
+}  // namespace
+
+Isa best_isa() {
+  static const Isa isa = [] {
+    const char* forced = std::getenv("LEGO_CPU_KERNELS");
+    if (forced != nullptr && std::string(forced) == "portable") return Isa::Portable;
+#ifdef LEGO_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+      return Isa::Avx2;
+    }
+#endif
+    return Isa::Portable;
+  }();
+  return isa;
+}
+
+const char* isa_name(Isa isa) { return isa == Isa::Avx2 ? "avx2" : "portable"; }
+
+void matmul_bf16(const uint16_t* w, int64_t n, int64_t k, const float* x, int64_t m, float* y, Isa isa) {
+#ifdef LEGO_X86
+  if (isa == Isa::Avx2 && k % 16 == 0) return bf16_avx2(w, n, k, x, m, y);
+#endif
+  (void)isa;
+  bf16_portable(w, n, k, x, m, y);
+}
+
+void matmul_quant(const uint8_t* w, const QuantFormat& format, int64_t n, int64_t k, const float* x, int64_t m,
+                  float* y, Isa isa) {
+  format.check("matmul_quant");
+  if (k % format.group != 0) throw Error(ErrorKind::InvalidArgument, "matmul_quant: pad k to whole groups");
+#ifdef LEGO_X86
+  if (isa == Isa::Avx2) {
+    if (format.format == WeightFormat::Int8) return quant_avx2<WeightFormat::Int8>(w, format, n, k, x, m, y);
+    return quant_avx2<WeightFormat::Int4>(w, format, n, k, x, m, y);
+  }
+#endif
+  (void)isa;
+  quant_portable(w, format, n, k, x, m, y);
+}
+
+}  // namespace lego::llm::kernels

@@ -1,0 +1,280 @@
+// The CPU decoding kernels and weight-only quantisation (lego/llm/quant.h): every kernel against a float64
+// reference and against each other, the block layout, and a quantised LLaMA against its dense original.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <map>
+
+#include "lego/llm/decode_step.h"
+#include "lego/llm/quant.h"
+#include "lego/sdk/error.h"
+#include "lego/sdk/nn/linear.h"
+
+namespace lego::llm {
+namespace {
+
+using kernels::Isa;
+
+std::vector<Isa> isas() {
+  std::vector<Isa> out{Isa::Portable};
+  if (kernels::best_isa() == Isa::Avx2) out.push_back(Isa::Avx2);
+  return out;
+}
+
+// |a - b| per element against the scale of the sums (sum of |w x|), so that a relative bound holds for
+// sums near zero too.
+double worst_relative(const torch::Tensor& got, const torch::Tensor& want, const torch::Tensor& scale) {
+  return ((got.to(torch::kFloat64) - want) / scale.clamp_min(1e-30)).abs().max().item<double>();
+}
+
+TEST(CpuKernels, Bf16ProductEqualsFloat64Reference) {
+  torch::manual_seed(1);
+  for (const auto isa : isas()) {
+    for (const int64_t k : {16, 48, 4096}) {
+      for (const int64_t m : {1, 2, 3, 5}) {
+        const int64_t n = 37;  // odd: the two-row tiles leave one row
+        auto w = torch::randn({n, k}).to(torch::kBFloat16);
+        auto x = torch::randn({m, k});
+        auto y = torch::empty({m, n});
+        kernels::matmul_bf16(reinterpret_cast<const uint16_t*>(w.data_ptr()), n, k, x.data_ptr<float>(), m,
+                             y.data_ptr<float>(), isa);
+        const auto w64 = w.to(torch::kFloat64);
+        const auto x64 = x.to(torch::kFloat64);
+        const auto want = torch::matmul(x64, w64.t());
+        const auto scale = torch::matmul(x64.abs(), w64.abs().t());
+        EXPECT_LT(worst_relative(y, want, scale), 1e-5) << kernels::isa_name(isa) << " k=" << k << " m=" << m;
+      }
+    }
+  }
+}
+
+TEST(CpuKernels, DecodeLinearMatchesLibtorchWithinBf16Rounding) {
+  torch::manual_seed(2);
+  torch::NoGradGuard no_grad;
+  auto w = torch::randn({300, 512}).to(torch::kBFloat16);
+  auto b = torch::randn({300}).to(torch::kBFloat16);
+  auto x = torch::randn({1, 1, 512}).to(torch::kBFloat16);
+  auto ours = decode_linear(x, w, b);
+  auto theirs = torch::nn::functional::linear(x, w, b);
+  ASSERT_EQ(ours.sizes(), theirs.sizes());
+  ASSERT_EQ(ours.scalar_type(), torch::kBFloat16);
+  // Both round a float accumulator once to bf16 (then add the bias): at most a couple of bf16 steps apart.
+  const auto diff = (ours.to(torch::kFloat32) - theirs.to(torch::kFloat32)).abs();
+  const auto ulp = theirs.to(torch::kFloat32).abs() * std::pow(2.0, -7) + 1e-2;
+  EXPECT_TRUE((diff <= 2 * ulp).all().item<bool>()) << diff.max().item<float>();
+  // Too many rows, or under autograd: libtorch's product itself.
+  auto many = torch::randn({2, 9, 512}).to(torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(decode_linear(many, w, b), torch::nn::functional::linear(many, w, b)));
+}
+
+TEST(Quantize, RoundTripStaysWithinHalfAStep) {
+  torch::manual_seed(3);
+  for (const auto f : {WeightFormat::Int8, WeightFormat::Int4}) {
+    for (const int64_t group : {32, 64, 128}) {
+      const QuantFormat format{f, group};
+      auto w = torch::randn({5, 256});
+      w[2].zero_();  // a block of zeros has scale 0 and stays 0
+      auto q = quantize_rows(w, format);
+      ASSERT_EQ(q.scalar_type(), torch::kUInt8);
+      ASSERT_EQ(q.sizes(), (std::vector<int64_t>{5, format.row_bytes(256)}));
+      auto back = dequantize_rows(q, format, 256);
+      EXPECT_TRUE(torch::equal(back[2], torch::zeros({256})));
+      // Each value is within half a quantisation step (plus the float16 scale's rounding). For int4 the
+      // extreme value maps to -8 and values of the opposite sign clamp at 7: up to a whole step there.
+      auto blocks = w.view({5, 256 / group, group});
+      auto amax = blocks.abs().amax(2, true);
+      const bool int8 = f == WeightFormat::Int8;
+      auto step = amax / (int8 ? 127.0 : 8.0);
+      auto err = (back.view({5, 256 / group, group}) - blocks).abs();
+      EXPECT_TRUE((err <= step * (int8 ? 0.5 : 1.0) + amax * 2e-3 + 1e-7).all().item<bool>())
+          << weight_format_name(f) << " group " << group << ": " << (err / step.clamp_min(1e-12)).max().item<float>();
+    }
+  }
+}
+
+TEST(Quantize, Int4KeepsTheLargestMagnitudeExactlyAtMinusEight) {
+  auto w = torch::linspace(-1.0, 0.5, 32).view({1, 32});
+  auto q = quantize_rows(w, {WeightFormat::Int4, 32});
+  auto back = dequantize_rows(q, {WeightFormat::Int4, 32}, 32);
+  EXPECT_NEAR(back[0][0].item<float>(), -1.0f, 1e-3);
+}
+
+TEST(Quantize, RefusesBadInput) {
+  auto w = torch::randn({4, 64});
+  EXPECT_THROW(quantize_rows(w, {WeightFormat::Int8, 48}), Error);       // group not 32/64/128
+  EXPECT_THROW(quantize_rows(torch::randn({4}), {WeightFormat::Int8, 32}), Error);      // not a matrix
+  w[1][3] = std::numeric_limits<float>::quiet_NaN();
+  try {
+    quantize_rows(w, {WeightFormat::Int8, 32}, "model.layers.0.mlp.down_proj.weight");
+    FAIL() << "NaN accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Format);
+    EXPECT_NE(std::string(e.what()).find("down_proj"), std::string::npos) << e.what();
+  }
+  auto huge = torch::full({1, 32}, 1e9f);
+  EXPECT_THROW(quantize_rows(huge, {WeightFormat::Int8, 32}), Error);  // scale beyond float16
+  EXPECT_THROW(parse_weight_format("int3", "--to"), Error);
+}
+
+TEST(CpuKernels, QuantisedProductIsExactForInt8RepresentableActivations) {
+  // Activations that are integers with 127 in every block of 32 quantise without error, so the kernel
+  // must equal the dequantised matrix times them up to float rounding.
+  torch::manual_seed(4);
+  for (const auto isa : isas()) {
+    for (const auto f : {WeightFormat::Int8, WeightFormat::Int4}) {
+      for (const int64_t group : {32, 64, 128}) {
+        for (const int64_t m : {1, 3, 4, 6}) {
+          const QuantFormat format{f, group};
+          const int64_t n = 19, k = 256;
+          auto q = quantize_rows(torch::randn({n, k}), format);
+          auto x = torch::randint(-126, 127, {m, k}).to(torch::kFloat32);
+          x.view({m, k / 32, 32}).select(2, 5).fill_(127);
+          auto y = torch::empty({m, n});
+          kernels::matmul_quant(q.data_ptr<uint8_t>(), format, n, k, x.data_ptr<float>(), m, y.data_ptr<float>(), isa);
+          const auto w64 = dequantize_rows(q, format, k).to(torch::kFloat64);
+          const auto want = torch::matmul(x.to(torch::kFloat64), w64.t());
+          const auto scale = torch::matmul(x.to(torch::kFloat64).abs(), w64.abs().t());
+          EXPECT_LT(worst_relative(y, want, scale), 1e-5)
+              << kernels::isa_name(isa) << " " << weight_format_name(f) << " group " << group << " m=" << m;
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuKernels, QuantisedProductOnRealActivationsIsCloseAndPathsAgree) {
+  torch::manual_seed(5);
+  const QuantFormat format{WeightFormat::Int8, 32};
+  const int64_t n = 64, k = 512, m = 2;
+  auto q = quantize_rows(torch::randn({n, k}), format);
+  auto x = torch::randn({m, k});
+  const auto w = dequantize_rows(q, format, k);
+  const auto want = torch::matmul(x, w.t());
+  std::vector<torch::Tensor> got;
+  for (const auto isa : isas()) {
+    auto y = torch::empty({m, n});
+    kernels::matmul_quant(q.data_ptr<uint8_t>(), format, n, k, x.data_ptr<float>(), m, y.data_ptr<float>(), isa);
+    // Rounding the activations to int8 costs about 1/254 of each block's largest value per element.
+    EXPECT_LT(((y - want).pow(2).mean() / want.pow(2).mean()).sqrt().item<double>(), 1e-2);
+    got.push_back(y);
+  }
+  // The portable and AVX2 forms compute the same integer sums.
+  for (const auto& y : got) EXPECT_LT((y - got.front()).abs().max().item<double>(), 1e-4);
+}
+
+// A dense tiny LLaMA with trained-like weight statistics, and its quantised copy made the way
+// `lego quantize` makes it (fused q/k/v and gate/up, int8 head).
+struct Pair {
+  LlamaForCausalLM dense{nullptr}, quant{nullptr};
+};
+
+Pair make_pair(WeightFormat f, int64_t group) {
+  const auto base = LlamaOptions(101, 128, 256, 2, 4).num_kv_heads(2).max_position(128);
+  Pair p;
+  p.dense = LlamaForCausalLM(base);
+  nn::init_fan_in(*p.dense, 1.0, 7);
+  p.dense->eval();
+  auto opts = base;
+  opts.weight_format(f).weight_group(group);
+  p.quant = LlamaForCausalLM(opts);
+  torch::NoGradGuard no_grad;
+  auto qf = opts.quant_format();
+  auto head = qf;
+  head.format = WeightFormat::Int8;
+  auto& dq = *p.dense->model;
+  auto& qq = *p.quant->model;
+  qq.embed_tokens->weight.set_data(dq.embed_tokens->weight.clone());
+  qq.norm->weight.set_data(dq.norm->weight.clone());
+  for (size_t i = 0; i < dq.layers->size(); ++i) {
+    auto& d = dq.layers->at<LlamaDecoderLayerImpl>(i);
+    auto& q = qq.layers->at<LlamaDecoderLayerImpl>(i);
+    q.input_layernorm->weight.set_data(d.input_layernorm->weight.clone());
+    q.post_attention_layernorm->weight.set_data(d.post_attention_layernorm->weight.clone());
+    q.self_attn->qkv_proj->qweight.set_data(quantize_rows(
+        torch::cat({d.self_attn->q_proj->weight, d.self_attn->k_proj->weight, d.self_attn->v_proj->weight}), qf));
+    q.self_attn->o_proj_quant->qweight.set_data(quantize_rows(d.self_attn->o_proj->weight, qf));
+    q.mlp->gate_up_proj->qweight.set_data(quantize_rows(torch::cat({d.mlp->gate_proj->weight, d.mlp->up_proj->weight}), qf));
+    q.mlp->down_proj_quant->qweight.set_data(quantize_rows(d.mlp->down_proj->weight, qf));
+  }
+  p.quant->lm_head_quant->qweight.set_data(quantize_rows(p.dense->lm_head->weight, head));
+  p.quant->eval();
+  return p;
+}
+
+TEST(QuantisedLlama, StateDictUsesTheFusedNamesAndNoDenseProjections) {
+  auto p = make_pair(WeightFormat::Int4, 64);
+  std::map<std::string, torch::Tensor> names;
+  for (const auto& item : p.quant->named_buffers()) names[item.key()] = item.value();
+  for (const auto& item : p.quant->named_parameters()) names[item.key()] = item.value();
+  EXPECT_TRUE(names.count("model.layers.0.self_attn.qkv_proj.qweight"));
+  EXPECT_TRUE(names.count("model.layers.1.self_attn.o_proj.qweight"));
+  EXPECT_TRUE(names.count("model.layers.0.mlp.gate_up_proj.qweight"));
+  EXPECT_TRUE(names.count("model.layers.0.mlp.down_proj.qweight"));
+  EXPECT_TRUE(names.count("lm_head.qweight"));
+  EXPECT_FALSE(names.count("model.layers.0.self_attn.q_proj.weight"));
+  EXPECT_EQ(names.at("lm_head.qweight").size(1), QuantFormat({WeightFormat::Int8, 64}).row_bytes(128));
+  EXPECT_EQ(names.at("model.layers.0.mlp.down_proj.qweight").size(1), QuantFormat({WeightFormat::Int4, 64}).row_bytes(256));
+}
+
+TEST(QuantisedLlama, DecodesCloseToTheDenseModel) {
+  // A random 128-wide model amplifies weight error more than a trained one (measured here: int8 3.1 %
+  // relative RMS and 94 % greedy agreement over 48 steps, int4 34 % and 58 %); the bar on trained weights
+  // is the parity suite's (tests/parity/test_quantize.py).
+  double int8_error = 0;
+  for (const auto f : {WeightFormat::Int8, WeightFormat::Int4}) {
+    auto p = make_pair(f, 32);
+    torch::manual_seed(11);
+    std::vector<int64_t> ids;
+    for (int i = 0; i < 48; ++i) ids.push_back(torch::randint(3, 101, {1}).item<int64_t>());
+    const auto want = stepwise_logits(p.dense, ids);
+    const auto got = stepwise_logits(p.quant, ids);
+    ASSERT_FALSE(got.isnan().any().item<bool>());
+    const double rel_rms = ((got - want).pow(2).mean() / want.pow(2).mean()).sqrt().item<double>();
+    const double agree = (got.argmax(1) == want.argmax(1)).to(torch::kFloat64).mean().item<double>();
+    if (f == WeightFormat::Int8) {
+      int8_error = rel_rms;
+      EXPECT_LT(rel_rms, 0.05);
+      EXPECT_GE(agree, 0.85);
+    } else {
+      EXPECT_LT(rel_rms, 0.6);
+      EXPECT_GT(rel_rms, 3 * int8_error);  // 4 bits lose far more than 8: the formats are not mixed up
+      EXPECT_GE(agree, 0.4);
+    }
+    // A prompt (more than kDecodeRows rows) runs the dequantised product: the same answer as decoding,
+    // up to the activations' int8 rounding.
+    AttentionContext ctx;
+    ctx.positions = torch::arange(48, torch::kInt64).view({1, 48});
+    torch::NoGradGuard no_grad;
+    auto all = p.quant->forward(p.quant->model->embed(torch::tensor(ids).view({1, 48})), ctx).squeeze(0);
+    EXPECT_LT(((all - got).pow(2).mean() / got.pow(2).mean()).sqrt().item<double>(), 0.05);
+  }
+}
+
+TEST(QuantisedLlama, RefusesGroupsOtherThan32_64_128) {
+  EXPECT_THROW(LlamaOptions(101, 96, 256, 1, 4).weight_format(WeightFormat::Int8).weight_group(48).validate(), Error);
+  EXPECT_NO_THROW(LlamaOptions(101, 96, 200, 1, 4).weight_format(WeightFormat::Int4).weight_group(128).validate());
+}
+
+TEST(QuantLinear, PadsAPartialLastGroupWithZeroColumns) {
+  // 40 inputs in groups of 32: stored as 64 columns, the last 24 zero; the layer pads its input to match.
+  torch::manual_seed(6);
+  torch::NoGradGuard no_grad;
+  for (const auto f : {WeightFormat::Int8, WeightFormat::Int4}) {
+    const QuantFormat format{f, 32};
+    auto w = torch::randn({7, 40});
+    QuantLinear layer(40, 7, /*bias=*/false, format);
+    layer->qweight.set_data(quantize_rows(w, format));
+    ASSERT_EQ(layer->qweight.size(1), 2 * format.block_bytes());
+    const auto dense = dequantize_rows(layer->qweight, format, 40);
+    ASSERT_EQ(dense.sizes(), w.sizes());
+    for (const int64_t rows : {1, 12}) {  // the kernel, and the dequantised product of a prompt
+      auto x = torch::randn({rows, 40});
+      auto want = torch::matmul(x, dense.t());
+      auto got = layer(x);
+      EXPECT_LT(((got - want).pow(2).mean() / want.pow(2).mean()).sqrt().item<double>(), 1e-2) << rows;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lego::llm
