@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "lego/llm/quant.h"
@@ -24,6 +25,7 @@ namespace lego::llm::kernels {
 namespace {
 
 constexpr int64_t kQ = 32;  // columns per activation scale and per integer dot
+constexpr int64_t kPrefetchBytes = 1024;  // how far ahead of the weights being multiplied to fetch
 
 float bf16_to_float(uint16_t v) {
   const uint32_t bits = static_cast<uint32_t>(v) << 16;
@@ -139,6 +141,7 @@ LEGO_AVX2 void bf16_tile(const uint16_t* w, int64_t k, const float* xp, float* o
   }
   for (int64_t j = 0; j < k; j += 16) {
     for (int a = 0; a < WR; ++a) {
+      if ((j & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(w + a * k + j) + kPrefetchBytes, _MM_HINT_T0);
       const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + a * k + j));
       const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
       const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(raw, odd_mask));
@@ -193,30 +196,50 @@ LEGO_AVX2 inline __m256i load_sub(const uint8_t* p) {
   }
 }
 
-// One row of w against R rows of int8 activations. Signed × signed bytes go through maddubs (unsigned ×
-// signed) as |w| × (x with w's sign); pairs sum to at most 2 · 127 · 128, inside int16.
-template <WeightFormat F, int R>
-LEGO_AVX2 void quant_row(const uint8_t* p, int64_t group, int64_t k, const int8_t* xq, const float* xs, float* out,
-                         int64_t out_stride) {
+// WR rows of w against R rows of int8 activations. Signed × signed bytes go through maddubs (unsigned ×
+// signed) as |w| × (x with w's sign); pairs sum to at most 2 · 127 · 128, inside int16. Two rows of w
+// share each load of the activations and give the adds two independent chains.
+template <WeightFormat F, int WR, int R>
+LEGO_AVX2 void quant_tile(const uint8_t* w, int64_t row_bytes, int64_t group, int64_t k, const int8_t* xq,
+                          const float* xs, float* out, int64_t out_stride) {
   constexpr int64_t sub_bytes = F == WeightFormat::Int4 ? 16 : kQ;
+  const int64_t block_bytes = 2 + group / kQ * sub_bytes;
+  const int64_t blocks_per_row = k / kQ;
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  for (int64_t col = 0; col < k;) {
-    const float ws = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(p));
-    p += 2;
-    for (int64_t s = 0; s < group; s += kQ, col += kQ, p += sub_bytes) {
-      const __m256i wv = load_sub<F>(p);
-      const __m256i aw = _mm256_sign_epi8(wv, wv);
+  __m256 acc[WR][R];
+  for (int a = 0; a < WR; ++a) {
+    for (int r = 0; r < R; ++r) acc[a][r] = _mm256_setzero_ps();
+  }
+  for (int64_t g = 0, col = 0; col < k; ++g) {
+    float ws[WR];
+    const uint8_t* p[WR];
+    for (int a = 0; a < WR; ++a) {
+      p[a] = w + a * row_bytes + g * block_bytes;
+      ws[a] = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(p[a]));
+      p[a] += 2;
+    }
+    for (int64_t s = 0; s < group; s += kQ, col += kQ) {
+      __m256i wv[WR], aw[WR];
+      for (int a = 0; a < WR; ++a) {
+        _mm_prefetch(reinterpret_cast<const char*>(p[a]) + kPrefetchBytes, _MM_HINT_T0);
+        wv[a] = load_sub<F>(p[a]);
+        aw[a] = _mm256_sign_epi8(wv[a], wv[a]);
+        p[a] += sub_bytes;
+      }
       for (int r = 0; r < R; ++r) {
         const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + col));
-        const __m256i pairs = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv));
-        const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(ws * xs[r * (k / kQ) + col / kQ]), acc[r]);
+        const float x_scale = xs[r * blocks_per_row + col / kQ];
+        for (int a = 0; a < WR; ++a) {
+          const __m256i pairs = _mm256_maddubs_epi16(aw[a], _mm256_sign_epi8(xv, wv[a]));
+          const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+          acc[a][r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(ws[a] * x_scale), acc[a][r]);
+        }
       }
     }
   }
-  for (int r = 0; r < R; ++r) out[r * out_stride] = hsum(acc[r]);
+  for (int a = 0; a < WR; ++a) {
+    for (int r = 0; r < R; ++r) out[r * out_stride + a] = hsum(acc[a][r]);
+  }
 }
 
 template <WeightFormat F>
@@ -224,17 +247,22 @@ LEGO_AVX2 void quant_avx2(const uint8_t* w, const QuantFormat& f, int64_t n, int
                           float* y) {
   const auto a = quantize_activations(x, m, k);
   const int64_t row_bytes = f.row_bytes(k);
+  const int64_t blocks = k / kQ;
   at::parallel_for(0, n, grain(n), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
+    const auto rows = [&](auto wr_tag, int64_t i) {
+      constexpr int WR = decltype(wr_tag)::value;
       const uint8_t* row = w + i * row_bytes;
       int64_t r = 0;
-      for (; r + 4 <= m; r += 4) {
-        quant_row<F, 4>(row, f.group, k, a.q.data() + r * k, a.scale.data() + r * (k / kQ), y + r * n + i, n);
+      for (; r + 2 <= m; r += 2) {
+        quant_tile<F, WR, 2>(row, row_bytes, f.group, k, a.q.data() + r * k, a.scale.data() + r * blocks, y + r * n + i, n);
       }
-      for (; r < m; ++r) {
-        quant_row<F, 1>(row, f.group, k, a.q.data() + r * k, a.scale.data() + r * (k / kQ), y + r * n + i, n);
+      if (r < m) {
+        quant_tile<F, WR, 1>(row, row_bytes, f.group, k, a.q.data() + r * k, a.scale.data() + r * blocks, y + r * n + i, n);
       }
-    }
+    };
+    int64_t i = begin;
+    for (; i + 2 <= end; i += 2) rows(std::integral_constant<int, 2>{}, i);
+    if (i < end) rows(std::integral_constant<int, 1>{}, i);
   });
 }
 #endif
