@@ -248,26 +248,26 @@ std::unique_ptr<TensorSource> open_safetensors(const std::filesystem::path& file
   return std::make_unique<SafetensorsSource>(file);
 }
 
-void write_safetensors(const std::filesystem::path& file,
-                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+void write_safetensors_streamed(const std::filesystem::path& file, const std::vector<TensorSpec>& specs,
+                                const std::function<at::Tensor(size_t)>& produce,
+                                const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::vector<at::Tensor> contiguous;
-  contiguous.reserve(tensors.size());
   std::set<std::string> seen;
   uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    if (!seen.insert(name).second) {
-      throw Error(ErrorKind::InvalidArgument, file.string() + ": tensor '" + name + "' given twice");
+  for (const auto& spec : specs) {
+    if (!seen.insert(spec.name).second) {
+      throw Error(ErrorKind::InvalidArgument, file.string() + ": tensor '" + spec.name + "' given twice");
     }
-    auto c = t.detach().to(at::kCPU).contiguous();
-    const uint64_t bytes = c.nbytes();
-    header[name] = {{"dtype", dtype_to_safetensors(c.scalar_type())},
-                    {"shape", c.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
+    uint64_t bytes = c10::elementSize(spec.dtype);
+    for (const auto d : spec.shape) {
+      if (d < 0) throw Error(ErrorKind::InvalidArgument, file.string() + ": tensor '" + spec.name + "' has a negative size");
+      bytes *= static_cast<uint64_t>(d);
+    }
+    header[spec.name] = {{"dtype", dtype_to_safetensors(spec.dtype)},
+                         {"shape", spec.shape},
+                         {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
-    contiguous.push_back(std::move(c));
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data region 8-byte aligned
@@ -275,8 +275,27 @@ void write_safetensors(const std::filesystem::path& file,
   const uint64_t len = text.size();
   out.write(&len, 8);
   out.write(text.data(), text.size());
-  for (const auto& c : contiguous) out.write(c.data_ptr(), c.nbytes());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto t = produce(i).contiguous();
+    if (!t.device().is_cpu() || t.scalar_type() != specs[i].dtype || t.sizes().vec() != specs[i].shape) {
+      throw Error(ErrorKind::InvalidArgument, file.string() + ": tensor '" + specs[i].name + "' was made as " +
+                                           std::string(c10::toString(t.scalar_type())) + " " +
+                                           shape_string(t.sizes().vec()) + " on " + t.device().str() +
+                                           ", its header promised " + dtype_to_safetensors(specs[i].dtype) + " " +
+                                           shape_string(specs[i].shape) + " on the CPU");
+    }
+    out.write(t.data_ptr(), t.nbytes());
+  }
   out.commit();
+}
+
+void write_safetensors(const std::filesystem::path& file,
+                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorSpec> specs;
+  specs.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) specs.push_back({name, t.scalar_type(), t.sizes().vec()});
+  write_safetensors_streamed(file, specs, [&](size_t i) { return tensors[i].second.detach().to(at::kCPU); }, metadata);
 }
 
 }  // namespace lego::weights

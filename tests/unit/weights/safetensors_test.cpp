@@ -11,6 +11,7 @@ namespace lego::weights {
 namespace {
 
 using lego::testing::expect_error;
+using lego::testing::read_file_bytes;
 using lego::testing::TempDir;
 using lego::testing::write_bytes;
 
@@ -36,6 +37,54 @@ TEST(Safetensors, RoundTripsEveryWrittenTensor) {
   EXPECT_TRUE(at::equal(src->get("b"), b));
   EXPECT_TRUE(at::equal(src->get("c"), c));
   EXPECT_EQ(src->info("c").dtype, at::kBFloat16);
+}
+
+// A streamed file is the file write_safetensors writes; each tensor is asked for once, in order, only
+// after the one before it was written.
+TEST(Safetensors, StreamedWritingMatchesWholeWritingAndAsksInOrder) {
+  TempDir dir;
+  std::vector<std::pair<std::string, at::Tensor>> tensors = {
+      {"x", at::arange(6, at::kFloat).view({2, 3})}, {"y", at::randn({4}).to(at::kBFloat16)}, {"z", at::ones({1, 2, 2}, at::kByte)}};
+  write_safetensors(dir / "whole.safetensors", tensors, {{"format", "pt"}});
+  std::vector<TensorSpec> specs;
+  for (const auto& [n, t] : tensors) specs.push_back({n, t.scalar_type(), t.sizes().vec()});
+  std::vector<size_t> asked;
+  write_safetensors_streamed(dir / "streamed.safetensors", specs,
+                             [&](size_t i) {
+                               asked.push_back(i);
+                               return tensors[i].second;
+                             },
+                             {{"format", "pt"}});
+  EXPECT_EQ(asked, (std::vector<size_t>{0, 1, 2}));
+  EXPECT_EQ(read_file_bytes(dir / "whole.safetensors"), read_file_bytes(dir / "streamed.safetensors"));
+}
+
+// A tensor that disagrees with its header, or a producer that throws, leaves the target as it was.
+TEST(Safetensors, StreamedWritingRefusesATensorUnlikeItsSpecAndKeepsTheOldFile) {
+  TempDir dir;
+  const auto file = dir / "m.safetensors";
+  write_safetensors(file, {{"old", at::zeros({2})}});
+  const auto before = read_file_bytes(file);
+  const std::vector<TensorSpec> specs = {{"a", at::kFloat, {2, 3}}, {"b", at::kBFloat16, {4}}};
+  const auto made = [](at::Tensor b) {
+    return [b](size_t i) { return i == 0 ? at::zeros({2, 3}) : b; };
+  };
+  expect_error([&] { write_safetensors_streamed(file, specs, made(at::zeros({4}))); }, ErrorKind::InvalidArgument,
+               {"m.safetensors", "'b'", "header promised BF16 [4]"});
+  expect_error([&] { write_safetensors_streamed(file, specs, made(at::zeros({5}, at::kBFloat16))); },
+               ErrorKind::InvalidArgument, {"'b'", "[5]"});
+  expect_error(
+      [&] {
+        write_safetensors_streamed(file, specs, [](size_t i) -> at::Tensor {
+          if (i == 1) throw Error(ErrorKind::Format, "producer failed");
+          return at::zeros({2, 3});
+        });
+      },
+      ErrorKind::Format, {"producer failed"});
+  expect_error([&] { write_safetensors_streamed(file, {{"a", at::kFloat, {-1}}}, made(at::zeros({1}))); },
+               ErrorKind::InvalidArgument, {"'a'", "negative"});
+  EXPECT_EQ(read_file_bytes(file), before);
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 1);  // no temporary left behind
 }
 
 TEST(Safetensors, TensorsStayValidAfterTheSourceIsGone) {

@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -43,5 +44,21 @@ std::string dtype_to_safetensors(at::ScalarType dtype);
 void write_safetensors(const std::filesystem::path& file,
                        const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+
+// One tensor of a streamed safetensors file: what the header says of it, known before any data exists.
+struct TensorSpec {
+  std::string name;
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+};
+
+// Writes a safetensors file whose tensors are made one at a time: the header comes from `specs`, then
+// `produce(i)` is asked for tensor i, in order, and its bytes are written before the next is asked for.
+// A file larger than memory (a 7B model from init-model or quantize) is written this way. Each produced
+// tensor must be on the CPU with exactly its spec's dtype and shape, or lego::Error(InvalidArgument) is thrown.
+// Atomic like write_safetensors: an exception from `produce` leaves `file` as it was.
+void write_safetensors_streamed(const std::filesystem::path& file, const std::vector<TensorSpec>& specs,
+                                const std::function<at::Tensor(size_t)>& produce,
+                                const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace lego::weights
