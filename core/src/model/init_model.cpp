@@ -41,23 +41,42 @@ void fill_sincos_2d(torch::Tensor& table, double scale, const std::string& what)
 }
 
 void init_model(const config::Config& config, const std::filesystem::path& out, uint64_t seed,
-                const host::PluginHost& host) {
+                const host::PluginHost& host, torch::ScalarType dtype) {
+  if (dtype != torch::kFloat32 && dtype != torch::kBFloat16 && dtype != torch::kFloat16) {
+    throw Error(ErrorKind::InvalidArgument, "init-model writes fp32, bf16 or fp16 weights, not " +
+                                                std::string(c10::toString(dtype)));
+  }
   auto cfg = config;
   // Everything is written into a staging folder renamed into place at the end: a failure (bad config,
   // full disk, plugin error) leaves no half-written model folder, and an existing one stays as it was.
   fs::StagedDirectory staged(out);
   const auto& dir = staged.path();
-  // Tokenizer first: its size fixes the vocabulary.
-  const auto corpus = config.source().parent_path() / cfg.get_string("tokenizer.corpus");
-  text::TrainerOptions trainer;
-  trainer.vocab_size = cfg.get_int("tokenizer.vocab_size", trainer.vocab_size);
-  text::train_sentencepiece(corpus, dir / "tokenizer", trainer);
-  std::filesystem::remove(dir / "tokenizer.vocab");
+  // Tokenizer first: its size fixes the vocabulary. Either an existing sentencepiece model (the released
+  // model's is LLaMA's) or one trained on the corpus.
+  const auto base = config.source().parent_path();
+  if (cfg.has("tokenizer.file")) {
+    const auto file = base / cfg.get_string("tokenizer.file");
+    if (cfg.has("tokenizer.corpus") || cfg.has("tokenizer.vocab_size")) {
+      throw Error(ErrorKind::Format, config.source().string() +
+                                         ": [tokenizer] names a file and a corpus to train one; give one of them");
+    }
+    if (!std::filesystem::is_regular_file(file)) {
+      throw Error(ErrorKind::NotFound, config.source().string() + ": tokenizer.file " + file.string() + " not found");
+    }
+    std::filesystem::copy_file(file, dir / "tokenizer.model");
+  } else {
+    text::TrainerOptions trainer;
+    trainer.vocab_size = cfg.get_int("tokenizer.vocab_size", trainer.vocab_size);
+    text::train_sentencepiece(base / cfg.get_string("tokenizer.corpus"), dir / "tokenizer", trainer);
+    std::filesystem::remove(dir / "tokenizer.vocab");
+  }
   const auto added = cfg.get_list("tokenizer.added_tokens");
   const auto tokenizer = text::Tokenizer::from_file(dir / "tokenizer.model", added);
 
   cfg.set("llm.vocab_size", std::to_string(tokenizer.vocab_size()));
   const auto options = llama_options_from_config(cfg);
+  // The modules only name and shape the parameters: their storage (torch::empty) is never touched, so a
+  // 7B model costs address space, not memory. Each tensor is drawn when the file reaches it (below).
   llm::LlamaForCausalLM net(options);
   // [init] scheme: normal (N(0, std), std 0.02 by default: HF's initializer_range, what the released
   // models were trained from) or fan_in (N(0, gain^2 / fan_in): small models learn much faster from it).
@@ -67,46 +86,51 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
   }
   const double scale = scheme == "normal" ? cfg.get_double("init.std", kInitStd, 1e-6, 10)
                                           : cfg.get_double("init.gain", 1.0, 1e-6, 10);
-  auto init = [&](torch::nn::Module& m, uint64_t s) {
-    if (scheme == "normal") nn::init_normal(m, scale, s);
-    else nn::init_fan_in(m, scale, s);
+  const auto init_scheme = scheme == "normal" ? nn::ParameterInit::Scheme::Normal : nn::ParameterInit::Scheme::FanIn;
+
+  // Every tensor in file order, with the generator that draws it: the LLM's from `seed`, each modality's
+  // (encoder and adapter) from the next seed, in parameter order, as init_normal / init_fan_in would.
+  std::vector<weights::TensorSpec> specs;
+  std::vector<size_t> drawn_by;
+  std::vector<std::unique_ptr<nn::ParameterInit>> inits;
+  const auto add_group = [&](const std::vector<std::pair<std::string, torch::Tensor>>& params) {
+    inits.push_back(std::make_unique<nn::ParameterInit>(init_scheme, scale, seed + inits.size()));
+    for (const auto& [name, t] : params) {
+      specs.push_back({name, dtype, t.sizes().vec()});
+      drawn_by.push_back(inits.size() - 1);
+    }
   };
-  init(*net, seed);
+  {
+    std::vector<std::pair<std::string, torch::Tensor>> params;
+    for (const auto& p : net->named_parameters()) params.emplace_back(p.key(), p.value());
+    add_group(params);
+  }
 
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  for (const auto& p : net->named_parameters()) tensors.emplace_back(p.key(), p.value());
-
-  // Modalities: every parameter of each, encoder and adapter, drawn the same way.
   config::Config model_ini;
-  uint64_t branch_seed = seed;
   std::vector<std::string> sections;
+  std::vector<std::shared_ptr<void>> modalities;  // kept alive: their tensors are only shapes until drawn
   for (auto& [section, spec] : modality_sections(cfg, dir)) {
     sections.push_back(section);
     auto modality = host.create(spec.first, spec.second);
-    torch::nn::Module holder;
     auto params = modality->encoder_parameters();
     auto adapter = modality->adapter_parameters();
     params.insert(params.end(), adapter.begin(), adapter.end());
-    for (size_t i = 0; i < params.size(); ++i) {
-      // Dots are not allowed in registered names; the index keeps them apart.
-      holder.register_parameter(std::to_string(i) + "_" + params[i].first.substr(params[i].first.rfind('.') + 1),
-                                params[i].second);
-    }
-    init(holder, ++branch_seed);
-    tensors.insert(tensors.end(), params.begin(), params.end());
+    add_group(params);
+    modalities.emplace_back(std::move(modality));
     model_ini.set(section + ".plugin", spec.first);
   }
   // [init] sincos_2d = TENSOR: a position table that starts as fixed 2-D sine-cosine positions (scaled by
   // sincos_2d_scale) instead of noise; a vision transformer trained from scratch learns where things are
   // far sooner from it.
+  std::string sincos_name;
+  double sincos_scale = 1.0;
   if (cfg.has("init.sincos_2d")) {
-    const auto name = cfg.get_string("init.sincos_2d");
-    const double sincos_scale = cfg.get_double("init.sincos_2d_scale", 1.0, 1e-6, 1e3);
-    auto it = std::find_if(tensors.begin(), tensors.end(), [&](const auto& t) { return t.first == name; });
-    if (it == tensors.end()) {
-      throw Error(ErrorKind::Format, config.source().string() + ": init.sincos_2d names '" + name + "', no tensor of the model");
+    sincos_name = cfg.get_string("init.sincos_2d");
+    sincos_scale = cfg.get_double("init.sincos_2d_scale", 1.0, 1e-6, 1e3);
+    if (std::none_of(specs.begin(), specs.end(), [&](const auto& s) { return s.name == sincos_name; })) {
+      throw Error(ErrorKind::Format, config.source().string() + ": init.sincos_2d names '" + sincos_name +
+                                         "', no tensor of the model");
     }
-    fill_sincos_2d(it->second, sincos_scale, config.source().string() + ": init.sincos_2d '" + name + "'");
   }
   // Before the sections are copied (copying reads every key): keys no plugin read are typos.
   cfg.has("model.media_order");
@@ -128,7 +152,19 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
     model_ini.set("model.media_order", order);
   }
   if (cfg.has("model.system_prompt")) model_ini.set("model.system_prompt", cfg.get_string("model.system_prompt"));
-  weights::write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}, {"producer", "lego init-model"}});
+
+  // One tensor in memory at a time (in float32 while it is drawn): a 7B model in bf16 is written in a few
+  // hundred megabytes.
+  weights::write_safetensors_streamed(
+      dir / "model.safetensors", specs,
+      [&](size_t i) {
+        auto t = inits[drawn_by[i]]->next(specs[i].name, specs[i].shape);
+        if (specs[i].name == sincos_name) {
+          fill_sincos_2d(t, sincos_scale, config.source().string() + ": init.sincos_2d '" + sincos_name + "'");
+        }
+        return t.to(dtype);
+      },
+      {{"format", "pt"}, {"producer", "lego init-model"}});
 
   llama_options_to_config(options, model_ini);
   model_ini.set("tokenizer.file", "tokenizer.model");

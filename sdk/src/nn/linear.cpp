@@ -1,10 +1,13 @@
 #include "lego/sdk/nn/linear.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/nn/functional/conv.h>
 #include <torch/nn/functional/linear.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "lego/sdk/error.h"
@@ -40,7 +43,7 @@ void LinearImpl::reset() {
   }
 }
 
-torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return torch::nn::functional::linear(x, weight, bias); }
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return nn::linear(x, weight, bias); }
 
 EmbeddingImpl::EmbeddingImpl(const EmbeddingOptions& options_) : options(options_) { reset(); }
 
@@ -66,45 +69,112 @@ torch::Tensor EmbeddingImpl::forward(const torch::Tensor& ids) {
   }());
 }
 
+namespace {
+
+bool cpu_has_native(torch::ScalarType dtype) {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool bf16 = __builtin_cpu_supports("avx512bf16");
+  static const bool fp16 = __builtin_cpu_supports("avx512fp16");
+  return dtype == torch::kBFloat16 ? bf16 : fp16;
+#else
+  (void)dtype;
+  return true;  // leave other architectures to libtorch
+#endif
+}
+
+}  // namespace
+
+bool half_product_in_float(const torch::Tensor& x, const torch::Tensor& weight) {
+  static const bool forced_native = [] {
+    const char* v = std::getenv("LEGO_CPU_HALF");
+    return v != nullptr && std::strcmp(v, "native") == 0;
+  }();
+  const auto dtype = x.scalar_type();
+  if (forced_native || (dtype != torch::kBFloat16 && dtype != torch::kHalf) || weight.scalar_type() != dtype ||
+      !x.is_cpu() || !weight.is_cpu() || torch::GradMode::is_enabled() || x.dim() == 0 || x.size(-1) == 0) {
+    return false;
+  }
+  return x.numel() / x.size(-1) > 8 && !cpu_has_native(dtype);
+}
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  if (!half_product_in_float(x, weight)) return torch::nn::functional::linear(x, weight, bias);
+  const auto f = torch::kFloat32;
+  return torch::nn::functional::linear(x.to(f), weight.to(f), bias.defined() ? bias.to(f) : bias).to(x.scalar_type());
+}
+
+torch::Tensor conv2d(const torch::nn::Conv2d& conv, const torch::Tensor& x) {
+  const auto& o = conv->options;
+  const auto* padding = std::get_if<torch::ExpandingArray<2>>(&o.padding());
+  if (!half_product_in_float(x, conv->weight) || padding == nullptr ||
+      !std::holds_alternative<torch::enumtype::kZeros>(o.padding_mode())) {
+    return conv.ptr()->forward(x);
+  }
+  const auto f = torch::kFloat32;
+  const auto& b = conv->bias;
+  return torch::nn::functional::conv2d(x.to(f), conv->weight.to(f),
+                                       torch::nn::functional::Conv2dFuncOptions()
+                                           .bias(b.defined() ? b.to(f) : b)
+                                           .stride(o.stride())
+                                           .padding(*padding)
+                                           .dilation(o.dilation())
+                                           .groups(o.groups()))
+      .to(x.scalar_type());
+}
+
 torch::nn::LayerNorm make_layer_norm(int64_t width, double eps) {
   return torch::nn::LayerNorm(torch::nn::LayerNormOptions({width}).eps(eps));
 }
 
+struct ParameterInit::State {
+  Scheme scheme;
+  double scale;
+  at::Generator gen;
+};
+
+ParameterInit::ParameterInit(Scheme scheme, double scale, uint64_t seed)
+    : state_(std::make_unique<State>(State{scheme, scale, at::make_generator<at::CPUGeneratorImpl>(seed)})) {}
+
+ParameterInit::~ParameterInit() = default;
+
+// Biases 0, 1-D `weight`s 1, every other tensor N(0, std^2) with std the scale (Normal) or
+// gain / sqrt(fan_in) (FanIn); only drawn tensors advance the generator.
+torch::Tensor ParameterInit::next(const std::string& name, at::IntArrayRef sizes) {
+  torch::NoGradGuard no_grad;
+  const auto ends_with = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (ends_with("bias")) return torch::zeros(sizes, torch::kFloat32);
+  if (ends_with("weight") && sizes.size() == 1) return torch::ones(sizes, torch::kFloat32);  // normalisation scales
+  double std = state_->scale;
+  if (state_->scheme == Scheme::FanIn) {
+    int64_t fan_in = sizes.empty() ? 1 : sizes.back();
+    if (sizes.size() == 4) {  // a convolution kernel
+      int64_t n = 1;
+      for (const auto d : sizes) n *= d;
+      fan_in = n / std::max<int64_t>(sizes[0], 1);
+    }
+    std = state_->scale / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
+  }
+  return torch::empty(sizes, torch::kFloat32).normal_(0.0, std, state_->gen);
+}
+
 namespace {
 
-// Biases 0, 1-D `weight`s 1, every other tensor N(0, std_of(tensor)^2), drawn in parameter order.
-template <typename StdOf>
-void init_walk(torch::nn::Module& module, uint64_t seed, StdOf std_of) {
+void init_walk(torch::nn::Module& module, ParameterInit::Scheme scheme, double scale, uint64_t seed) {
   torch::NoGradGuard no_grad;
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  for (auto& p : module.named_parameters(/*recurse=*/true)) {
-    const std::string& name = p.key();
-    auto& t = p.value();
-    auto ends_with = [&](const std::string& suffix) {
-      return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-    };
-    if (ends_with("bias")) {
-      t.zero_();
-    } else if (ends_with("weight") && t.dim() == 1) {
-      t.fill_(1.0);  // normalisation scales
-    } else {
-      t.copy_(torch::empty(t.sizes(), torch::kFloat32).normal_(0.0, std_of(t), gen));
-    }
-  }
+  ParameterInit init(scheme, scale, seed);
+  for (auto& p : module.named_parameters(/*recurse=*/true)) p.value().copy_(init.next(p.key(), p.value().sizes()));
 }
 
 }  // namespace
 
 void init_normal(torch::nn::Module& module, double std, uint64_t seed) {
-  init_walk(module, seed, [std](const torch::Tensor&) { return std; });
+  init_walk(module, ParameterInit::Scheme::Normal, std, seed);
 }
 
 void init_fan_in(torch::nn::Module& module, double gain, uint64_t seed) {
-  init_walk(module, seed, [gain](const torch::Tensor& t) {
-    int64_t fan_in = t.dim() == 0 ? 1 : t.size(-1);
-    if (t.dim() == 4) fan_in = t.numel() / std::max<int64_t>(t.size(0), 1);  // a convolution kernel
-    return gain / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
-  });
+  init_walk(module, ParameterInit::Scheme::FanIn, gain, seed);
 }
 
 }  // namespace lego::nn

@@ -8,7 +8,11 @@
 #include <cmath>
 #include <fstream>
 
+#include "lego/config/config.h"
+#include "lego/llm/llama.h"
 #include "lego/model/init_model.h"
+#include "lego/model/language_model.h"
+#include "lego/sdk/nn/linear.h"
 #include "lego/pipeline/pipeline.h"
 #include "lego/sdk/error.h"
 #include "lego/sdk/io/image_reader.h"
@@ -252,6 +256,63 @@ TEST(InitModel, FanInWeightsAndASineCosinePositionTable) {
   EXPECT_NE(refused("init.scheme", "xavier").find("init.scheme is 'xavier' (normal or fan_in)"), std::string::npos);
   EXPECT_NE(refused("init.sincos_2d", "no.such").find("init.sincos_2d names 'no.such', no tensor"), std::string::npos);
   EXPECT_NE(refused("init.sincos_2d", "lm_head.weight").find("2-D sine-cosine table needs shape"), std::string::npos);
+}
+
+// init-model draws one tensor at a time (so a 7B model never sits in memory): the LLM's tensors are what
+// init_normal / init_fan_in give the whole module with the same seed, and --dtype bf16 writes the bf16
+// rounding of exactly the fp32 draws.
+TEST(InitModel, StreamedDrawsEqualTheWholeModuleInitAndBf16IsTheirRounding) {
+  lego::testing::TempDir dir;
+  const host::PluginHost host;
+  for (const std::string scheme : {"normal", "fan_in"}) {
+    auto cfg = lego::testing::tiny_config();
+    cfg.set("init.scheme", scheme);
+    init_model(cfg, dir / scheme, 5, host);
+    init_model(cfg, dir / (scheme + "-bf16"), 5, host, torch::kBFloat16);
+    const auto fp32 = weights::open_safetensors(dir / scheme / "model.safetensors");
+    const auto bf16 = weights::open_safetensors(dir / (scheme + "-bf16") / "model.safetensors");
+    ASSERT_EQ(fp32->names(), bf16->names());
+    for (const auto& name : fp32->names()) {
+      EXPECT_EQ(bf16->info(name).dtype, torch::kBFloat16) << name;
+      EXPECT_TRUE(torch::equal(bf16->get(name), fp32->get(name).to(torch::kBFloat16))) << name;
+    }
+    llm::LlamaForCausalLM net(llama_options_from_config(config::read_file(dir / scheme / "model.ini")));
+    if (scheme == "normal") nn::init_normal(*net, 0.02, 5);
+    else nn::init_fan_in(*net, 1.0, 5);
+    for (const auto& p : net->named_parameters()) {
+      EXPECT_TRUE(torch::equal(fp32->get(p.key()), p.value())) << scheme << " " << p.key();
+    }
+  }
+  EXPECT_THROW(init_model(lego::testing::tiny_config(), dir / "int", 5, host, torch::kInt32), Error);
+  EXPECT_FALSE(std::filesystem::exists(dir / "int"));
+}
+
+// [tokenizer] file: an existing sentencepiece model is used as it is (the released model's is LLaMA's); it
+// cannot be combined with a corpus to train one.
+TEST(InitModel, AnExistingTokenizerIsUsedAsItIs) {
+  lego::testing::TempDir dir;
+  const host::PluginHost host;
+  const auto tiny = lego::testing::tiny_model_dir();
+  config::Config c(lego::testing::tiny_config().source());
+  const auto cfg = lego::testing::tiny_config();
+  for (const auto& s : cfg.sections()) {
+    if (s == "video" || s == "sound" || s == "image") continue;
+    for (const auto& k : cfg.section_keys(s)) {
+      if (s != "tokenizer" || k == "added_tokens") c.set(s + "." + k, cfg.get_string(s + "." + k));
+    }
+  }
+  c.set("tokenizer.file", std::filesystem::absolute(tiny / "tokenizer.model").string());
+  init_model(c, dir / "m", 5, host);
+  EXPECT_EQ(lego::testing::read_file_bytes(dir / "m" / "tokenizer.model"),
+            lego::testing::read_file_bytes(tiny / "tokenizer.model"));
+  c.set("tokenizer.corpus", "../corpus/tiny.txt");
+  lego::testing::expect_error([&] { init_model(c, dir / "both", 5, host); }, ErrorKind::Format,
+                              {"names a file and a corpus"});
+  c = config::Config(cfg.source());
+  c.set("tokenizer.file", (dir / "none.model").string());
+  lego::testing::expect_error([&] { init_model(c, dir / "none", 5, host); }, ErrorKind::NotFound, {"none.model", "not found"});
+  EXPECT_FALSE(std::filesystem::exists(dir / "both"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "none"));
 }
 
 }  // namespace lego

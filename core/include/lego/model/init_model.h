@@ -3,6 +3,8 @@
 // the demo and tests, which need real model directories without downloads.
 #pragma once
 
+#include <c10/core/ScalarType.h>
+
 #include <cstdint>
 #include <filesystem>
 
@@ -13,10 +15,13 @@ namespace host {
 class PluginHost;
 }
 
-// `config` has [llm] (architecture without vocab_size), [tokenizer] (corpus relative to the config file,
-// vocab_size, added_tokens) and one section per modality (`plugin = NAME` plus the plugin's keys), whose
-// modalities `host` makes. Writes model.ini, tokenizer.model and model.safetensors into `out`.
+// `config` has [llm] (architecture without vocab_size), [tokenizer] (either `file`, an existing
+// sentencepiece model, or `corpus` and `vocab_size` to train one; paths relative to the config file; and
+// added_tokens) and one section per modality (`plugin = NAME` plus the plugin's keys), whose modalities
+// `host` makes. Writes model.ini, tokenizer.model and model.safetensors (every tensor in `dtype`: fp32,
+// bf16 or fp16) into `out`. The weights are drawn and written one tensor at a time, so a model far larger
+// than memory (the released 7B shapes) is made in a few hundred megabytes.
 void init_model(const config::Config& config, const std::filesystem::path& out, uint64_t seed,
-                const host::PluginHost& host);
+                const host::PluginHost& host, c10::ScalarType dtype = c10::ScalarType::Float);
 
 }  // namespace lego

@@ -8,10 +8,12 @@
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/module.h>
+#include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace lego::nn {
@@ -61,6 +63,19 @@ torch::Tensor uninitialised(at::IntArrayRef sizes, const std::string& what);
 // The checks of `uninitialised` alone, for layers that torch allocates (and initialises) itself.
 void check_sizes(at::IntArrayRef sizes, const std::string& what);
 
+// Half-precision products on a CPU without native bf16/fp16 dot products (no AVX512-BF16 or AVX512-FP16):
+// libtorch runs them there far slower than in float32 (measured on an AVX2 EPYC, 2 threads: a
+// [577, 1024] x [1024, 4096] bf16 product at 15.6 GFLOPS against 106 in float32, a 14x14 patch convolution
+// 33 times slower). `linear` and `conv2d` compute such products (more than 8 rows, outside autograd) in
+// float32 from up-cast copies and round the result once to the input's dtype, which is what libtorch's
+// half-precision product does with its float accumulator; anything else goes to libtorch as it is.
+// LEGO_CPU_HALF=native keeps libtorch's half-precision path everywhere.
+bool half_product_in_float(const torch::Tensor& x, const torch::Tensor& weight);
+// y = x W^T + b, as torch::nn::functional::linear.
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+// conv(x), as conv->forward(x) (zero padding only).
+torch::Tensor conv2d(const torch::nn::Conv2d& conv, const torch::Tensor& x);
+
 // LayerNorm over the last dimension of `width` (weight 1, bias 0).
 torch::nn::LayerNorm make_layer_norm(int64_t width, double eps);
 
@@ -71,5 +86,25 @@ void init_normal(torch::nn::Module& module, double std, uint64_t seed);
 // dimension (its input width), a convolution kernel's input channels times its window. 0.02 suits models
 // thousands of units wide; models a few hundred wide train much faster from this.
 void init_fan_in(torch::nn::Module& module, double gain, uint64_t seed);
+
+// The same draws one parameter at a time, for a model too large to hold (init-model streams a 7B model to
+// disk): next() returns, as float32, the value the parameter named `name` (its last component decides, as
+// above) of shape `sizes` gets when parameters are drawn in this order. Drawing a module's parameters in
+// named_parameters() order gives exactly what init_normal / init_fan_in give that module.
+class ParameterInit {
+ public:
+  enum class Scheme { Normal, FanIn };
+  // `scale` is the std (Normal) or the gain (FanIn).
+  ParameterInit(Scheme scheme, double scale, uint64_t seed);
+  ~ParameterInit();
+  ParameterInit(const ParameterInit&) = delete;
+  ParameterInit& operator=(const ParameterInit&) = delete;
+
+  torch::Tensor next(const std::string& name, at::IntArrayRef sizes);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 }  // namespace lego::nn
