@@ -37,7 +37,7 @@ void ClipEmbeddingsImpl::reset() {
 
 torch::Tensor ClipEmbeddingsImpl::forward(const torch::Tensor& pixels) {
   const int64_t batch = pixels.size(0);
-  auto patches = patch_embedding(pixels.to(patch_embedding->weight.scalar_type())).flatten(2).transpose(1, 2);
+  auto patches = nn::conv2d(patch_embedding, pixels.to(patch_embedding->weight.scalar_type())).flatten(2).transpose(1, 2);
   auto cls = class_embedding.view({1, 1, -1}).expand({batch, 1, -1});
   return torch::cat({cls, patches}, 1) + position_embedding->weight.unsqueeze(0);
 }

@@ -46,7 +46,7 @@ torch::Tensor EvaBlockImpl::forward(const torch::Tensor& x) {
   auto y = norm1(x);
   // k has no bias: the qkv bias is [q_bias, 0, v_bias].
   auto bias = torch::cat({q_bias, torch::zeros_like(q_bias), v_bias});
-  auto qkv = torch::nn::functional::linear(y, qkv_weight, bias).view({b, t, 3, h, d}).permute({2, 0, 3, 1, 4});
+  auto qkv = nn::linear(y, qkv_weight, bias).view({b, t, 3, h, d}).permute({2, 0, 3, 1, 4});
   auto out = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]);
   auto h1 = x + proj(out.transpose(1, 2).reshape({b, t, options_.width()}));
   return h1 + fc2(torch::gelu(fc1(norm2(h1))));
@@ -78,7 +78,7 @@ torch::Tensor EvaVisionTransformerImpl::forward(const torch::Tensor& pixels) {
                                                 ", " + std::to_string(options_.image_size()) + "], got " +
                                                 shape_string(pixels.sizes()));
   }
-  auto x = patch_proj(pixels.to(cls_token.scalar_type())).flatten(2).transpose(1, 2);
+  auto x = nn::conv2d(patch_proj, pixels.to(cls_token.scalar_type())).flatten(2).transpose(1, 2);
   x = torch::cat({cls_token.expand({x.size(0), 1, -1}), x}, 1) + pos_embed;
   for (size_t i = 0; i < blocks->size(); ++i) x = blocks->at<EvaBlockImpl>(i).forward(x);
   return x;

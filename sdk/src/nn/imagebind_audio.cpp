@@ -46,7 +46,7 @@ void ImageBindBlockImpl::reset() {
 torch::Tensor ImageBindBlockImpl::forward(const torch::Tensor& x) {
   const int64_t b = x.size(0), t = x.size(1), h = options_.heads(), d = options_.width() / h;
   auto y = norm_1(x);
-  auto qkv = torch::nn::functional::linear(y, in_proj_weight, in_proj_bias).chunk(3, -1);
+  auto qkv = nn::linear(y, in_proj_weight, in_proj_bias).chunk(3, -1);
   // add_bias_kv: one more key and value, the learned biases, appended after the sequence.
   auto k = torch::cat({qkv[1], bias_k.expand({b, 1, -1})}, 1);
   auto v = torch::cat({qkv[2], bias_v.expand({b, 1, -1})}, 1);
@@ -90,7 +90,7 @@ torch::Tensor ImageBindAudioEncoderImpl::forward(const torch::Tensor& fbank) {
                                                 ", " + std::to_string(options_.target_length()) + "], got " +
                                                 shape_string(fbank.sizes()));
   }
-  auto x = stem_norm(stem(fbank.to(cls_token.scalar_type())).flatten(2).transpose(1, 2));
+  auto x = stem_norm(nn::conv2d(stem, fbank.to(cls_token.scalar_type())).flatten(2).transpose(1, 2));
   x = torch::cat({cls_token.expand({x.size(0), 1, -1}), x}, 1) + pos_embed;
   for (size_t i = 0; i < blocks->size(); ++i) x = blocks->at<ImageBindBlockImpl>(i).forward(x);
   auto cls = head(head_norm(x).select(1, 0));

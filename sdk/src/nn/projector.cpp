@@ -24,7 +24,7 @@ void ProjectorImpl::reset() {
 
 torch::Tensor ProjectorImpl::forward(const torch::Tensor& x) {
   if (first) return second(torch::gelu(first(x)));
-  return torch::nn::functional::linear(x, weight, bias);
+  return nn::linear(x, weight, bias);
 }
 
 }  // namespace lego::nn
