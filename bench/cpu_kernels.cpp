@@ -2,10 +2,12 @@
 // matrices (7B shapes by default: q/k/v fused [12288, 4096], o [4096, 4096], gate/up fused [22016, 4096],
 // down [4096, 11008]), cycled through enough layers that nothing stays in cache.
 //
-//   cpu_kernels [--threads 2] [--layers 4] [--reps 5] [--hidden 4096] [--intermediate 11008]
+//   cpu_kernels [--threads 2] [--layers 4] [--reps 5] [--hidden 4096] [--intermediate 11008] [--rows 1]
 //
 // Prints, per weight format, ms per layer and the bytes of weights read per second, beside a plain read of
-// the same bytes (the roofline a batch-1 decoding step can reach).
+// the same bytes (the roofline a batch-1 decoding step can reach). --rows M multiplies M rows of
+// activations (a prompt of M tokens; the kernels take them 8 at a time) and adds GFLOPS and the SDK's
+// bf16 product (lego::nn::linear, float32 from up-cast copies on CPUs without native bf16).
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -17,6 +19,7 @@
 #include <vector>
 
 #include "lego/llm/quant.h"
+#include "lego/sdk/nn/linear.h"
 
 namespace {
 
@@ -39,6 +42,7 @@ double best_of(int reps, const std::function<void()>& run) {
 
 int main(int argc, char** argv) {
   int threads = 2, layers = 4, reps = 5;
+  int64_t m_rows = 1;
   int64_t hidden = 4096, inter = 11008;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -48,12 +52,13 @@ int main(int argc, char** argv) {
     else if (a == "--reps") reps = static_cast<int>(v);
     else if (a == "--hidden") hidden = v;
     else if (a == "--intermediate") inter = v;
+    else if (a == "--rows") m_rows = v;
     else {
       std::fprintf(stderr, "unknown flag %s\n", a.c_str());
       return 2;
     }
   }
-  if (threads < 1 || layers < 1 || reps < 1 || hidden < 32 || inter < 32 || hidden % 32 || inter % 32) {
+  if (threads < 1 || layers < 1 || reps < 1 || hidden < 32 || inter < 32 || hidden % 32 || inter % 32 || m_rows < 1 || m_rows > 4096) {
     std::fprintf(stderr, "flags out of range (sizes: multiples of 32)\n");
     return 2;
   }
@@ -71,7 +76,7 @@ int main(int argc, char** argv) {
     }
   }
   std::vector<torch::Tensor> xs;
-  for (const auto& s : shapes) xs.push_back(torch::randn({1, s.second}));
+  for (const auto& s : shapes) xs.push_back(torch::randn({m_rows, s.second}));
   double layer_bytes_bf16 = 0, layer_bytes_q8 = 0, layer_bytes_q4 = 0;
   for (size_t i = 0; i < shapes.size(); ++i) {
     layer_bytes_bf16 += static_cast<double>(bf16[0][i].numel() * 2);
@@ -79,7 +84,7 @@ int main(int argc, char** argv) {
     layer_bytes_q4 += static_cast<double>(q4[0][i].numel());
   }
   std::vector<torch::Tensor> ys;
-  for (const auto& s : shapes) ys.push_back(torch::empty({1, s.first}));
+  for (const auto& s : shapes) ys.push_back(torch::empty({m_rows, s.first}));
   std::vector<torch::Tensor> sink(shapes.size());  // libtorch's outputs
   const auto isa = lego::llm::kernels::best_isa();
 
@@ -112,24 +117,46 @@ int main(int argc, char** argv) {
   per_layer("libtorch bf16 linear", layer_bytes_bf16, [&](int l, size_t i) {
     sink[i] = torch::nn::functional::linear(xs[i].to(torch::kBFloat16), bf16[l][i]);
   });
+  if (m_rows > 1) {
+    per_layer("lego::nn::linear bf16", layer_bytes_bf16, [&](int l, size_t i) {
+      sink[i] = lego::nn::linear(xs[i].to(torch::kBFloat16), bf16[l][i], torch::Tensor());
+    });
+  }
+  // The kernels take at most kDecodeRows rows: a prompt goes through in chunks.
+  const auto chunks = [&](size_t i, const std::function<void(const float*, int64_t, float*)>& f) {
+    const int64_t k = shapes[i].second, n = shapes[i].first;
+    for (int64_t r = 0; r < m_rows; r += lego::llm::kDecodeRows) {
+      f(xs[i].data_ptr<float>() + r * k, std::min<int64_t>(lego::llm::kDecodeRows, m_rows - r), ys[i].data_ptr<float>() + r * n);
+    }
+  };
   per_layer("lego bf16 kernel", layer_bytes_bf16, [&](int l, size_t i) {
-    lego::llm::kernels::matmul_bf16(reinterpret_cast<const uint16_t*>(bf16[l][i].data_ptr()), shapes[i].first,
-                                    shapes[i].second, xs[i].data_ptr<float>(), 1, ys[i].data_ptr<float>(), isa);
+    chunks(i, [&](const float* x, int64_t m, float* y) {
+      lego::llm::kernels::matmul_bf16(reinterpret_cast<const uint16_t*>(bf16[l][i].data_ptr()), shapes[i].first,
+                                      shapes[i].second, x, m, y, isa);
+    });
   });
   per_layer("lego int8 kernel", layer_bytes_q8, [&](int l, size_t i) {
-    lego::llm::kernels::matmul_quant(q8[l][i].data_ptr<uint8_t>(), {WeightFormat::Int8, 32}, shapes[i].first,
-                                     shapes[i].second, xs[i].data_ptr<float>(), 1, ys[i].data_ptr<float>(), isa);
+    chunks(i, [&](const float* x, int64_t m, float* y) {
+      lego::llm::kernels::matmul_quant(q8[l][i].data_ptr<uint8_t>(), {WeightFormat::Int8, 32}, shapes[i].first,
+                                       shapes[i].second, x, m, y, isa);
+    });
   });
   per_layer("lego int4 kernel", layer_bytes_q4, [&](int l, size_t i) {
-    lego::llm::kernels::matmul_quant(q4[l][i].data_ptr<uint8_t>(), {WeightFormat::Int4, 32}, shapes[i].first,
-                                     shapes[i].second, xs[i].data_ptr<float>(), 1, ys[i].data_ptr<float>(), isa);
+    chunks(i, [&](const float* x, int64_t m, float* y) {
+      lego::llm::kernels::matmul_quant(q4[l][i].data_ptr<uint8_t>(), {WeightFormat::Int4, 32}, shapes[i].first,
+                                       shapes[i].second, x, m, y, isa);
+    });
   });
   std::printf("one decoder layer's matrices (hidden %lld, intermediate %lld), %d layers cycled, %d threads, kernels: %s\n",
               static_cast<long long>(hidden), static_cast<long long>(inter), layers, threads,
               lego::llm::kernels::isa_name(isa));
-  std::printf("%-24s %12s %12s %10s\n", "", "ms/layer", "MiB/layer", "GB/s");
+  double layer_flops = 0;
+  for (const auto& [n, k] : shapes) layer_flops += 2.0 * static_cast<double>(n * k * m_rows);
+  std::printf("%lld rows of activations\n", static_cast<long long>(m_rows));
+  std::printf("%-24s %12s %12s %10s %10s\n", "", "ms/layer", "MiB/layer", "GB/s", "GFLOPS");
   for (const auto& r : rows) {
-    std::printf("%-24s %12.2f %12.1f %10.1f\n", r.name, r.seconds * 1e3, r.bytes / (1 << 20), r.bytes / r.seconds / 1e9);
+    std::printf("%-24s %12.2f %12.1f %10.1f %10.1f\n", r.name, r.seconds * 1e3, r.bytes / (1 << 20),
+                r.bytes / r.seconds / 1e9, layer_flops / r.seconds / 1e9);
   }
   return 0;
 }

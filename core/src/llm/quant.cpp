@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/nn/linear.h"
 
 namespace lego::llm {
 
@@ -147,21 +148,32 @@ std::pair<torch::Tensor, std::vector<int64_t>> rows_of(const torch::Tensor& x, i
   return {x.reshape({-1, x.size(-1)}).to(torch::kFloat32).contiguous(), shape};
 }
 
+// Runs `kernel(x, rows, y)` over the m rows of x [m, k] kDecodeRows at a time, into y [m, n].
+template <typename Kernel>
+void in_chunks(const torch::Tensor& x, torch::Tensor& y, const Kernel& kernel) {
+  const int64_t m = x.size(0), k = x.size(1), n = y.size(1);
+  for (int64_t r = 0; r < m; r += kDecodeRows) {
+    kernel(x.data_ptr<float>() + r * k, std::min(kDecodeRows, m - r), y.data_ptr<float>() + r * n);
+  }
+}
+
 }  // namespace
 
 torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
   const int64_t k = x.size(-1);
   const int64_t m = k > 0 ? x.numel() / k : 0;
   if (!x.is_cpu() || !weight.is_cpu() || torch::GradMode::is_enabled() || weight.scalar_type() != torch::kBFloat16 ||
-      !weight.is_contiguous() || weight.dim() != 2 || weight.size(1) != k || m == 0 || m > kDecodeRows ||
+      !weight.is_contiguous() || weight.dim() != 2 || weight.size(1) != k || m == 0 || m > kKernelPromptRows ||
       (x.scalar_type() != torch::kBFloat16 && x.scalar_type() != torch::kFloat32)) {
-    return torch::nn::functional::linear(x, weight, bias);
+    return nn::linear(x, weight, bias);  // a prompt in bf16 runs in float32 where the CPU lacks bf16 products
   }
   const int64_t n = weight.size(0);
   auto [rows, shape] = rows_of(x, n);
   auto y = torch::empty({m, n}, torch::kFloat32);
-  kernels::matmul_bf16(reinterpret_cast<const uint16_t*>(weight.data_ptr()), n, k, rows.data_ptr<float>(), m,
-                       y.data_ptr<float>(), kernels::best_isa());
+  const auto* w = reinterpret_cast<const uint16_t*>(weight.data_ptr());
+  in_chunks(rows, y, [&](const float* xr, int64_t mr, float* yr) {
+    kernels::matmul_bf16(w, n, k, xr, mr, yr, kernels::best_isa());
+  });
   // Rounded once to the activations' dtype, as libtorch's bf16 product rounds its float accumulator.
   auto out = y.to(x.scalar_type());
   if (bias.defined()) out = out + bias;
@@ -193,16 +205,18 @@ torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
   const auto dtype = x.scalar_type();
   const int64_t m = x.numel() / in_;
   torch::Tensor out;
-  if (m <= kDecodeRows) {
+  if (m <= kKernelPromptRows) {
     auto [rows, shape] = rows_of(x, out_);
     const int64_t k = format_.padded(in_);
-    if (k != in_) rows = torch::constant_pad_nd(rows, {0, k - in_});  // the weights' zero columns
+    if (k != in_) rows = torch::constant_pad_nd(rows, {0, k - in_}).contiguous();  // the weights' zero columns
     auto y = torch::empty({m, out_}, torch::kFloat32);
-    kernels::matmul_quant(qweight.contiguous().data_ptr<uint8_t>(), format_, out_, k, rows.data_ptr<float>(), m,
-                          y.data_ptr<float>(), kernels::best_isa());
+    const auto w = qweight.contiguous();
+    in_chunks(rows, y, [&](const float* xr, int64_t mr, float* yr) {
+      kernels::matmul_quant(w.data_ptr<uint8_t>(), format_, out_, k, xr, mr, yr, kernels::best_isa());
+    });
     out = y.view(shape);
   } else {
-    // A prompt: the matrix product is compute-bound, so the weights are expanded once for libtorch's.
+    // A long prompt: the matrix product is compute-bound, so the weights are expanded once for libtorch's.
     out = torch::matmul(x.to(torch::kFloat32), dequantize_rows(qweight, format_, in_).t());
   }
   out = out.to(dtype);

@@ -62,9 +62,22 @@ TEST(CpuKernels, DecodeLinearMatchesLibtorchWithinBf16Rounding) {
   const auto diff = (ours.to(torch::kFloat32) - theirs.to(torch::kFloat32)).abs();
   const auto ulp = theirs.to(torch::kFloat32).abs() * std::pow(2.0, -7) + 1e-2;
   EXPECT_TRUE((diff <= 2 * ulp).all().item<bool>()) << diff.max().item<float>();
-  // Too many rows, or under autograd: libtorch's product itself.
-  auto many = torch::randn({2, 9, 512}).to(torch::kBFloat16);
-  EXPECT_TRUE(torch::equal(decode_linear(many, w, b), torch::nn::functional::linear(many, w, b)));
+  // A prompt runs the kernel 8 rows at a time: each row as it comes out of a decoding step.
+  auto prompt = torch::randn({2, 9, 512}).to(torch::kBFloat16);
+  const auto chunked = decode_linear(prompt, w, b);
+  ASSERT_EQ(chunked.sizes(), (std::vector<int64_t>{2, 9, 300}));
+  for (int64_t i = 0; i < 2; ++i) {
+    for (int64_t j = 0; j < 9; ++j) {
+      EXPECT_TRUE(torch::equal(chunked[i][j], decode_linear(prompt[i][j].view({1, 512}), w, b)[0])) << i << " " << j;
+    }
+  }
+  // More than kKernelPromptRows rows: the SDK's product; under autograd: libtorch's itself.
+  auto many = torch::randn({kKernelPromptRows + 1, 512}).to(torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(decode_linear(many, w, b), nn::linear(many, w, b)));
+  {
+    torch::AutoGradMode grad(true);
+    EXPECT_TRUE(torch::equal(decode_linear(prompt, w, b), torch::nn::functional::linear(prompt, w, b)));
+  }
 }
 
 TEST(Quantize, RoundTripStaysWithinHalfAStep) {
@@ -240,8 +253,8 @@ TEST(QuantisedLlama, DecodesCloseToTheDenseModel) {
       EXPECT_GT(rel_rms, 3 * int8_error);  // 4 bits lose far more than 8: the formats are not mixed up
       EXPECT_GE(agree, 0.4);
     }
-    // A prompt (more than kDecodeRows rows) runs the dequantised product: the same answer as decoding,
-    // up to the activations' int8 rounding.
+    // A prompt runs the kernel 8 rows at a time: the same answer as decoding, up to the activations' int8
+    // rounding and the order of the attention's sums.
     AttentionContext ctx;
     ctx.positions = torch::arange(48, torch::kInt64).view({1, 48});
     torch::NoGradGuard no_grad;
@@ -267,7 +280,7 @@ TEST(QuantLinear, PadsAPartialLastGroupWithZeroColumns) {
     ASSERT_EQ(layer->qweight.size(1), 2 * format.block_bytes());
     const auto dense = dequantize_rows(layer->qweight, format, 40);
     ASSERT_EQ(dense.sizes(), w.sizes());
-    for (const int64_t rows : {1, 12}) {  // the kernel, and the dequantised product of a prompt
+    for (const int64_t rows : {int64_t{1}, int64_t{12}, kKernelPromptRows + 1}) {  // the kernel, in chunks, the dequantised product
       auto x = torch::randn({rows, 40});
       auto want = torch::matmul(x, dense.t());
       auto got = layer(x);
