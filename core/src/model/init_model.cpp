@@ -108,15 +108,13 @@ void init_model(const config::Config& config, const std::filesystem::path& out, 
 
   config::Config model_ini;
   std::vector<std::string> sections;
-  std::vector<std::shared_ptr<void>> modalities;  // kept alive: their tensors are only shapes until drawn
   for (auto& [section, spec] : modality_sections(cfg, dir)) {
     sections.push_back(section);
     auto modality = host.create(spec.first, spec.second);
     auto params = modality->encoder_parameters();
     auto adapter = modality->adapter_parameters();
     params.insert(params.end(), adapter.begin(), adapter.end());
-    add_group(params);
-    modalities.emplace_back(std::move(modality));
+    add_group(params);  // the specs keep the shapes; the modality itself is no longer needed
     model_ini.set(section + ".plugin", spec.first);
   }
   // [init] sincos_2d = TENSOR: a position table that starts as fixed 2-D sine-cosine positions (scaled by
