@@ -16,6 +16,14 @@ find_file(LEGO_TORCH_CONFIG TorchConfig.cmake
 if(NOT LEGO_TORCH_CONFIG)
   find_file(LEGO_TORCH_CONFIG TorchConfig.cmake PATH_SUFFIXES share/cmake/Torch lib/cmake/Torch)
 endif()
+if(NOT LEGO_TORCH_CONFIG AND Python3_EXECUTABLE)
+  # pip install . (and any build given only an interpreter): the torch that interpreter imports.
+  execute_process(COMMAND ${Python3_EXECUTABLE} -c "import torch.utils; print(torch.utils.cmake_prefix_path)"
+                  OUTPUT_VARIABLE _torch_prefix OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+  if(_torch_prefix)
+    find_file(LEGO_TORCH_CONFIG TorchConfig.cmake HINTS "${_torch_prefix}" PATH_SUFFIXES Torch NO_DEFAULT_PATH)
+  endif()
+endif()
 if(NOT LEGO_TORCH_CONFIG)
   message(FATAL_ERROR "libtorch not found: set Torch_DIR or CMAKE_PREFIX_PATH (scripts/setup.sh does)")
 endif()

@@ -13,7 +13,7 @@ req=$root/python/requirements.txt
 req_nodeps=$root/python/requirements-nodeps.txt
 req_bench=$root/bench/requirements.txt
 
-debs=(build-essential cmake ninja-build ccache pkg-config git python3-venv
+debs=(build-essential cmake ninja-build ccache pkg-config git python3-venv python3-dev
       libboost-dev libboost-program-options-dev libopencv-dev
       libavformat-dev libavcodec-dev libavutil-dev libswscale-dev libswresample-dev libavdevice-dev
       libsentencepiece-dev nlohmann-json3-dev zlib1g-dev libspdlog-dev libfmt-dev libgtest-dev libbenchmark-dev

@@ -7,6 +7,8 @@
 #include <regex>
 #include <string_view>
 
+#include "lego/sdk/error.h"
+
 namespace lego::grounding {
 namespace {
 
@@ -89,6 +91,49 @@ std::string format_span(const Span& s) {
   char buf[48];
   std::snprintf(buf, sizeof buf, "{%.2f, %.2f}", s.t1, s.t2);
   return buf;
+}
+
+namespace {
+
+void check_box_values(const std::vector<double>& v, const char* what) {
+  if (v.size() != 4 && v.size() != 6) {
+    throw Error(ErrorKind::InvalidArgument, std::string(what) + ": a box has 4 or 6 values (min corner, then max "
+                                            "corner), not " + std::to_string(v.size()));
+  }
+  for (const double x : v) {
+    if (!std::isfinite(x)) throw Error(ErrorKind::InvalidArgument, std::string(what) + ": a box value is not finite");
+  }
+}
+
+}  // namespace
+
+std::string format_box_values(const std::vector<double>& values) {
+  check_box_values(values, "format_box_values");
+  std::string out = "[";
+  char buf[48];
+  for (size_t i = 0; i < values.size(); ++i) {
+    std::snprintf(buf, sizeof buf, i == 0 ? "%.3f" : ", %.3f", values[i]);
+    out += buf;
+  }
+  return out + "]";
+}
+
+double box_iou(const std::vector<double>& a, const std::vector<double>& b) {
+  check_box_values(a, "box_iou");
+  check_box_values(b, "box_iou");
+  if (a.size() != b.size()) {
+    throw Error(ErrorKind::InvalidArgument, "box_iou: boxes of " + std::to_string(a.size()) + " and " +
+                                                std::to_string(b.size()) + " values");
+  }
+  const size_t axes = a.size() / 2;
+  double inter = 1, va = 1, vb = 1;
+  for (size_t i = 0; i < axes; ++i) {
+    inter *= std::max(0.0, std::min(a[axes + i], b[axes + i]) - std::max(a[i], b[i]));
+    va *= std::max(0.0, a[axes + i] - a[i]);
+    vb *= std::max(0.0, b[axes + i] - b[i]);
+  }
+  const double uni = va + vb - inter;
+  return uni > 0 ? inter / uni : 0.0;
 }
 
 Mentions parse(std::string_view text) {

@@ -170,6 +170,10 @@ std::vector<std::filesystem::path> PluginHost::search_path(const std::vector<std
   std::error_code ec;
   const auto exe = std::filesystem::path(boost::dll::program_location(ec).string());
   if (!ec) out.push_back(exe.parent_path().parent_path() / "lib" / "lego" / "plugins");
+  // Beside this library too, for programs that are not ours (python running the bindings): lib/lego/plugins
+  // of the install or the build tree that liblego_core came from. Files found twice are opened once.
+  const auto self = std::filesystem::path(boost::dll::this_line_location(ec).string());
+  if (!ec) out.push_back(self.parent_path() / "lego" / "plugins");
   return out;
 }
 

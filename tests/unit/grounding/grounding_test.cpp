@@ -1,9 +1,12 @@
 // Grounding text: exact formatting, tolerant parsing, de-normalisation from the padded square, IoU.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
+#include <vector>
 
 #include "lego/grounding/grounding.h"
+#include "lego/sdk/error.h"
 
 namespace lego::grounding {
 namespace {
@@ -131,6 +134,24 @@ TEST(Grounding, IntersectionOverUnion) {
   EXPECT_NEAR(iou(Box{0, 0, 0.1, 0.1}, Box{0.5, 0.5, 0.6, 0.6}), 0.0, 1e-12);
   EXPECT_NEAR(iou(Span{0.0, 0.5}, Span{0.25, 0.75}), 1.0 / 3.0, 1e-12);
   EXPECT_NEAR(iou(Span{0.1, 0.1}, Span{0.1, 0.1}), 0.0, 1e-12);
+}
+
+TEST(Grounding, BoxesOfAnyDimensionFormatAndOverlap) {
+  EXPECT_EQ(format_box_values(std::vector<double>{0.1, 0.2, 0.3, 0.4}), format_box(Box{0.1, 0.2, 0.3, 0.4}));
+  EXPECT_EQ(format_box_values(std::vector<double>{0.1, 0.2, 0.3, 0.4, 0.5, 0.6}), "[0.100, 0.200, 0.300, 0.400, 0.500, 0.600]");
+  const auto again = parse("the cube " + format_box_values(std::vector<double>{0.1, 0.2, 0.3, 0.4, 0.5, 0.6}));
+  ASSERT_EQ(again.boxes.size(), 1u);
+  EXPECT_EQ(again.boxes[0].values, (std::vector<double>{0.1, 0.2, 0.3, 0.4, 0.5, 0.6}));
+  // 2-D: the same as the Box overload.
+  EXPECT_NEAR(box_iou({0, 0, 0.5, 1}, {0.25, 0, 0.75, 1}), iou(Box{0, 0, 0.5, 1}, Box{0.25, 0, 0.75, 1}), 1e-15);
+  // 3-D: two unit-wide cubes offset by half along x share a third of their union; disjoint ones nothing.
+  EXPECT_NEAR(box_iou({0, 0, 0, 0.5, 1, 1}, {0.25, 0, 0, 0.75, 1, 1}), 1.0 / 3.0, 1e-12);
+  EXPECT_NEAR(box_iou({0, 0, 0, 0.5, 0.5, 0.5}, {0.25, 0.25, 0.25, 0.75, 0.75, 0.75}), 0.015625 / 0.234375, 1e-12);
+  EXPECT_EQ(box_iou({0, 0, 0, 0.1, 0.1, 0.1}, {0.5, 0.5, 0.5, 0.6, 0.6, 0.6}), 0.0);
+  EXPECT_EQ(box_iou({0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0}), 0.0);
+  EXPECT_THROW(box_iou({0, 0, 1, 1}, {0, 0, 0, 1, 1, 1}), Error);
+  EXPECT_THROW(box_iou({0, 0, 1}, {0, 0, 1}), Error);
+  EXPECT_THROW(format_box_values(std::vector<double>{0, 0, 1, std::nan("")}), Error);
 }
 
 }  // namespace

@@ -42,6 +42,12 @@ struct Mentions {
 std::string format_box(const Box& box);
 // "{0.14, 0.32}"
 std::string format_span(const Span& span);
+// A box of any dimension, min corner then max corner, 3 decimals: 4 values "[x1, y1, x2, y2]", 6 values
+// "[x1, y1, z1, x2, y2, z2]". Throws InvalidArgument unless it has 4 or 6 finite values.
+std::string format_box_values(const std::vector<double>& values);
+// Intersection over union of two boxes of the same dimension (4 values: areas, 6: volumes), each given as
+// min corner then max corner; 0 when the union is empty. Throws InvalidArgument on other sizes.
+double box_iou(const std::vector<double>& a, const std::vector<double>& b);
 
 // Every box (4 or 6 values) and span in `text`, in order. A mention's phrase is the text between the previous mention
 // (or the start of the sentence) and the mention; boxes separated only by commas, spaces or "and" share

@@ -1,7 +1,8 @@
 // PluginHost: finds modality plugins, checks their descriptors and makes modalities (DESIGN.md, core/host).
 //
 // Search order: the directories given (--plugin-dir), then LEGO_PLUGIN_PATH (':'-separated), then the
-// install's lib/lego/plugins beside the running executable. Every shared library found is opened with
+// install's lib/lego/plugins beside the running executable, then lib/lego/plugins beside liblego_core
+// itself (which is how the Python module, run by python, finds the plugins of its install or build tree). Every shared library found is opened with
 // Boost.DLL and its descriptor checked field by field (ABI version first, before anything else is read);
 // a refused plugin is recorded with one line of reason and the others still load. A modality keeps its
 // library loaded for as long as it lives.
