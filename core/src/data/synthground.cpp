@@ -203,11 +203,11 @@ std::map<std::string, int64_t> synth_preset(const std::string& size) {
   else if (size == "full") scale = 10;
   else throw Error(ErrorKind::InvalidArgument, "--size '" + size + "' is not small or full");
   return {{"train.rec", 3000 * scale},    {"train.caption", 600 * scale},  {"train.temporal", 1200 * scale},
-          {"train.sound_localization", 1200 * scale},
+          {"train.sound_localization", 1200 * scale}, {"train.rec3d", 3000 * scale},
           {"val.rec", 100 * scale},       {"val.caption", 50 * scale},     {"val.temporal", 100 * scale},
-          {"val.sound_localization", 100 * scale},
+          {"val.sound_localization", 100 * scale},     {"val.rec3d", 100 * scale},
           {"test.rec", 200 * scale},      {"test.caption", 100 * scale},   {"test.temporal", 200 * scale},
-          {"test.sound_localization", 200 * scale}};
+          {"test.sound_localization", 200 * scale},    {"test.rec3d", 200 * scale}};
 }
 
 SynthSummary write_synthground(const std::vector<std::pair<std::string, std::shared_ptr<Modality>>>& modalities,
@@ -216,7 +216,7 @@ SynthSummary write_synthground(const std::vector<std::pair<std::string, std::sha
   for (const auto& [key, n] : options.counts) {
     if (!counts.count(key)) {
       throw Error(ErrorKind::InvalidArgument, "--count " + key + ": no such split.task (splits train, val, test; tasks "
-                                              "rec, caption, temporal, sound_localization)");
+                                              "rec, caption, temporal, sound_localization, rec3d)");
     }
     if (n < 0 || n > 10'000'000) throw Error(ErrorKind::InvalidArgument, "--count " + key + " must be in [0, 10000000]");
     counts[key] = n;
@@ -254,15 +254,22 @@ SynthSummary write_synthground(const std::vector<std::pair<std::string, std::sha
     std::filesystem::remove_all(dir / "probe");
   }
   const Capability* boxes = nullptr;
+  const Capability* boxes3d = nullptr;
   const Capability* spans = nullptr;
   const Capability* singles = nullptr;
   for (const auto& c : caps) {
     if (!boxes && c.box_values == 4) boxes = &c;
+    if (!boxes3d && c.box_values == 6) boxes3d = &c;
     if (!spans && c.span) spans = &c;
     if (!singles && c.singles_out) singles = &c;
   }
   if (!boxes) summary.skipped.push_back("rec, caption, sound_localization: no modality renders media with 2-D boxes");
   if (!spans) summary.skipped.push_back("temporal: no modality renders media with time spans");
+  // Most models have no 3-D modality: rec3d is reported as skipped only when a count asked for it.
+  const bool asked_3d = std::any_of(options.counts.begin(), options.counts.end(), [](const auto& kv) {
+    return kv.second > 0 && kv.first.size() > 6 && kv.first.substr(kv.first.size() - 6) == ".rec3d";
+  });
+  if (!boxes3d && asked_3d) summary.skipped.push_back("rec3d: no modality renders media with 3-D boxes");
   if (boxes && !singles) summary.skipped.push_back("sound_localization: no modality renders media that single out an object");
   if (caps.empty()) throw Error(ErrorKind::Unsupported, "no modality of the model synthesizes media");
 
@@ -334,6 +341,21 @@ SynthSummary write_synthground(const std::vector<std::pair<std::string, std::sha
         return true;
       });
     }
+    if (boxes3d) {
+      // Referring expressions over a scene rendered with 3-D boxes (a point cloud): the REC prompts, a
+      // 3-D box as the answer.
+      add("rec3d", [&](Job& j) {
+        j.scene = r.scene(1, most, false, false);
+        if (j.scene.objects.empty()) return false;
+        j.target = r.pick(static_cast<int>(j.scene.objects.size()));
+        auto exp = refer(j.scene, static_cast<size_t>(j.target), r);
+        if (!exp) return false;
+        std::mt19937_64 t(r.next());
+        j.question = rec.pick(t, {{"exp", *exp}});
+        j.render = {boxes3d};
+        return true;
+      });
+    }
     if (boxes && singles) {
       add("sound_localization", [&](Job& j) {
         j.scene = r.scene(1, most, false, true);
@@ -371,7 +393,9 @@ SynthSummary write_synthground(const std::vector<std::pair<std::string, std::sha
           got.push_back(std::move(*rendered));
         }
         std::string answer;
-        if (j.task == "rec" || j.task == "sound_localization") {
+        if (j.task == "rec3d") {
+          answer = grounding::format_box_values(got.front().boxes.at(static_cast<size_t>(j.target)));
+        } else if (j.task == "rec" || j.task == "sound_localization") {
           answer = grounding::format_box(box_of(got.front().boxes.at(static_cast<size_t>(j.target))));
         } else if (j.task == "caption") {
           for (size_t n = 0; n < j.caption_order.size(); ++n) {

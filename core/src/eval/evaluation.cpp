@@ -19,6 +19,8 @@ namespace {
 
 // The release's REC threshold (Ferret's evaluator) and the usual temporal thresholds.
 constexpr double kBoxThreshold = 0.5;
+// 3-D grounding is scored at IoU 0.25 and 0.5, as ScanRefer reports it.
+constexpr double kBox3dThresholds[] = {0.25, 0.5};
 constexpr double kSpanThresholds[] = {0.3, 0.5, 0.7};
 constexpr int kChanceDraws = 10;
 
@@ -108,6 +110,8 @@ std::map<std::string, double> metrics_of(const std::string& task, const std::vec
     sum += s;
     if (task == "temporal") {
       for (double t : kSpanThresholds) hits[t] += s >= t ? 1 : 0;
+    } else if (task == "rec3d") {
+      for (double t : kBox3dThresholds) hits[t] += s >= t ? 1 : 0;
     } else {
       hits[kBoxThreshold] += s >= kBoxThreshold ? 1 : 0;
     }
@@ -115,7 +119,7 @@ std::map<std::string, double> metrics_of(const std::string& task, const std::vec
   m["miou"] = sum / n;
   char key[32];
   for (const auto& [t, h] : hits) {
-    std::snprintf(key, sizeof(key), task == "temporal" ? "r1@%.1f" : "acc@%.1f", t);
+    std::snprintf(key, sizeof(key), task == "temporal" ? "r1@%g" : "acc@%g", t);
     m[key] = h / n;
   }
   return m;
@@ -124,9 +128,9 @@ std::map<std::string, double> metrics_of(const std::string& task, const std::vec
 }  // namespace
 
 std::string canonical_task(const std::string& task) {
-  if (task == "rec" || task == "temporal" || task == "caption" || task == "sound_localization") return task;
+  if (task == "rec" || task == "temporal" || task == "caption" || task == "sound_localization" || task == "rec3d") return task;
   if (task == "sound-loc") return "sound_localization";
-  throw Error(ErrorKind::InvalidArgument, "--task '" + task + "' is not rec, temporal, sound-loc or caption");
+  throw Error(ErrorKind::InvalidArgument, "--task '" + task + "' is not rec, temporal, sound-loc, caption or rec3d");
 }
 
 double score_answer(const std::string& task, const std::string& prediction, const std::string& reference) {
@@ -136,16 +140,18 @@ double score_answer(const std::string& task, const std::string& prediction, cons
     if (r.spans.empty() || p.spans.empty()) return 0;
     return iou(p.spans.front().span, r.spans.front().span);
   }
-  auto first_2d = [](const grounding::Mentions& m) -> const grounding::BoxMention* {
+  // rec3d scores 3-D boxes (6 values), the other tasks 2-D ones.
+  const size_t values = task == "rec3d" ? 6 : 4;
+  auto first_box = [values](const grounding::Mentions& m) -> const grounding::BoxMention* {
     for (const auto& b : m.boxes) {
-      if (b.values.size() == 4) return &b;
+      if (b.values.size() == values) return &b;
     }
     return nullptr;
   };
-  const auto* pb = first_2d(p);
-  const auto* rb = first_2d(r);
+  const auto* pb = first_box(p);
+  const auto* rb = first_box(r);
   if (!pb || !rb) return 0;
-  return iou(pb->box, rb->box);
+  return grounding::box_iou(pb->values, rb->values);
 }
 
 EvalReport evaluate(Pipeline& pipeline, const EvalOptions& options,

@@ -173,7 +173,9 @@ std::vector<std::filesystem::path> PluginHost::search_path(const std::vector<std
   // Beside this library too, for programs that are not ours (python running the bindings): lib/lego/plugins
   // of the install or the build tree that liblego_core came from. Files found twice are opened once.
   const auto self = std::filesystem::path(boost::dll::this_line_location(ec).string());
-  if (!ec) out.push_back(self.parent_path() / "lego" / "plugins");
+  if (!ec && std::find(out.begin(), out.end(), self.parent_path() / "lego" / "plugins") == out.end()) {
+    out.push_back(self.parent_path() / "lego" / "plugins");
+  }
   return out;
 }
 

@@ -2,6 +2,7 @@
 // metrics). Each row's human turns are the question, its last assistant turn the reference answer; the
 // model answers in batches (greedy, the inference template) and the answers are scored by the task:
 //   rec, sound_localization  the first box of the answer against the reference's: Acc@IoU>=0.5, mean IoU
+//   rec3d                    the first 3-D box [x1, y1, z1, x2, y2, z2]: Acc@IoU>=0.25 and >=0.5, mean IoU
 //   temporal                 the first span: R@1 at IoU 0.3 / 0.5 / 0.7, mean IoU
 //   caption                  word F1 of the text without its boxes, and the share of reference boxes that a
 //                            predicted box matches at IoU>=0.5 (grounded recall)
@@ -23,7 +24,7 @@ class Pipeline;
 namespace lego::eval {
 
 struct EvalOptions {
-  std::string task;  // rec, temporal, sound_localization (or sound-loc), caption
+  std::string task;  // rec, temporal, sound_localization (or sound-loc), caption, rec3d
   std::filesystem::path data;
   std::map<std::string, std::filesystem::path> roots;  // modality -> root folder (default: the data file's)
   int64_t batch_size = 8;
