@@ -285,7 +285,7 @@ Cloud read_xyz(const std::filesystem::path& file) {
     }
     for (int a = 0; a < 3; ++a) c.xyz.push_back(static_cast<float>(v[static_cast<size_t>(a)]));
     for (int a = 3; a < columns; ++a) c.rgb.push_back(static_cast<float>(std::clamp(v[static_cast<size_t>(a)] / 255.0, 0.0, 1.0)));
-    ++c.size;
+    if (++c.size > kMaxPoints) check_count(static_cast<uint64_t>(c.size), file);  // refused before reading on
   }
   check_count(static_cast<uint64_t>(c.size), file);
   return c;

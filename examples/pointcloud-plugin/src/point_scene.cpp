@@ -10,7 +10,7 @@
 namespace pointcloud {
 namespace {
 
-constexpr int kFloorSide = 40;           // floor points per side of the grid
+constexpr int kFloorSide = 16;           // floor points per side of the grid
 constexpr int kObjectPoints = 600;       // points per object's surface
 constexpr double kHeightPerSize = 0.8;   // an object's height for its footprint
 
