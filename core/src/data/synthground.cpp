@@ -291,8 +291,10 @@ SynthSummary write_synthground(const std::vector<std::pair<std::string, std::sha
         jobs.push_back(std::move(j));
       }
     };
-    if (boxes) {
-      add("rec", [&](Job& j) {
+    // A referring expression to one object of a scene, asked of the media of `renderer` (2-D boxes: rec;
+    // 3-D boxes: rec3d), answered with that object's box.
+    auto referring = [&](const Capability* renderer) {
+      return [&, renderer](Job& j) {
         j.scene = r.scene(1, most, false, false);
         if (j.scene.objects.empty()) return false;
         j.target = r.pick(static_cast<int>(j.scene.objects.size()));
@@ -300,9 +302,12 @@ SynthSummary write_synthground(const std::vector<std::pair<std::string, std::sha
         if (!exp) return false;
         std::mt19937_64 t(r.next());
         j.question = rec.pick(t, {{"exp", *exp}});
-        j.render = {boxes};
+        j.render = {renderer};
         return true;
-      });
+      };
+    };
+    if (boxes) {
+      add("rec", referring(boxes));
       add("caption", [&](Job& j) {
         j.scene = r.scene(1, std::min(3, most), true, false);
         if (j.scene.objects.empty()) return false;
@@ -341,21 +346,7 @@ SynthSummary write_synthground(const std::vector<std::pair<std::string, std::sha
         return true;
       });
     }
-    if (boxes3d) {
-      // Referring expressions over a scene rendered with 3-D boxes (a point cloud): the REC prompts, a
-      // 3-D box as the answer.
-      add("rec3d", [&](Job& j) {
-        j.scene = r.scene(1, most, false, false);
-        if (j.scene.objects.empty()) return false;
-        j.target = r.pick(static_cast<int>(j.scene.objects.size()));
-        auto exp = refer(j.scene, static_cast<size_t>(j.target), r);
-        if (!exp) return false;
-        std::mt19937_64 t(r.next());
-        j.question = rec.pick(t, {{"exp", *exp}});
-        j.render = {boxes3d};
-        return true;
-      });
-    }
+    if (boxes3d) add("rec3d", referring(boxes3d));
     if (boxes && singles) {
       add("sound_localization", [&](Job& j) {
         j.scene = r.scene(1, most, false, true);
