@@ -72,9 +72,8 @@ std::optional<lego::synth::Rendered> render_scene(const lego::synth::Scene& scen
   lego::synth::Rendered out;
   out.file = stem;
   out.file += ".ply";
-  const double shorter = 1.0;  // the floor is square: sizes are fractions of its side
   for (const auto& o : scene.objects) {
-    const double half = 0.5 * o.size * shorter;
+    const double half = 0.5 * o.size;  // sizes are fractions of the square floor's side
     const double height = std::min(1.0, 2 * half * kHeightPerSize);
     const auto& rgb = lego::synth::kPalette[static_cast<size_t>(o.colour)].rgb;
     const double c = std::cos(o.angle), s = std::sin(o.angle);

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "lego/sdk/abi.h"
@@ -227,10 +228,8 @@ class PointCloud : public lego::EncoderAdapterModality {
   at::Tensor encode_features(const lego::MediaBatch& batch) override {
     const auto options = weight_options();
     auto input = batch.at("input").to(options.device(), options.dtype());
-    if (!encoder_trainable()) {
-      torch::NoGradGuard no_grad;
-      return encoder_(input);
-    }
+    std::optional<torch::NoGradGuard> frozen;  // the encoder records gradients only when it trains
+    if (!encoder_trainable()) frozen.emplace();
     return encoder_(input);
   }
   at::Tensor encode(const lego::MediaBatch& batch) override { return adapter_(encode_features(batch)); }
