@@ -326,6 +326,10 @@ void bind_grounding(py::module_& root) {
         "A box of 4 or 6 values as the model writes it: '[0.100, 0.200, 0.300, 0.400]'.");
   m.def("format_span", [](std::pair<double, double> s) { return grounding::format_span({s.first, s.second}); },
         py::arg("span"), "A span as the model writes it: '{0.14, 0.32}'.");
+  m.def("format", [](const std::vector<double>& v) {
+        return v.size() == 2 ? grounding::format_span({v[0], v[1]}) : grounding::format_box_values(v);
+      }, py::arg("values"),
+      "What the model writes for 2 values (a span, '{0.14, 0.32}'), 4 (a box) or 6 (a 3-D box).");
   m.def("iou", [](const std::vector<double>& a, const std::vector<double>& b) {
         if (a.size() == 2 && b.size() == 2) return grounding::iou(grounding::Span{a[0], a[1]}, grounding::Span{b[0], b[1]});
         return grounding::box_iou(a, b);

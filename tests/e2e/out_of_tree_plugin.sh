@@ -8,7 +8,12 @@ build=$1 src=$2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cmake --install "$build" --prefix "$work/prefix" >/dev/null
-cmake -S "$src/examples/pooled_image" -B "$work/plugin" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+# The plugin is built by the CMake file of docs/plugin-sdk.md (read from the doc by tests/python/snippets.py),
+# with the example's source as its mine.cpp.
+mkdir -p "$work/mine"
+python3 "$src/tests/python/snippets.py" docs/plugin-sdk.md cmake 0 >"$work/mine/CMakeLists.txt"
+cp "$src/examples/pooled_image/pooled_image.cpp" "$work/mine/mine.cpp"
+cmake -S "$work/mine" -B "$work/plugin" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DLego_DIR="$work/prefix/lib/cmake/Lego" >/dev/null
 cmake --build "$work/plugin" >/dev/null
 lego=$work/prefix/bin/lego
@@ -22,7 +27,8 @@ for name, tokens in (("pooled", 16), ("image", 576)):
     assert r and r["state"] == "loaded" and r["tokens"] == tokens, f"{name}: {r}"
 print("out-of-tree plugin loaded next to the installed image plugin")
 '
-# A model with only the pooled modality (grid 2: 4 tokens), and a picture for it.
+# A model with only the pooled modality, its sections those of docs/plugin-sdk.md (grid 4: 16 tokens), and
+# a picture for it.
 cat >"$work/pooled.ini" <<INI
 [llm]
 architecture = llama
@@ -35,10 +41,8 @@ max_position = 256
 corpus = $src/configs/corpus/tiny.txt
 vocab_size = 512
 added_tokens = <im_patch> <im_start> <im_end>
-[pooled]
-plugin = pooled
-grid = 2
 INI
+python3 "$src/tests/python/snippets.py" docs/plugin-sdk.md ini 0 >>"$work/pooled.ini"
 "$lego" init-model --config "$work/pooled.ini" --out "$work/model" --plugin-dir "$work/plugin" --seed 3 >/dev/null
 python3 - "$work/scene.bmp" <<'PY'
 import struct, sys
@@ -60,7 +64,7 @@ patch = json.loads(sys.argv[1]) if sys.argv[1].startswith("[") else [int(t) for 
 patch = patch[0] if isinstance(patch[0], int) else patch[0][0]
 answers = [json.loads(a) for a in sys.argv[2:]]
 first = answers[0]
-assert first["prompt_token_ids"].count(patch) == 4, f"want 4 patch tokens ({patch}) in {first['prompt_token_ids']}"
+assert first["prompt_token_ids"].count(patch) == 16, f"want 16 patch tokens ({patch}) in {first['prompt_token_ids']}"
 for a in answers:
     assert a["prompt_token_ids"] == first["prompt_token_ids"], "the three ways differ"
     assert a["token_ids"] == first["token_ids"], "the three answers differ"

@@ -175,6 +175,13 @@ def test_grounding_text_round_trips_and_measures_overlap():
     g = lego.grounding
     assert g.format_box([0.1, 0.2, 0.3, 0.4]) == "[0.100, 0.200, 0.300, 0.400]"
     assert g.format_span((0.14, 0.3)) == "{0.14, 0.30}"
+    # One entry for all three, chosen by the number of values; it writes what parse reads back.
+    assert g.format((0.14, 0.3)) == "{0.14, 0.30}"
+    assert g.format([0.1, 0.2, 0.3, 0.4]) == g.format_box([0.1, 0.2, 0.3, 0.4])
+    assert g.parse("the cube " + g.format([0, 0.1, 0.2, 0.5, 0.6, 0.7])).boxes[0].values == [0, 0.1, 0.2, 0.5, 0.6, 0.7]
+    with pytest.raises(lego.Error) as e:
+        g.format([0.1, 0.2, 0.3])
+    assert e.value.kind == "invalid-argument"
     m = g.parse("A dog [0.1, 0.2, 0.3, 0.4] barks {0.20, 0.50}. The cube [0, 0, 0, 0.5, 0.5, 0.5]")
     assert [b.phrase for b in m.boxes] == ["A dog", "The cube"]
     assert m.boxes[1].values == [0, 0, 0, 0.5, 0.5, 0.5]

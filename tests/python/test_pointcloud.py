@@ -3,9 +3,11 @@ SDK installed to a temporary prefix (find_package(Lego)), then loaded from its o
 command and by the Python module alike. Its readers agree across PLY (ASCII, both binary byte orders), XYZ
 and .npy, refuse hostile files in one line, and SynthGround and `lego eval --task rec3d` carry 3-D boxes.
 Core and the command line name no modality: the released-defaults file alone may."""
+import configparser
 import json
 import os
 import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -14,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BUILD, ROOT, run_lego
+import snippets
+from conftest import BUILD, ROOT, lego_bin, run_lego
 
 import lego
 
@@ -24,18 +27,40 @@ TASKS = ("rec", "caption", "temporal", "sound_localization", "rec3d")
 
 @pytest.fixture(scope="module")
 def plugin_dir(tmp_path_factory):
+    """The walk-through's first step, docs/plugin-sdk.md's first shell block, run as written (read by
+    snippets.py) with its folders put in a temporary one: the SDK installed to a prefix, the plugin built
+    against it, and `lego plugins` listing it as the block's comment says."""
     work = tmp_path_factory.mktemp("pointcloud")
-    prefix = work / "prefix"
-    subprocess.run(["cmake", "--install", str(BUILD), "--prefix", str(prefix)], check=True, capture_output=True)
-    env = dict(os.environ)
+    prefix, build = work / "prefix", work / "plugin"
+    block = next(f for f in snippets.fences(ROOT / "docs" / "plugin-sdk.md") if f.lang == "sh")
+    commands = snippets.shell_commands(block.body)
+    assert len(commands) == 4, commands
+    env = dict(os.environ, CMAKE_BUILD_TYPE="Release", CMAKE_GENERATOR="Ninja")
     if shutil.which("ccache"):
         env["CMAKE_CXX_COMPILER_LAUNCHER"] = "ccache"
-    subprocess.run(["cmake", "-S", str(ROOT / "examples" / "pointcloud-plugin"), "-B", str(work / "plugin"), "-G",
-                    "Ninja", "-DCMAKE_BUILD_TYPE=Release", f"-DLego_DIR={prefix / 'lib' / 'cmake' / 'Lego'}"],
-                   check=True, capture_output=True, env=env)
-    proc = subprocess.run(["cmake", "--build", str(work / "plugin")], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return work / "plugin"
+    for command in commands:
+        comment = command.split("#", 1)[1].split() if "#" in command else []
+        words = [{"/opt/lego": str(prefix), "build-pointcloud": str(build), "build": str(BUILD),
+                  "lego": str(lego_bin())}.get(w, w.replace("/opt/lego", str(prefix)))
+                 for w in shlex.split(command, comments=True)]
+        proc = subprocess.run(words, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+        assert proc.returncode == 0, f"{block.where()}: {command}\n{proc.stdout}{proc.stderr}"
+        if comment:  # what the block says the command prints
+            line = next((l for l in proc.stdout.splitlines() if comment[0] in l.split()), "")
+            assert all(w in line.split() for w in comment), f"{command}: {comment} not in {proc.stdout}"
+    return build
+
+
+def test_the_docs_model_sections_are_those_of_the_tiny_points_model():
+    """docs/plugin-sdk.md's model block is an excerpt of tiny-points.ini, which the fixtures below load."""
+    block = [f for f in snippets.fences(ROOT / "docs" / "plugin-sdk.md") if f.lang == "ini"][1]
+    doc, ours = configparser.ConfigParser(interpolation=None), configparser.ConfigParser(interpolation=None)
+    doc.read_string(block.body)
+    ours.read(CONFIG)
+    pairs = [(s, k, v) for s in doc.sections() for k, v in doc.items(s)]
+    assert len(pairs) >= 4
+    for s, k, v in pairs:
+        assert ours.get(s, k, fallback=None) == v, f"{block.where()}: [{s}] {k} = {v}, tiny-points.ini differs"
 
 
 @pytest.fixture(scope="module")
