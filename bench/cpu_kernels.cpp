@@ -76,7 +76,8 @@ int main(int argc, char** argv) {
     }
   }
   std::vector<torch::Tensor> xs;
-  for (const auto& s : shapes) xs.push_back(torch::randn({m_rows, s.second}));
+  // bf16 values held in float32, as a bf16 model's activations reach the kernels.
+  for (const auto& s : shapes) xs.push_back(torch::randn({m_rows, s.second}).to(torch::kBFloat16).to(torch::kFloat32));
   double layer_bytes_bf16 = 0, layer_bytes_q8 = 0, layer_bytes_q4 = 0;
   for (size_t i = 0; i < shapes.size(); ++i) {
     layer_bytes_bf16 += static_cast<double>(bf16[0][i].numel() * 2);

@@ -19,6 +19,7 @@
 #include <immintrin.h>
 #define LEGO_X86 1
 #define LEGO_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define LEGO_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")))
 #endif
 
 namespace lego::llm::kernels {
@@ -242,6 +243,96 @@ LEGO_AVX2 void quant_tile(const uint8_t* w, int64_t row_bytes, int64_t group, in
   }
 }
 
+// int4: the nibbles times the activations as they are stored (0..15, unsigned, which maddubs takes without
+// the sign trick), minus 8 times the activations' pair sums, precomputed per activation block (`offset`:
+// the 8 int32 lanes of madd(maddubs(8, x), 1)) — the same exact integer dot in fewer instructions. One
+// 16-byte load into both halves of a register and a shift of the upper half by 4 unpack a sub-block.
+template <int WR, int R>
+LEGO_AVX2 void int4_tile(const uint8_t* w, int64_t row_bytes, int64_t group, int64_t k, const int8_t* xq,
+                         const float* xs, const int32_t* offset, float* out, int64_t out_stride) {
+  const int64_t block_bytes = 2 + group / 2;
+  const int64_t blocks_per_row = k / kQ;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i upper_by_4 = _mm256_set_epi64x(4, 4, 0, 0);
+  __m256 acc[WR][R];
+  for (int a = 0; a < WR; ++a) {
+    for (int r = 0; r < R; ++r) acc[a][r] = _mm256_setzero_ps();
+  }
+  for (int64_t g = 0, col = 0; col < k; ++g) {
+    float ws[WR];
+    const uint8_t* p[WR];
+    for (int a = 0; a < WR; ++a) {
+      p[a] = w + a * row_bytes + g * block_bytes;
+      _mm_prefetch(reinterpret_cast<const char*>(p[a]) + kPrefetchBytes, _MM_HINT_T0);
+      ws[a] = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(p[a]));
+      p[a] += 2;
+    }
+    for (int64_t s = 0; s < group; s += kQ, col += kQ) {
+      __m256i wv[WR];
+      for (int a = 0; a < WR; ++a) {
+        const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[a])));
+        wv[a] = _mm256_and_si256(_mm256_srlv_epi64(both, upper_by_4), low);
+        p[a] += 16;
+      }
+      for (int r = 0; r < R; ++r) {
+        const int64_t b = r * blocks_per_row + col / kQ;
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + col));
+        const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(offset + b * 8));
+        const float x_scale = xs[b];
+        for (int a = 0; a < WR; ++a) {
+          const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv[a], xv), ones), off);
+          acc[a][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(ws[a] * x_scale), acc[a][r]);
+        }
+      }
+    }
+  }
+  for (int a = 0; a < WR; ++a) {
+    for (int r = 0; r < R; ++r) out[r * out_stride + a] = hsum(acc[a][r]);
+  }
+}
+
+// The offsets int4_tile subtracts: per block of 32 activations, 8 lanes of 8 × (sums of 4 of them).
+LEGO_AVX2 std::vector<int32_t> int4_offsets(const QuantizedActivations& a) {
+  const int64_t blocks = static_cast<int64_t>(a.scale.size());
+  std::vector<int32_t> out(static_cast<size_t>(blocks * 8));
+  const __m256i eight = _mm256_set1_epi8(8);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q.data() + b * kQ));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.data() + b * 8),
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(eight, xv), ones));
+  }
+  return out;
+}
+
+LEGO_AVX2 void int4_avx2(const uint8_t* w, const QuantFormat& f, int64_t n, int64_t k, const float* x, int64_t m,
+                         float* y) {
+  const auto a = quantize_activations(x, m, k);
+  const auto offsets = int4_offsets(a);
+  const int64_t row_bytes = f.row_bytes(k);
+  const int64_t blocks = k / kQ;
+  at::parallel_for(0, n, grain(n), [&](int64_t begin, int64_t end) {
+    const auto rows = [&](auto wr_tag, int64_t i) {
+      constexpr int WR = decltype(wr_tag)::value;
+      const uint8_t* row = w + i * row_bytes;
+      int64_t r = 0;
+      for (; r + 2 <= m; r += 2) {
+        int4_tile<WR, 2>(row, row_bytes, f.group, k, a.q.data() + r * k, a.scale.data() + r * blocks,
+                         offsets.data() + r * blocks * 8, y + r * n + i, n);
+      }
+      if (r < m) {
+        int4_tile<WR, 1>(row, row_bytes, f.group, k, a.q.data() + r * k, a.scale.data() + r * blocks,
+                         offsets.data() + r * blocks * 8, y + r * n + i, n);
+      }
+    };
+    int64_t i = begin;
+    for (; i + 4 <= end && m == 1; i += 4) rows(std::integral_constant<int, 4>{}, i);
+    for (; i + 2 <= end; i += 2) rows(std::integral_constant<int, 2>{}, i);
+    if (i < end) rows(std::integral_constant<int, 1>{}, i);
+  });
+}
+
 template <WeightFormat F>
 LEGO_AVX2 void quant_avx2(const uint8_t* w, const QuantFormat& f, int64_t n, int64_t k, const float* x, int64_t m,
                           float* y) {
@@ -265,6 +356,169 @@ LEGO_AVX2 void quant_avx2(const uint8_t* w, const QuantFormat& f, int64_t n, int
     if (i < end) rows(std::integral_constant<int, 1>{}, i);
   });
 }
+
+// ---- AVX-512: VNNI's byte dot products (vpdpbusd) and BF16's pair dot products (vdpbf16ps) -------------
+
+// Round to the nearest bf16, ties to even (finite inputs; a NaN stays a NaN).
+uint16_t float_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7F800000u) == 0x7F800000u) return static_cast<uint16_t>((bits >> 16) | ((bits & 0xFFFF) ? 0x40 : 0));
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+// GCC 12's AVX-512 headers pass _mm512_undefined_*() as the merge operand of unmasked intrinsics, which
+// its own -Wuninitialized reports once they are inlined.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+// WR rows of w against R rows of activations split in two bf16 parts (Lo: the second part is not all zero,
+// as it is for activations that are bf16 values, a bf16 model's); 32 columns per step.
+template <int WR, int R, bool Lo>
+LEGO_AVX512 void bf16_tile_512(const uint16_t* w, int64_t k, const uint16_t* hi, const uint16_t* lo, float* out,
+                               int64_t out_stride) {
+  __m512 acc_hi[WR][R], acc_lo[WR][R];
+  for (int a = 0; a < WR; ++a) {
+    for (int r = 0; r < R; ++r) acc_hi[a][r] = acc_lo[a][r] = _mm512_setzero_ps();
+  }
+  for (int64_t j = 0; j < k; j += 32) {
+    for (int a = 0; a < WR; ++a) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + a * k + j) + kPrefetchBytes, _MM_HINT_T0);
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + a * k + j);
+      for (int r = 0; r < R; ++r) {
+        acc_hi[a][r] = _mm512_dpbf16_ps(acc_hi[a][r], wv, (__m512bh)_mm512_loadu_si512(hi + r * k + j));
+        if constexpr (Lo) acc_lo[a][r] = _mm512_dpbf16_ps(acc_lo[a][r], wv, (__m512bh)_mm512_loadu_si512(lo + r * k + j));
+      }
+    }
+  }
+  for (int a = 0; a < WR; ++a) {
+    for (int r = 0; r < R; ++r) out[r * out_stride + a] = _mm512_reduce_add_ps(_mm512_add_ps(acc_hi[a][r], acc_lo[a][r]));
+  }
+}
+
+LEGO_AVX512 void bf16_avx512(const uint16_t* w, int64_t n, int64_t k, const float* x, int64_t m, float* y) {
+  std::vector<uint16_t> hi(static_cast<size_t>(m * k)), lo(static_cast<size_t>(m * k));
+  bool any_lo = false;
+  for (int64_t j = 0; j < m * k; ++j) {
+    hi[static_cast<size_t>(j)] = float_to_bf16(x[j]);
+    lo[static_cast<size_t>(j)] = float_to_bf16(x[j] - bf16_to_float(hi[static_cast<size_t>(j)]));
+    any_lo = any_lo || (lo[static_cast<size_t>(j)] & 0x7FFF) != 0;
+  }
+  const auto run = [&](auto lo_tag) {
+    constexpr bool Lo = decltype(lo_tag)::value;
+    at::parallel_for(0, n, grain(n), [&](int64_t begin, int64_t end) {
+      const auto rows = [&](auto wr_tag, int64_t i) {
+        constexpr int WR = decltype(wr_tag)::value;
+        int64_t r = 0;
+        for (; r + 2 <= m; r += 2) {
+          bf16_tile_512<WR, 2, Lo>(w + i * k, k, hi.data() + r * k, lo.data() + r * k, y + r * n + i, n);
+        }
+        if (r < m) bf16_tile_512<WR, 1, Lo>(w + i * k, k, hi.data() + r * k, lo.data() + r * k, y + r * n + i, n);
+      };
+      int64_t i = begin;
+      for (; i + 4 <= end && m == 1; i += 4) rows(std::integral_constant<int, 4>{}, i);
+      for (; i + 2 <= end; i += 2) rows(std::integral_constant<int, 2>{}, i);
+      if (i < end) rows(std::integral_constant<int, 1>{}, i);
+    });
+  };
+  if (any_lo) {
+    run(std::true_type{});
+  } else {
+    run(std::false_type{});
+  }
+}
+
+// WR rows of int8 or int4 weights against R rows of int8 activations, one vpdpbusd (unsigned × signed
+// bytes, four products summed into each int32 lane, exactly) per sub-block and row. int8: |w| times x with
+// w's sign. int4: the stored nibbles (0..15) times x, the accumulator starting from -8 × the activations'
+// sums (`offset` of int4_tile, negated).
+template <WeightFormat F, int WR, int R>
+LEGO_AVX512 void vnni_tile(const uint8_t* w, int64_t row_bytes, int64_t group, int64_t k, const int8_t* xq,
+                           const float* xs, const int32_t* neg_offset, float* out, int64_t out_stride) {
+  constexpr int64_t sub_bytes = F == WeightFormat::Int4 ? 16 : kQ;
+  const int64_t block_bytes = 2 + group / kQ * sub_bytes;
+  const int64_t blocks_per_row = k / kQ;
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i upper_by_4 = _mm256_set_epi64x(4, 4, 0, 0);
+  __m256 acc[WR][R];
+  for (int a = 0; a < WR; ++a) {
+    for (int r = 0; r < R; ++r) acc[a][r] = _mm256_setzero_ps();
+  }
+  for (int64_t g = 0, col = 0; col < k; ++g) {
+    float ws[WR];
+    const uint8_t* p[WR];
+    for (int a = 0; a < WR; ++a) {
+      p[a] = w + a * row_bytes + g * block_bytes;
+      _mm_prefetch(reinterpret_cast<const char*>(p[a]) + kPrefetchBytes, _MM_HINT_T0);
+      ws[a] = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(p[a]));
+      p[a] += 2;
+    }
+    for (int64_t s = 0; s < group; s += kQ, col += kQ) {
+      __m256i wv[WR];
+      for (int a = 0; a < WR; ++a) {
+        if constexpr (F == WeightFormat::Int4) {
+          const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[a])));
+          wv[a] = _mm256_and_si256(_mm256_srlv_epi64(both, upper_by_4), low);
+        } else {
+          wv[a] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[a]));
+        }
+        p[a] += sub_bytes;
+      }
+      for (int r = 0; r < R; ++r) {
+        const int64_t b = r * blocks_per_row + col / kQ;
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + col));
+        const float x_scale = xs[b];
+        for (int a = 0; a < WR; ++a) {
+          __m256i dot;
+          if constexpr (F == WeightFormat::Int4) {
+            dot = _mm256_dpbusd_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(neg_offset + b * 8)), wv[a], xv);
+          } else {
+            dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(wv[a]), _mm256_sign_epi8(xv, wv[a]));
+          }
+          acc[a][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(ws[a] * x_scale), acc[a][r]);
+        }
+      }
+    }
+  }
+  for (int a = 0; a < WR; ++a) {
+    for (int r = 0; r < R; ++r) out[r * out_stride + a] = hsum(acc[a][r]);
+  }
+}
+
+template <WeightFormat F>
+LEGO_AVX512 void quant_avx512(const uint8_t* w, const QuantFormat& f, int64_t n, int64_t k, const float* x, int64_t m,
+                              float* y) {
+  const auto a = quantize_activations(x, m, k);
+  std::vector<int32_t> neg_offsets;
+  if constexpr (F == WeightFormat::Int4) {
+    neg_offsets = int4_offsets(a);
+    for (auto& v : neg_offsets) v = -v;
+  }
+  const int64_t row_bytes = f.row_bytes(k);
+  const int64_t blocks = k / kQ;
+  at::parallel_for(0, n, grain(n), [&](int64_t begin, int64_t end) {
+    const auto rows = [&](auto wr_tag, int64_t i) {
+      constexpr int WR = decltype(wr_tag)::value;
+      const uint8_t* row = w + i * row_bytes;
+      const int32_t* off = neg_offsets.empty() ? nullptr : neg_offsets.data();
+      int64_t r = 0;
+      for (; r + 2 <= m; r += 2) {
+        vnni_tile<F, WR, 2>(row, row_bytes, f.group, k, a.q.data() + r * k, a.scale.data() + r * blocks,
+                            off ? off + r * blocks * 8 : nullptr, y + r * n + i, n);
+      }
+      if (r < m) {
+        vnni_tile<F, WR, 1>(row, row_bytes, f.group, k, a.q.data() + r * k, a.scale.data() + r * blocks,
+                            off ? off + r * blocks * 8 : nullptr, y + r * n + i, n);
+      }
+    };
+    int64_t i = begin;
+    for (; i + 4 <= end && m == 1; i += 4) rows(std::integral_constant<int, 4>{}, i);
+    for (; i + 2 <= end; i += 2) rows(std::integral_constant<int, 2>{}, i);
+    if (i < end) rows(std::integral_constant<int, 1>{}, i);
+  });
+}
+#pragma GCC diagnostic pop
 #endif
 
 }  // namespace
@@ -272,23 +526,37 @@ LEGO_AVX2 void quant_avx2(const uint8_t* w, const QuantFormat& f, int64_t n, int
 Isa best_isa() {
   static const Isa isa = [] {
     const char* forced = std::getenv("LEGO_CPU_KERNELS");
-    if (forced != nullptr && std::string(forced) == "portable") return Isa::Portable;
+    Isa best = Isa::Portable;
 #ifdef LEGO_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-      return Isa::Avx2;
+      best = Isa::Avx2;
+      if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+          __builtin_cpu_supports("avx512bf16")) {
+        best = Isa::Avx512;
+      }
     }
 #endif
-    return Isa::Portable;
+    if (forced != nullptr && std::string(forced) == "portable") return Isa::Portable;
+    if (forced != nullptr && std::string(forced) == "avx2") return std::min(best, Isa::Avx2);
+    return best;
   }();
   return isa;
 }
 
-const char* isa_name(Isa isa) { return isa == Isa::Avx2 ? "avx2" : "portable"; }
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx2: return "avx2";
+    default: return "portable";
+  }
+}
 
 void matmul_bf16(const uint16_t* w, int64_t n, int64_t k, const float* x, int64_t m, float* y, Isa isa) {
 #ifdef LEGO_X86
-  if (isa == Isa::Avx2 && k % 16 == 0) return bf16_avx2(w, n, k, x, m, y);
+  if (isa == Isa::Avx512 && k % 32 == 0) return bf16_avx512(w, n, k, x, m, y);
+  if (isa >= Isa::Avx2 && k % 16 == 0) return bf16_avx2(w, n, k, x, m, y);
 #endif
   (void)isa;
   bf16_portable(w, n, k, x, m, y);
@@ -299,9 +567,13 @@ void matmul_quant(const uint8_t* w, const QuantFormat& format, int64_t n, int64_
   format.check("matmul_quant");
   if (k % format.group != 0) throw Error(ErrorKind::InvalidArgument, "matmul_quant: pad k to whole groups");
 #ifdef LEGO_X86
+  if (isa == Isa::Avx512) {
+    if (format.format == WeightFormat::Int8) return quant_avx512<WeightFormat::Int8>(w, format, n, k, x, m, y);
+    return quant_avx512<WeightFormat::Int4>(w, format, n, k, x, m, y);
+  }
   if (isa == Isa::Avx2) {
     if (format.format == WeightFormat::Int8) return quant_avx2<WeightFormat::Int8>(w, format, n, k, x, m, y);
-    return quant_avx2<WeightFormat::Int4>(w, format, n, k, x, m, y);
+    return int4_avx2(w, format, n, k, x, m, y);
   }
 #endif
   (void)isa;

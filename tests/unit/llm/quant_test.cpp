@@ -17,7 +17,8 @@ using kernels::Isa;
 
 std::vector<Isa> isas() {
   std::vector<Isa> out{Isa::Portable};
-  if (kernels::best_isa() == Isa::Avx2) out.push_back(Isa::Avx2);
+  if (kernels::best_isa() >= Isa::Avx2) out.push_back(Isa::Avx2);
+  if (kernels::best_isa() >= Isa::Avx512) out.push_back(Isa::Avx512);
   return out;
 }
 

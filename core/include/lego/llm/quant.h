@@ -57,13 +57,17 @@ torch::Tensor dequantize_rows(const torch::Tensor& blocks, const QuantFormat& fo
 
 namespace kernels {
 
-enum class Isa { Portable, Avx2 };
-// The best this CPU runs (AVX2 needs AVX2, FMA and F16C). LEGO_CPU_KERNELS=portable forces portable code.
+// Ordered: each runs wherever a later one does.
+enum class Isa { Portable, Avx2, Avx512 };
+// The best this CPU runs: AVX2 needs AVX2, FMA and F16C; AVX-512 needs AVX-512 F/BW/VL with VNNI (int8 dot
+// products) and BF16 (bf16 dot products). LEGO_CPU_KERNELS=portable or =avx2 caps it.
 Isa best_isa();
-const char* isa_name(Isa isa);
+const char* isa_name(Isa isa);  // "portable", "avx2", "avx512"
 
 // y [m, n] = x [m, k] · w [n, k]^T, float32 out, for row-major contiguous buffers; rows of w are shared
-// among the intra-op threads. The AVX2 path takes `k` in multiples of 16 (others run the portable one).
+// among the intra-op threads. The AVX2 path takes `k` in multiples of 16 and the AVX-512 one in multiples
+// of 32 (others fall back to the next). The AVX-512 path multiplies the activations as two bf16 parts
+// (x = hi + lo, each rounded to bf16), so its products keep about 16 bits of each activation.
 void matmul_bf16(const uint16_t* w, int64_t n, int64_t k, const float* x, int64_t m, float* y, Isa isa);
 // The same over a quantised w in the block layout above; `k` must be a multiple of the group (the caller
 // pads x with zero columns as the weights were padded).
