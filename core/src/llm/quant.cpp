@@ -159,11 +159,17 @@ void in_chunks(const torch::Tensor& x, torch::Tensor& y, const Kernel& kernel) {
 
 }  // namespace
 
+int64_t kernel_prompt_rows() {
+  // Where the CPU has bf16 dot products (AVX-512 BF16), libtorch's bf16 product is faster than the kernels
+  // for more than a decoding step's rows (256 against 164 GFLOPS at 32 rows, bench/cpu_kernels).
+  return kernels::best_isa() == kernels::Isa::Avx512 ? kDecodeRows : kKernelPromptRows;
+}
+
 torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
   const int64_t k = x.size(-1);
   const int64_t m = k > 0 ? x.numel() / k : 0;
   if (!x.is_cpu() || !weight.is_cpu() || torch::GradMode::is_enabled() || weight.scalar_type() != torch::kBFloat16 ||
-      !weight.is_contiguous() || weight.dim() != 2 || weight.size(1) != k || m == 0 || m > kKernelPromptRows ||
+      !weight.is_contiguous() || weight.dim() != 2 || weight.size(1) != k || m == 0 || m > kernel_prompt_rows() ||
       (x.scalar_type() != torch::kBFloat16 && x.scalar_type() != torch::kFloat32)) {
     return nn::linear(x, weight, bias);  // a prompt in bf16 runs in float32 where the CPU lacks bf16 products
   }

@@ -84,8 +84,12 @@ void matmul_quant(const uint8_t* w, const QuantFormat& format, int64_t n, int64_
 constexpr int64_t kDecodeRows = 8;
 constexpr int64_t kKernelPromptRows = 256;
 
+// The most rows of bf16 activations decode_linear gives the kernel: kKernelPromptRows, or kDecodeRows on a
+// CPU with AVX-512 BF16, whose libtorch bf16 product is the faster one beyond a decoding step.
+int64_t kernel_prompt_rows();
+
 // x [..., k] · weight^T (+ bias) for inference outside autograd: the bf16 kernel for a bf16 weight on the
-// CPU with at most kKernelPromptRows rows; lego::nn::linear otherwise. The result has x's dtype.
+// CPU with at most kernel_prompt_rows() rows; lego::nn::linear otherwise. The result has x's dtype.
 torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 
 // A linear layer over quantised weights, for inference: state dict names `qweight` ([out, row bytes]
