@@ -127,6 +127,24 @@ void quant_portable(const uint8_t* w, const QuantFormat& f, int64_t n, int64_t k
 }
 
 #ifdef LEGO_X86
+// Calls rows(integral_constant<int, WR>{}, i) over the weight rows [begin, end): 4 at a time in a decoding
+// step (one row of activations), else 2, then the one left.
+template <typename Rows>
+void for_each_tile(int64_t begin, int64_t end, int64_t m, const Rows& rows) {
+  int64_t i = begin;
+  for (; i + 4 <= end && m == 1; i += 4) rows(std::integral_constant<int, 4>{}, i);
+  for (; i + 2 <= end; i += 2) rows(std::integral_constant<int, 2>{}, i);
+  if (i < end) rows(std::integral_constant<int, 1>{}, i);
+}
+
+// Calls tile(integral_constant<int, R>{}, r) over the m rows of activations, 2 at a time, then the one left.
+template <typename Tile>
+void for_each_row_pair(int64_t m, const Tile& tile) {
+  int64_t r = 0;
+  for (; r + 2 <= m; r += 2) tile(std::integral_constant<int, 2>{}, r);
+  if (r < m) tile(std::integral_constant<int, 1>{}, r);
+}
+
 LEGO_AVX2 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -172,130 +190,16 @@ LEGO_AVX2 void bf16_avx2(const uint16_t* w, int64_t n, int64_t k, const float* x
     }
   }
   at::parallel_for(0, n, grain(n), [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    for (; i + 2 <= end; i += 2) {
-      int64_t r = 0;
-      for (; r + 2 <= m; r += 2) bf16_tile<2, 2>(w + i * k, k, xp.data() + r * k, y + r * n + i, n);
-      if (r < m) bf16_tile<2, 1>(w + i * k, k, xp.data() + r * k, y + r * n + i, n);
-    }
-    if (i < end) {
-      int64_t r = 0;
-      for (; r + 2 <= m; r += 2) bf16_tile<1, 2>(w + i * k, k, xp.data() + r * k, y + r * n + i, n);
-      if (r < m) bf16_tile<1, 1>(w + i * k, k, xp.data() + r * k, y + r * n + i, n);
-    }
+    for_each_tile(begin, end, m, [&](auto wr, int64_t i) {
+      for_each_row_pair(m, [&](auto rr, int64_t r) {
+        bf16_tile<decltype(wr)::value, decltype(rr)::value>(w + i * k, k, xp.data() + r * k, y + r * n + i, n);
+      });
+    });
   });
 }
 
-// 32 signed weights of one sub-block.
-template <WeightFormat F>
-LEGO_AVX2 inline __m256i load_sub(const uint8_t* p) {
-  if constexpr (F == WeightFormat::Int8) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  } else {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    const __m128i low = _mm_set1_epi8(0x0F);
-    const __m128i lo = _mm_and_si128(packed, low);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-    return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
-  }
-}
-
-// WR rows of w against R rows of int8 activations. Signed × signed bytes go through maddubs (unsigned ×
-// signed) as |w| × (x with w's sign); pairs sum to at most 2 · 127 · 128, inside int16. Two rows of w
-// share each load of the activations and give the adds two independent chains.
-template <WeightFormat F, int WR, int R>
-LEGO_AVX2 void quant_tile(const uint8_t* w, int64_t row_bytes, int64_t group, int64_t k, const int8_t* xq,
-                          const float* xs, float* out, int64_t out_stride) {
-  constexpr int64_t sub_bytes = F == WeightFormat::Int4 ? 16 : kQ;
-  const int64_t block_bytes = 2 + group / kQ * sub_bytes;
-  const int64_t blocks_per_row = k / kQ;
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[WR][R];
-  for (int a = 0; a < WR; ++a) {
-    for (int r = 0; r < R; ++r) acc[a][r] = _mm256_setzero_ps();
-  }
-  for (int64_t g = 0, col = 0; col < k; ++g) {
-    float ws[WR];
-    const uint8_t* p[WR];
-    for (int a = 0; a < WR; ++a) {
-      p[a] = w + a * row_bytes + g * block_bytes;
-      ws[a] = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(p[a]));
-      p[a] += 2;
-    }
-    for (int64_t s = 0; s < group; s += kQ, col += kQ) {
-      __m256i wv[WR], aw[WR];
-      for (int a = 0; a < WR; ++a) {
-        _mm_prefetch(reinterpret_cast<const char*>(p[a]) + WR * row_bytes, _MM_HINT_T0);
-        wv[a] = load_sub<F>(p[a]);
-        aw[a] = _mm256_sign_epi8(wv[a], wv[a]);
-        p[a] += sub_bytes;
-      }
-      for (int r = 0; r < R; ++r) {
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + col));
-        const float x_scale = xs[r * blocks_per_row + col / kQ];
-        for (int a = 0; a < WR; ++a) {
-          const __m256i pairs = _mm256_maddubs_epi16(aw[a], _mm256_sign_epi8(xv, wv[a]));
-          const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-          acc[a][r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(ws[a] * x_scale), acc[a][r]);
-        }
-      }
-    }
-  }
-  for (int a = 0; a < WR; ++a) {
-    for (int r = 0; r < R; ++r) out[r * out_stride + a] = hsum(acc[a][r]);
-  }
-}
-
-// int4: the nibbles times the activations as they are stored (0..15, unsigned, which maddubs takes without
-// the sign trick), minus 8 times the activations' pair sums, precomputed per activation block (`offset`:
-// the 8 int32 lanes of madd(maddubs(8, x), 1)) — the same exact integer dot in fewer instructions. One
-// 16-byte load into both halves of a register and a shift of the upper half by 4 unpack a sub-block.
-template <int WR, int R>
-LEGO_AVX2 void int4_tile(const uint8_t* w, int64_t row_bytes, int64_t group, int64_t k, const int8_t* xq,
-                         const float* xs, const int32_t* offset, float* out, int64_t out_stride) {
-  const int64_t block_bytes = 2 + group / 2;
-  const int64_t blocks_per_row = k / kQ;
-  const __m256i ones = _mm256_set1_epi16(1);
-  const __m256i low = _mm256_set1_epi8(0x0F);
-  const __m256i upper_by_4 = _mm256_set_epi64x(4, 4, 0, 0);
-  __m256 acc[WR][R];
-  for (int a = 0; a < WR; ++a) {
-    for (int r = 0; r < R; ++r) acc[a][r] = _mm256_setzero_ps();
-  }
-  for (int64_t g = 0, col = 0; col < k; ++g) {
-    float ws[WR];
-    const uint8_t* p[WR];
-    for (int a = 0; a < WR; ++a) {
-      p[a] = w + a * row_bytes + g * block_bytes;
-      _mm_prefetch(reinterpret_cast<const char*>(p[a]) + WR * row_bytes, _MM_HINT_T0);
-      ws[a] = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(p[a]));
-      p[a] += 2;
-    }
-    for (int64_t s = 0; s < group; s += kQ, col += kQ) {
-      __m256i wv[WR];
-      for (int a = 0; a < WR; ++a) {
-        const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[a])));
-        wv[a] = _mm256_and_si256(_mm256_srlv_epi64(both, upper_by_4), low);
-        p[a] += 16;
-      }
-      for (int r = 0; r < R; ++r) {
-        const int64_t b = r * blocks_per_row + col / kQ;
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + col));
-        const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(offset + b * 8));
-        const float x_scale = xs[b];
-        for (int a = 0; a < WR; ++a) {
-          const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv[a], xv), ones), off);
-          acc[a][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(ws[a] * x_scale), acc[a][r]);
-        }
-      }
-    }
-  }
-  for (int a = 0; a < WR; ++a) {
-    for (int r = 0; r < R; ++r) out[r * out_stride + a] = hsum(acc[a][r]);
-  }
-}
-
-// The offsets int4_tile subtracts: per block of 32 activations, 8 lanes of 8 × (sums of 4 of them).
+// The activation offsets of int4 products: per block of 32 activations, the 8 int32 lanes of
+// madd(maddubs(8, x), 1), i.e. 8 × the sums of 4 activations, which the unsigned nibbles' dot must lose.
 LEGO_AVX2 std::vector<int32_t> int4_offsets(const QuantizedActivations& a) {
   const int64_t blocks = static_cast<int64_t>(a.scale.size());
   std::vector<int32_t> out(static_cast<size_t>(blocks * 8));
@@ -309,54 +213,100 @@ LEGO_AVX2 std::vector<int32_t> int4_offsets(const QuantizedActivations& a) {
   return out;
 }
 
-LEGO_AVX2 void int4_avx2(const uint8_t* w, const QuantFormat& f, int64_t n, int64_t k, const float* x, int64_t m,
-                         float* y) {
+// The activations of a quantised product (int8 per 32 columns, with int4's offsets) and the loop over the
+// tiles: tile(WR, R, weight row i, activation row r) for the threads' shares of the n weight rows.
+template <WeightFormat F, typename Tile>
+void quant_product(int64_t n, int64_t k, const float* x, int64_t m, bool negate_offsets, const Tile& tile) {
   const auto a = quantize_activations(x, m, k);
-  const auto offsets = int4_offsets(a);
-  const int64_t row_bytes = f.row_bytes(k);
+  std::vector<int32_t> off;
+  if constexpr (F == WeightFormat::Int4) {
+    off = int4_offsets(a);
+    if (negate_offsets) {
+      for (auto& v : off) v = -v;
+    }
+  }
   const int64_t blocks = k / kQ;
   at::parallel_for(0, n, grain(n), [&](int64_t begin, int64_t end) {
-    const auto rows = [&](auto wr_tag, int64_t i) {
-      constexpr int WR = decltype(wr_tag)::value;
-      const uint8_t* row = w + i * row_bytes;
-      int64_t r = 0;
-      for (; r + 2 <= m; r += 2) {
-        int4_tile<WR, 2>(row, row_bytes, f.group, k, a.q.data() + r * k, a.scale.data() + r * blocks,
-                         offsets.data() + r * blocks * 8, y + r * n + i, n);
-      }
-      if (r < m) {
-        int4_tile<WR, 1>(row, row_bytes, f.group, k, a.q.data() + r * k, a.scale.data() + r * blocks,
-                         offsets.data() + r * blocks * 8, y + r * n + i, n);
-      }
-    };
-    int64_t i = begin;
-    for (; i + 4 <= end && m == 1; i += 4) rows(std::integral_constant<int, 4>{}, i);
-    for (; i + 2 <= end; i += 2) rows(std::integral_constant<int, 2>{}, i);
-    if (i < end) rows(std::integral_constant<int, 1>{}, i);
+    for_each_tile(begin, end, m, [&](auto wr, int64_t i) {
+      for_each_row_pair(m, [&](auto rr, int64_t r) {
+        const int32_t* row_off = off.empty() ? nullptr : off.data() + r * blocks * 8;
+        tile(wr, rr, i, a.q.data() + r * k, a.scale.data() + r * blocks, row_off, r);
+      });
+    });
   });
+}
+
+// WR rows of int8 or int4 weights against R rows of int8 activations, exact integer dots per 32-column
+// sub-block, each scaled by its two scales. int8: |w| times x with w's sign through maddubs (unsigned ×
+// signed; pairs sum to at most 2 · 127 · 128, inside int16). int4: the stored nibbles (0..15, which maddubs
+// takes as they are) times x, minus int4_offsets; one 16-byte load into both halves of a register and a
+// shift of the upper half by 4 unpack a sub-block. Two or four rows of w share each load of activations.
+template <WeightFormat F, int WR, int R>
+LEGO_AVX2 void quant_tile(const uint8_t* w, int64_t row_bytes, int64_t group, int64_t k, const int8_t* xq,
+                          const float* xs, const int32_t* offset, float* out, int64_t out_stride) {
+  constexpr int64_t sub_bytes = F == WeightFormat::Int4 ? 16 : kQ;
+  const int64_t block_bytes = 2 + group / kQ * sub_bytes;
+  const int64_t blocks_per_row = k / kQ;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i upper_by_4 = _mm256_set_epi64x(4, 4, 0, 0);
+  __m256 acc[WR][R];
+  for (int a = 0; a < WR; ++a) {
+    for (int r = 0; r < R; ++r) acc[a][r] = _mm256_setzero_ps();
+  }
+  for (int64_t g = 0, col = 0; col < k; ++g) {
+    float ws[WR];
+    const uint8_t* p[WR];
+    for (int a = 0; a < WR; ++a) {
+      p[a] = w + a * row_bytes + g * block_bytes;
+      for (int64_t line = 0; line < block_bytes; line += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(p[a]) + WR * row_bytes + line, _MM_HINT_T0);
+      }
+      ws[a] = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(p[a]));
+      p[a] += 2;
+    }
+    for (int64_t s = 0; s < group; s += kQ, col += kQ) {
+      __m256i wv[WR], aw[WR];
+      for (int a = 0; a < WR; ++a) {
+        if constexpr (F == WeightFormat::Int4) {
+          const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[a])));
+          wv[a] = _mm256_and_si256(_mm256_srlv_epi64(both, upper_by_4), low);
+        } else {
+          wv[a] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[a]));
+          aw[a] = _mm256_sign_epi8(wv[a], wv[a]);
+        }
+        p[a] += sub_bytes;
+      }
+      for (int r = 0; r < R; ++r) {
+        const int64_t b = r * blocks_per_row + col / kQ;
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + col));
+        const float x_scale = xs[b];
+        for (int a = 0; a < WR; ++a) {
+          __m256i dot;
+          if constexpr (F == WeightFormat::Int4) {
+            const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(offset + b * 8));
+            dot = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv[a], xv), ones), off);
+          } else {
+            dot = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[a], _mm256_sign_epi8(xv, wv[a])), ones);
+          }
+          acc[a][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(ws[a] * x_scale), acc[a][r]);
+        }
+      }
+    }
+  }
+  for (int a = 0; a < WR; ++a) {
+    for (int r = 0; r < R; ++r) out[r * out_stride + a] = hsum(acc[a][r]);
+  }
 }
 
 template <WeightFormat F>
 LEGO_AVX2 void quant_avx2(const uint8_t* w, const QuantFormat& f, int64_t n, int64_t k, const float* x, int64_t m,
                           float* y) {
-  const auto a = quantize_activations(x, m, k);
   const int64_t row_bytes = f.row_bytes(k);
-  const int64_t blocks = k / kQ;
-  at::parallel_for(0, n, grain(n), [&](int64_t begin, int64_t end) {
-    const auto rows = [&](auto wr_tag, int64_t i) {
-      constexpr int WR = decltype(wr_tag)::value;
-      const uint8_t* row = w + i * row_bytes;
-      int64_t r = 0;
-      for (; r + 2 <= m; r += 2) {
-        quant_tile<F, WR, 2>(row, row_bytes, f.group, k, a.q.data() + r * k, a.scale.data() + r * blocks, y + r * n + i, n);
-      }
-      if (r < m) {
-        quant_tile<F, WR, 1>(row, row_bytes, f.group, k, a.q.data() + r * k, a.scale.data() + r * blocks, y + r * n + i, n);
-      }
-    };
-    int64_t i = begin;
-    for (; i + 2 <= end; i += 2) rows(std::integral_constant<int, 2>{}, i);
-    if (i < end) rows(std::integral_constant<int, 1>{}, i);
+  quant_product<F>(n, k, x, m, false, [&](auto wr, auto rr, int64_t i, const int8_t* xq, const float* xs,
+                                                         const int32_t* off, int64_t r) {
+    quant_tile<F, decltype(wr)::value, decltype(rr)::value>(w + i * row_bytes, row_bytes, f.group, k, xq, xs, off,
+                                                            y + r * n + i, n);
   });
 }
 
@@ -391,12 +341,16 @@ LEGO_AVX512 void bf16_tile_512(const uint16_t* w, int64_t k, const uint16_t* hi,
       const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + a * k + j);
       for (int r = 0; r < R; ++r) {
         acc_hi[a][r] = _mm512_dpbf16_ps(acc_hi[a][r], wv, (__m512bh)_mm512_loadu_si512(hi + r * k + j));
-        if constexpr (Lo) acc_lo[a][r] = _mm512_dpbf16_ps(acc_lo[a][r], wv, (__m512bh)_mm512_loadu_si512(lo + r * k + j));
+        if constexpr (Lo) {
+          acc_lo[a][r] = _mm512_dpbf16_ps(acc_lo[a][r], wv, (__m512bh)_mm512_loadu_si512(lo + r * k + j));
+        }
       }
     }
   }
   for (int a = 0; a < WR; ++a) {
-    for (int r = 0; r < R; ++r) out[r * out_stride + a] = _mm512_reduce_add_ps(_mm512_add_ps(acc_hi[a][r], acc_lo[a][r]));
+    for (int r = 0; r < R; ++r) {
+      out[r * out_stride + a] = _mm512_reduce_add_ps(_mm512_add_ps(acc_hi[a][r], acc_lo[a][r]));
+    }
   }
 }
 
@@ -411,18 +365,12 @@ LEGO_AVX512 void bf16_avx512(const uint16_t* w, int64_t n, int64_t k, const floa
   const auto run = [&](auto lo_tag) {
     constexpr bool Lo = decltype(lo_tag)::value;
     at::parallel_for(0, n, grain(n), [&](int64_t begin, int64_t end) {
-      const auto rows = [&](auto wr_tag, int64_t i) {
-        constexpr int WR = decltype(wr_tag)::value;
-        int64_t r = 0;
-        for (; r + 2 <= m; r += 2) {
-          bf16_tile_512<WR, 2, Lo>(w + i * k, k, hi.data() + r * k, lo.data() + r * k, y + r * n + i, n);
-        }
-        if (r < m) bf16_tile_512<WR, 1, Lo>(w + i * k, k, hi.data() + r * k, lo.data() + r * k, y + r * n + i, n);
-      };
-      int64_t i = begin;
-      for (; i + 4 <= end && m == 1; i += 4) rows(std::integral_constant<int, 4>{}, i);
-      for (; i + 2 <= end; i += 2) rows(std::integral_constant<int, 2>{}, i);
-      if (i < end) rows(std::integral_constant<int, 1>{}, i);
+      for_each_tile(begin, end, m, [&](auto wr, int64_t i) {
+        for_each_row_pair(m, [&](auto rr, int64_t r) {
+          constexpr int WR = decltype(wr)::value, R = decltype(rr)::value;
+          bf16_tile_512<WR, R, Lo>(w + i * k, k, hi.data() + r * k, lo.data() + r * k, y + r * n + i, n);
+        });
+      });
     });
   };
   if (any_lo) {
@@ -435,7 +383,7 @@ LEGO_AVX512 void bf16_avx512(const uint16_t* w, int64_t n, int64_t k, const floa
 // WR rows of int8 or int4 weights against R rows of int8 activations, one vpdpbusd (unsigned × signed
 // bytes, four products summed into each int32 lane, exactly) per sub-block and row. int8: |w| times x with
 // w's sign. int4: the stored nibbles (0..15) times x, the accumulator starting from -8 × the activations'
-// sums (`offset` of int4_tile, negated).
+// sums (int4_offsets, negated).
 template <WeightFormat F, int WR, int R>
 LEGO_AVX512 void vnni_tile(const uint8_t* w, int64_t row_bytes, int64_t group, int64_t k, const int8_t* xq,
                            const float* xs, const int32_t* neg_offset, float* out, int64_t out_stride) {
@@ -453,7 +401,9 @@ LEGO_AVX512 void vnni_tile(const uint8_t* w, int64_t row_bytes, int64_t group, i
     const uint8_t* p[WR];
     for (int a = 0; a < WR; ++a) {
       p[a] = w + a * row_bytes + g * block_bytes;
-      _mm_prefetch(reinterpret_cast<const char*>(p[a]) + WR * row_bytes, _MM_HINT_T0);
+      for (int64_t line = 0; line < block_bytes; line += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(p[a]) + WR * row_bytes + line, _MM_HINT_T0);
+      }
       ws[a] = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(p[a]));
       p[a] += 2;
     }
@@ -475,7 +425,8 @@ LEGO_AVX512 void vnni_tile(const uint8_t* w, int64_t row_bytes, int64_t group, i
         for (int a = 0; a < WR; ++a) {
           __m256i dot;
           if constexpr (F == WeightFormat::Int4) {
-            dot = _mm256_dpbusd_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(neg_offset + b * 8)), wv[a], xv);
+            const __m256i start = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(neg_offset + b * 8));
+            dot = _mm256_dpbusd_epi32(start, wv[a], xv);
           } else {
             dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(wv[a]), _mm256_sign_epi8(xv, wv[a]));
           }
@@ -492,33 +443,11 @@ LEGO_AVX512 void vnni_tile(const uint8_t* w, int64_t row_bytes, int64_t group, i
 template <WeightFormat F>
 LEGO_AVX512 void quant_avx512(const uint8_t* w, const QuantFormat& f, int64_t n, int64_t k, const float* x, int64_t m,
                               float* y) {
-  const auto a = quantize_activations(x, m, k);
-  std::vector<int32_t> neg_offsets;
-  if constexpr (F == WeightFormat::Int4) {
-    neg_offsets = int4_offsets(a);
-    for (auto& v : neg_offsets) v = -v;
-  }
   const int64_t row_bytes = f.row_bytes(k);
-  const int64_t blocks = k / kQ;
-  at::parallel_for(0, n, grain(n), [&](int64_t begin, int64_t end) {
-    const auto rows = [&](auto wr_tag, int64_t i) {
-      constexpr int WR = decltype(wr_tag)::value;
-      const uint8_t* row = w + i * row_bytes;
-      const int32_t* off = neg_offsets.empty() ? nullptr : neg_offsets.data();
-      int64_t r = 0;
-      for (; r + 2 <= m; r += 2) {
-        vnni_tile<F, WR, 2>(row, row_bytes, f.group, k, a.q.data() + r * k, a.scale.data() + r * blocks,
-                            off ? off + r * blocks * 8 : nullptr, y + r * n + i, n);
-      }
-      if (r < m) {
-        vnni_tile<F, WR, 1>(row, row_bytes, f.group, k, a.q.data() + r * k, a.scale.data() + r * blocks,
-                            off ? off + r * blocks * 8 : nullptr, y + r * n + i, n);
-      }
-    };
-    int64_t i = begin;
-    for (; i + 4 <= end && m == 1; i += 4) rows(std::integral_constant<int, 4>{}, i);
-    for (; i + 2 <= end; i += 2) rows(std::integral_constant<int, 2>{}, i);
-    if (i < end) rows(std::integral_constant<int, 1>{}, i);
+  quant_product<F>(n, k, x, m, true, [&](auto wr, auto rr, int64_t i, const int8_t* xq, const float* xs,
+                                                        const int32_t* neg_off, int64_t r) {
+    vnni_tile<F, decltype(wr)::value, decltype(rr)::value>(w + i * row_bytes, row_bytes, f.group, k, xq, xs, neg_off,
+                                                           y + r * n + i, n);
   });
 }
 #pragma GCC diagnostic pop
@@ -576,7 +505,7 @@ void matmul_quant(const uint8_t* w, const QuantFormat& format, int64_t n, int64_
   }
   if (isa == Isa::Avx2) {
     if (format.format == WeightFormat::Int8) return quant_avx2<WeightFormat::Int8>(w, format, n, k, x, m, y);
-    return int4_avx2(w, format, n, k, x, m, y);
+    return quant_avx2<WeightFormat::Int4>(w, format, n, k, x, m, y);
   }
 #endif
   (void)isa;
