@@ -259,15 +259,13 @@ LEGO_AVX2 void quant_tile(const uint8_t* w, int64_t row_bytes, int64_t group, in
     const uint8_t* p[WR];
     for (int a = 0; a < WR; ++a) {
       p[a] = w + a * row_bytes + g * block_bytes;
-      for (int64_t line = 0; line < block_bytes; line += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(p[a]) + WR * row_bytes + line, _MM_HINT_T0);
-      }
       ws[a] = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(p[a]));
       p[a] += 2;
     }
     for (int64_t s = 0; s < group; s += kQ, col += kQ) {
       __m256i wv[WR], aw[WR];
       for (int a = 0; a < WR; ++a) {
+        _mm_prefetch(reinterpret_cast<const char*>(p[a]) + WR * row_bytes, _MM_HINT_T0);  // one per sub-block
         if constexpr (F == WeightFormat::Int4) {
           const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[a])));
           wv[a] = _mm256_and_si256(_mm256_srlv_epi64(both, upper_by_4), low);
@@ -401,15 +399,13 @@ LEGO_AVX512 void vnni_tile(const uint8_t* w, int64_t row_bytes, int64_t group, i
     const uint8_t* p[WR];
     for (int a = 0; a < WR; ++a) {
       p[a] = w + a * row_bytes + g * block_bytes;
-      for (int64_t line = 0; line < block_bytes; line += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(p[a]) + WR * row_bytes + line, _MM_HINT_T0);
-      }
       ws[a] = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(p[a]));
       p[a] += 2;
     }
     for (int64_t s = 0; s < group; s += kQ, col += kQ) {
       __m256i wv[WR];
       for (int a = 0; a < WR; ++a) {
+        _mm_prefetch(reinterpret_cast<const char*>(p[a]) + WR * row_bytes, _MM_HINT_T0);  // one per sub-block
         if constexpr (F == WeightFormat::Int4) {
           const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[a])));
           wv[a] = _mm256_and_si256(_mm256_srlv_epi64(both, upper_by_4), low);
