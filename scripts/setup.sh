@@ -17,7 +17,7 @@ debs=(build-essential cmake ninja-build ccache pkg-config git python3-venv pytho
       libboost-dev libboost-program-options-dev libopencv-dev
       libavformat-dev libavcodec-dev libavutil-dev libswscale-dev libswresample-dev libavdevice-dev
       libsentencepiece-dev nlohmann-json3-dev zlib1g-dev libspdlog-dev libfmt-dev libgtest-dev libbenchmark-dev
-      libgloo-dev)
+      libgloo-dev libcpp-httplib-dev chromium chromium-driver)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

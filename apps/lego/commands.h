@@ -30,6 +30,7 @@ int run_consolidate(const Args& args);
 int run_synth(const Args& args);
 int run_eval(const Args& args);
 int run_convert(const Args& args);
+int run_serve(const Args& args);
 
 // Parses `args` against `options`; prints `usage` + options and returns false on --help. `parsed`, when
 // given, receives the options in command-line order.

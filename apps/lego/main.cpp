@@ -37,6 +37,7 @@ constexpr Entry kCommands[] = {
     {"eval", "score a model on grounding data (REC, temporal, sound localisation, caption)", lego::cli::run_eval},
     {"data", "data check: validate a training config's data without training", lego::cli::run_data},
     {"convert", "turn a public dataset's annotations into the released training JSON", lego::cli::run_convert},
+    {"serve", "answer an OpenAI-compatible HTTP API with grounding, batching requests, and a web page", lego::cli::run_serve},
 };
 
 // Boost's what() substitutes the offending option and value into its message template until no

@@ -33,6 +33,8 @@ ELSEWHERE = {
     ("docs/plugin-sdk.md", "ini", 0): "tests/e2e/out_of_tree_plugin.sh",
     ("docs/plugin-sdk.md", "sh", 0): "tests/python/test_pointcloud.py",
     ("docs/plugin-sdk.md", "ini", 1): "tests/python/test_pointcloud.py",
+    ("docs/serve.md", "python", 0): "tests/python/test_serve.py",
+    ("docs/serve.md", "json", 0): "tests/python/test_serve.py",
 }
 
 
@@ -65,8 +67,8 @@ def test_blocks_run_elsewhere_are_read_from_the_docs_by_their_runner():
 # ---- python ------------------------------------------------------------------------------------------------
 
 def test_python_blocks_are_in_python_md_only():
-    """docs/python.md's blocks run below; a Python block elsewhere would need the same treatment."""
-    assert {f.file.name for _, f in keyed("python")} == {"python.md"}
+    """docs/python.md's blocks run below; a Python block elsewhere is run by the test ELSEWHERE names."""
+    assert {f.file.name for key, f in keyed("python") if key not in ELSEWHERE} == {"python.md"}
 
 
 def test_every_python_snippet_of_the_docs_runs(tiny, media, tmp_path, monkeypatch, capsys):
@@ -76,7 +78,7 @@ def test_every_python_snippet_of_the_docs_runs(tiny, media, tmp_path, monkeypatc
         "[train]\nbatch_size = 4\nlog_every = 5\n[stage]\nname = s1\ntrain = adapter new_tokens\n")
     names = {'"demo-model"': repr(str(tiny / "model")), '"scene.png"': repr(str(media["image"])),
              '"clip.mp4"': repr(str(media["video"]))}
-    blocks = [f for _, f in keyed("python")]
+    blocks = [f for key, f in keyed("python") if key not in ELSEWHERE]
     assert len(blocks) >= 5
     namespace = {}
     for block in blocks:
@@ -161,6 +163,14 @@ def check_shell(command, where):
         assert name in targets, f"{where}: tests/fuzz defines no fuzz target {name} ({targets})"
     elif program.startswith(("scripts/", "tests/")):
         assert os.access(ROOT / program, os.X_OK), f"{where}: {program} is not an executable of the repository"
+    elif program == "curl":  # against `lego serve`: one of its endpoints, and JSON bodies that parse
+        urls = [w for w in words if w.startswith("http")]
+        assert len(urls) == 1, f"{where}: curl needs one URL"
+        path = "/" + urls[0].split("/", 3)[3] if urls[0].count("/") >= 3 else "/"
+        assert path in ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions"), f"{where}: lego serve has no {path}"
+        for flag in ("-d", "--data"):
+            if flag in words and not words[words.index(flag) + 1].startswith("@"):
+                json.loads(words[words.index(flag) + 1])
     elif program == "cmake":
         if "-S" in words:
             assert (ROOT / words[words.index("-S") + 1] / "CMakeLists.txt").exists(), f"{where}: no such project"
@@ -258,7 +268,7 @@ def test_every_model_key_of_the_docs_is_one_lego_reads(tiny, tmp_path):
 # ---- json --------------------------------------------------------------------------------------------------
 
 def test_every_training_row_of_the_docs_passes_data_check(tiny, media, tmp_path):
-    blocks = [f for _, f in keyed("json")]
+    blocks = [f for key, f in keyed("json") if key not in ELSEWHERE]
     assert len(blocks) >= 2
     for i, block in enumerate(blocks):
         row = json.loads(block.body)

@@ -10,6 +10,7 @@
 #include "lego/llm/decode_step.h"
 #include "lego/sdk/error.h"
 #include "lego/text/incremental_decoder.h"
+#include "rows.h"
 
 namespace lego::generate {
 namespace {
@@ -18,56 +19,6 @@ using Clock = std::chrono::steady_clock;
 
 double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
-
-// Length of the longest suffix of `text` that is a proper prefix of some stop string: that much text
-// must wait before it is streamed.
-size_t held_back(const std::string& text, const std::vector<std::string>& stops) {
-  size_t hold = 0;
-  for (const auto& s : stops) {
-    for (size_t n = std::min(s.size() - 1, text.size()); n > hold; --n) {
-      if (text.compare(text.size() - n, n, s, 0, n) == 0) {
-        hold = n;
-        break;
-      }
-    }
-  }
-  return hold;
-}
-
-struct RowState {
-  explicit RowState(std::shared_ptr<const text::Tokenizer> tokenizer)
-      : decoder(std::move(tokenizer)) {}
-  std::vector<int64_t> ids;
-  text::IncrementalDecoder decoder;  // decodes recent ids only: a step costs the same at any length
-  std::string text;                  // final text so far, cut at a stop string
-  size_t streamed = 0;
-  bool done = false;
-  std::string reason;
-};
-
-// Start of the earliest stop string in `text` that ends past `old_size`; npos when none does. Text
-// before `old_size` was searched already: only its last (stop size - 1) bytes can start a match.
-size_t find_stop(const std::string& text, size_t old_size, const std::vector<std::string>& stops) {
-  size_t first = std::string::npos;
-  for (const auto& s : stops) {
-    const size_t from = old_size >= s.size() ? old_size - s.size() + 1 : 0;
-    first = std::min(first, text.find(s, from));
-  }
-  return first;
-}
-
-// Appends text that became final to a row; a stop string in it ends the row and cuts the text.
-void append_text(RowState& r, const std::string& piece, const std::vector<std::string>& stops) {
-  if (piece.empty()) return;
-  const size_t old_size = r.text.size();
-  r.text += piece;
-  const size_t at = find_stop(r.text, old_size, stops);
-  if (at != std::string::npos) {
-    r.text.resize(at);
-    r.done = true;
-    r.reason = "stop";
-  }
 }
 
 }  // namespace
@@ -201,7 +152,7 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
   }
   auto next_pos = valid.to(torch::kInt64).sum(1);  // [B] position of the first generated token
 
-  std::vector<RowState> rows;
+  std::vector<detail::RowState> rows;
   rows.reserve(batch);
   for (int64_t b = 0; b < batch; ++b) rows.emplace_back(tokenizer_);
   // History for the repetition penalty: prompt ids then generated ids, preallocated.
@@ -233,30 +184,8 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
   if (timings != nullptr) timings->step_ms.clear();
   for (int64_t step = 0; step < max_new; ++step) {
     const auto step_start = Clock::now();
-    auto scores = logits.to(torch::kCPU, torch::kFloat32);
-    // NaN or infinite logits (broken weights, an overflow in fp16) would decode to nothing or crash the
-    // sampler; say where they appeared instead. The row maxima show both (max treats NaN as largest), and
-    // the greedy path needs them anyway.
-    auto [top, top_id] = scores.max(1);
-    const float* top_values = top.data_ptr<float>();
-    for (int64_t b = 0; b < batch; ++b) {
-      if (!std::isfinite(top_values[b])) {
-        throw Error(ErrorKind::Format, "the model produced non-finite logits at generation step " + std::to_string(step) +
-                                           " (batch row " + std::to_string(b) +
-                                           "): its weights or the inputs hold NaN or infinite values");
-      }
-    }
-    torch::Tensor next;
-    if (options.temperature == 0 && options.repetition_penalty == 1.0) {
-      next = top_id;
-    } else {
-      scores = process_logits(scores, history.defined() ? history.narrow(1, 0, prompt_len + step) : torch::Tensor(), options);
-      if (options.temperature == 0) {
-        next = scores.argmax(1);
-      } else {
-        next = scores.softmax(1).multinomial(1, /*replacement=*/false, gen).squeeze(1);
-      }
-    }
+    auto next = detail::choose_tokens(logits, history.defined() ? history.narrow(1, 0, prompt_len + step) : torch::Tensor(),
+                                      options, gen, step);
     if (history.defined()) history.select(1, prompt_len + step).copy_(next);
     ++steps;
     const auto* next_ids = next.data_ptr<int64_t>();
@@ -264,22 +193,9 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
     for (int64_t b = 0; b < batch; ++b) {
       auto& r = rows[b];
       if (r.done) continue;
-      const int64_t id = next_ids[b];
-      if (options.stop_at_eos && id == tokenizer_->eos_id()) {
-        r.done = true;
-        r.reason = "eos";
-        append_text(r, r.decoder.pending_text(), options.stop);  // bytes of an unfinished character
-      } else {
-        r.ids.push_back(id);
-        append_text(r, r.decoder.push(id), options.stop);
-      }
-      if (stream) {
-        const size_t ready = r.done ? r.text.size() : r.text.size() - held_back(r.text, options.stop);
-        if (ready > r.streamed) {
-          stream(b, std::string_view(r.text).substr(r.streamed, ready - r.streamed));
-          r.streamed = ready;
-        }
-      }
+      detail::TextSink sink;
+      if (stream) sink = [&stream, b](std::string_view piece) { stream(b, piece); };
+      detail::accept_token(r, next_ids[b], options, tokenizer_->eos_id(), sink);
       all_done = all_done && r.done;
     }
     const bool last = all_done || step + 1 == max_new;
@@ -294,11 +210,12 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
 
   std::vector<GenerationOutput> out;
   out.reserve(batch);
-  for (auto& r : rows) {
+  for (size_t b = 0; b < rows.size(); ++b) {
+    auto& r = rows[b];
     if (!r.done) {
-      r.reason = context_bound ? "context" : "length";
-      append_text(r, r.decoder.pending_text(), options.stop);
-      if (stream && r.text.size() > r.streamed) stream(static_cast<int64_t>(&r - rows.data()), r.text.substr(r.streamed));
+      detail::TextSink sink;
+      if (stream) sink = [&stream, b](std::string_view piece) { stream(static_cast<int64_t>(b), piece); };
+      detail::end_row(r, context_bound ? "context" : "length", options, sink);
     }
     out.push_back({std::move(r.ids), std::move(r.text), std::move(r.reason)});
   }

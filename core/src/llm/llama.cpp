@@ -91,22 +91,56 @@ double LlamaOptions::parameter_count() const {
 // ---------------------------------------------------------------------------------------------------------
 KvCache::KvCache(const LlamaOptions& options, int64_t batch, int64_t capacity,
                  torch::TensorOptions tensor_options)
+    : KvCache(options.num_layers(), batch, options.kv_heads(), capacity, options.head_width(), tensor_options) {}
+
+KvCache::KvCache(int64_t layers, int64_t batch, int64_t kv_heads, int64_t capacity, int64_t head_width,
+                 torch::TensorOptions tensor_options)
     : batch_(batch), capacity_(capacity) {
   if (batch <= 0 || capacity <= 0) {
     throw Error(ErrorKind::InvalidArgument, "KvCache: batch and capacity must be positive, got " +
                                                 std::to_string(batch) + " and " + std::to_string(capacity));
   }
-  const double bytes = 2.0 * static_cast<double>(options.num_layers()) * static_cast<double>(batch) *
-                       static_cast<double>(options.kv_heads()) * static_cast<double>(capacity) *
-                       static_cast<double>(options.head_width()) * static_cast<double>(tensor_options.dtype().itemsize());
+  const double bytes = 2.0 * static_cast<double>(layers) * static_cast<double>(batch) * static_cast<double>(kv_heads) *
+                       static_cast<double>(capacity) * static_cast<double>(head_width) *
+                       static_cast<double>(tensor_options.dtype().itemsize());
   require_allocatable(bytes, "a key/value cache of " + std::to_string(capacity) + " positions x " + std::to_string(batch) +
                                  " sequences");
-  keys_.reserve(options.num_layers());
-  values_.reserve(options.num_layers());
-  for (int64_t i = 0; i < options.num_layers(); ++i) {
-    keys_.push_back(torch::zeros({batch, options.kv_heads(), capacity, options.head_width()}, tensor_options));
-    values_.push_back(torch::zeros({batch, options.kv_heads(), capacity, options.head_width()}, tensor_options));
+  keys_.reserve(layers);
+  values_.reserve(layers);
+  for (int64_t i = 0; i < layers; ++i) {
+    keys_.push_back(torch::zeros({batch, kv_heads, capacity, head_width}, tensor_options));
+    values_.push_back(torch::zeros({batch, kv_heads, capacity, head_width}, tensor_options));
   }
+}
+
+KvCache KvCache::gather(const std::vector<Row>& rows, int64_t capacity) {
+  if (rows.empty()) throw Error(ErrorKind::InvalidArgument, "KvCache::gather: no rows");
+  int64_t longest = 0;
+  for (const auto& r : rows) {
+    if (r.cache == nullptr || r.row < 0 || r.row >= r.cache->batch() || r.tokens < 0 || r.tokens > r.cache->length() ||
+        r.cache->keys_.size() != rows.front().cache->keys_.size()) {
+      throw Error(ErrorKind::InvalidArgument, "KvCache::gather: a row outside its cache");
+    }
+    longest = std::max(longest, r.tokens);
+  }
+  if (longest > capacity) {
+    throw Error(ErrorKind::InvalidArgument, "KvCache::gather: " + std::to_string(longest) +
+                                                " tokens exceed the capacity of " + std::to_string(capacity));
+  }
+  const auto& like = rows.front().cache->keys_.front();
+  KvCache out(static_cast<int64_t>(rows.front().cache->keys_.size()), static_cast<int64_t>(rows.size()), like.size(1),
+              capacity, like.size(3), like.options());
+  for (size_t layer = 0; layer < out.keys_.size(); ++layer) {
+    for (size_t b = 0; b < rows.size(); ++b) {
+      const auto& r = rows[b];
+      if (r.tokens == 0) continue;
+      const int64_t from = r.cache->length_ - r.tokens;
+      out.keys_[layer][b].narrow(1, longest - r.tokens, r.tokens).copy_(r.cache->keys_[layer][r.row].narrow(1, from, r.tokens));
+      out.values_[layer][b].narrow(1, longest - r.tokens, r.tokens).copy_(r.cache->values_[layer][r.row].narrow(1, from, r.tokens));
+    }
+  }
+  out.length_ = longest;
+  return out;
 }
 
 std::pair<torch::Tensor, torch::Tensor> KvCache::append(int64_t layer, const torch::Tensor& keys,

@@ -159,7 +159,7 @@ const Pipeline::Entry& Pipeline::entry(const std::string& name) const {
 
 Modality& Pipeline::modality(const std::string& name) const { return *entry(name).modality; }
 
-std::string Pipeline::route(const std::filesystem::path& file) const {
+std::vector<std::string> Pipeline::readers(const std::filesystem::path& file) const {
   std::string ext = file.extension().string();
   if (!ext.empty() && ext.front() == '.') ext.erase(0, 1);
   ext = lower(ext);
@@ -168,6 +168,13 @@ std::string Pipeline::route(const std::filesystem::path& file) const {
     const auto types = entry(name).modality->file_types();
     if (std::find(types.begin(), types.end(), ext) != types.end()) takers.push_back(name);
   }
+  return takers;
+}
+
+std::string Pipeline::route(const std::filesystem::path& file) const {
+  std::string ext = lower(file.extension().string());
+  if (!ext.empty() && ext.front() == '.') ext.erase(0, 1);
+  const auto takers = readers(file);
   if (takers.size() == 1) return takers.front();
   if (ext.empty()) {
     throw Error(ErrorKind::InvalidArgument, file.string() + ": no extension to route the file by; name its modality: "
@@ -438,27 +445,42 @@ std::string Pipeline::prompt(const Request& request, const std::string& placed_m
   return text::render_inference_prompt(request.history, placed_message, system);
 }
 
-Answer Pipeline::answer(const Request& request, const std::vector<EncodedMedia>& earlier,
-                        const generate::StreamCallback& stream) {
-  Answer a;
+PreparedRequest Pipeline::prepare(const Request& request, const std::vector<EncodedMedia>& earlier) {
+  PreparedRequest p;
   torch::NoGradGuard no_grad;  // answering never trains
+  request.sampling.validate();
   const auto media = resolve(request.media);
-  a.message = place_media(request.message, media);
-  const std::string& message = a.message;
-  auto sampling = request.sampling;
-  if (!request.raw) sampling.stop.push_back(text::kLegoStop);
+  p.answer.message = place_media(request.message, media);
+  p.sampling = request.sampling;
+  if (!request.raw) p.sampling.stop.push_back(text::kLegoStop);
   const auto t0 = std::chrono::steady_clock::now();
   auto fresh = encode(media, request.media_seed);
-  a.encode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  a.media = earlier;
-  a.media.insert(a.media.end(), std::make_move_iterator(fresh.begin()), std::make_move_iterator(fresh.end()));
-  auto spliced = splice(prompt(request, message), a.media);
-  a.prompt_ids = spliced.ids.front();
-  generate::Generator generator(llm_.net, llm_.tokenizer);
-  a.output = generator.generate_from_embeddings(spliced.embeds, spliced.valid, spliced.padded_ids, sampling, stream,
-                                                &a.timings).front();
+  p.answer.encode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  p.answer.media = earlier;
+  p.answer.media.insert(p.answer.media.end(), std::make_move_iterator(fresh.begin()), std::make_move_iterator(fresh.end()));
+  p.spliced = splice(prompt(request, p.answer.message), p.answer.media);
+  p.answer.prompt_ids = p.spliced.ids.front();
+  return p;
+}
+
+Answer Pipeline::finish(PreparedRequest prepared, generate::GenerationOutput output) const {
+  Answer a = std::move(prepared.answer);
+  a.output = std::move(output);
   a.mentions = grounding::parse(a.output.text);
   a.grounding = ground(a.mentions, a.media);
+  return a;
+}
+
+Answer Pipeline::answer(const Request& request, const std::vector<EncodedMedia>& earlier,
+                        const generate::StreamCallback& stream) {
+  auto p = prepare(request, earlier);
+  torch::NoGradGuard no_grad;
+  generate::Generator generator(llm_.net, llm_.tokenizer);
+  generate::GenerationTimings timings;
+  auto output = generator.generate_from_embeddings(p.spliced.embeds, p.spliced.valid, p.spliced.padded_ids, p.sampling,
+                                                   stream, &timings).front();
+  auto a = finish(std::move(p), std::move(output));
+  a.timings = std::move(timings);
   return a;
 }
 

@@ -85,7 +85,22 @@ class KvCache {
   const torch::Tensor& layer_keys(int64_t layer) const { return keys_.at(layer); }
   const torch::Tensor& layer_values(int64_t layer) const { return values_.at(layer); }
 
+  // One row of a cache whose real tokens are its last `tokens` filled slots (left padding puts them there).
+  struct Row {
+    const KvCache* cache = nullptr;
+    int64_t row = 0;
+    int64_t tokens = 0;
+  };
+  // A new cache of `rows` (from caches of one model, dtype and device), each row's tokens copied into
+  // the last slots of a common length, the longest row's tokens; the slots in front of a shorter row are
+  // padding that the caller's key_valid masks. Continuous batching joins and drops sequences with it.
+  // Throws lego::Error(InvalidArgument) for no rows, a row out of range or tokens past `capacity`.
+  static KvCache gather(const std::vector<Row>& rows, int64_t capacity);
+
  private:
+  KvCache(int64_t layers, int64_t batch, int64_t kv_heads, int64_t capacity, int64_t head_width,
+          torch::TensorOptions tensor_options);
+
   int64_t batch_;
   int64_t capacity_;
   int64_t length_ = 0;

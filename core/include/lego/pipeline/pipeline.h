@@ -85,6 +85,14 @@ struct Answer {
   generate::GenerationTimings timings;
 };
 
+// A request made ready to decode (Pipeline::prepare): its answer's fields known before generation, and
+// the one-row prompt that a generator or a continuous batcher decodes.
+struct PreparedRequest {
+  Answer answer;                       // message, prompt_ids, media and encode_ms filled in
+  SplicedBatch spliced;                // one row, no padding
+  generate::SamplingOptions sampling;  // the request's, with the template's stop string added
+};
+
 class Pipeline {
  public:
   // Opens `dir` (model.ini, tokenizer, weights) and makes its modalities with `host`, which the pipeline
@@ -103,6 +111,8 @@ class Pipeline {
   Modality& modality(const std::string& name) const;
   // The model's modality that reads files like `file`, by extension; throws when none or several do.
   std::string route(const std::filesystem::path& file) const;
+  // Every modality of the model that reads files like `file` (by extension), in media order.
+  std::vector<std::string> readers(const std::filesystem::path& file) const;
   // `media` with each modality named (routed by extension where empty) and known to the model.
   std::vector<MediaInput> resolve(std::vector<MediaInput> media) const;
 
@@ -143,6 +153,10 @@ class Pipeline {
   // conversation's earlier turns (their placeholders are in `request.history`). `stream` may be empty.
   Answer answer(const Request& request, const std::vector<EncodedMedia>& earlier = {},
                 const generate::StreamCallback& stream = {});
+  // answer() in two halves around generation, for callers that decode many requests together (a server):
+  // prepare() places, encodes and splices; finish() takes the generated output and grounds it.
+  PreparedRequest prepare(const Request& request, const std::vector<EncodedMedia>& earlier = {});
+  Answer finish(PreparedRequest prepared, generate::GenerationOutput output) const;
 
  private:
   Pipeline(LanguageModel llm, std::shared_ptr<const host::PluginHost> host);

@@ -1,0 +1,85 @@
+// Continuous batching: many sequences decoded together, each joining when it arrives and leaving when it
+// ends, each with its own sampling settings, seed, stop strings and stream (DESIGN.md, core/generate).
+//
+// A sequence is prefilled alone (so its first token is exactly what Generator gives for it alone), then
+// decoded one token per step() together with every other sequence in the batch. The batch's key/value
+// cache is rebuilt (llm::KvCache::gather) only when sequences join or leave: each row's tokens are
+// right-aligned to a common length and the slots in front of a shorter row are masked, so rows of any
+// length share one decoding step. Sampling is per row with the row's own seeded generator, exactly as a
+// batch of one samples in Generator: a seed gives the same text alone or in company (up to the last-bit
+// differences of batched matrix products).
+//
+// Not thread-safe: one thread (a server's scheduler) calls add(), cancel() and step().
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "lego/generate/generator.h"
+#include "lego/llm/llama.h"
+#include "lego/text/tokenizer.h"
+
+namespace lego::generate {
+
+struct Sequence {
+  torch::Tensor embeds;             // [1, T, hidden] prompt embeddings on the model's device, no padding
+  std::vector<int64_t> prompt_ids;  // the T prompt ids (the repetition penalty reads them)
+  SamplingOptions options;
+  std::function<void(std::string_view)> on_text;  // text as it becomes final (may be empty)
+  // Called once when the sequence ends: its output, or the error that ended it (then output is partial).
+  std::function<void(GenerationOutput, std::exception_ptr)> on_done;
+};
+
+struct BatcherStats {
+  int64_t prompt_tokens = 0;     // prefilled so far
+  int64_t generated_tokens = 0;  // sampled so far
+  int64_t steps = 0;             // batched decoding steps run
+  int64_t rebuilds = 0;          // cache rebuilds (joins and leaves)
+};
+
+class ContinuousBatcher {
+ public:
+  // `max_batch` sequences at most decode together; throws InvalidArgument for max_batch < 1 or no tokenizer.
+  ContinuousBatcher(llm::LlamaForCausalLM model, std::shared_ptr<const text::Tokenizer> tokenizer, int64_t max_batch);
+  ~ContinuousBatcher();
+  ContinuousBatcher(const ContinuousBatcher&) = delete;
+  ContinuousBatcher& operator=(const ContinuousBatcher&) = delete;
+
+  // Prefills `sequence` and adds it; returns its id. Throws lego::Error (InvalidArgument for bad options,
+  // a prompt past the model's context or a full batch) before anything changes; on_done is then not called.
+  uint64_t add(Sequence sequence);
+  // Drops a sequence (its client went away) without calling on_done; false when it is not here.
+  bool cancel(uint64_t id);
+  // Chooses the next token of every sequence, ends those that finish (calling on_done), and runs one
+  // batched decoding step for the rest. An error of the batched forward ends every sequence with it.
+  void step();
+
+  int64_t size() const;
+  int64_t max_batch() const { return max_batch_; }
+  bool full() const { return size() >= max_batch_; }
+  bool empty() const { return size() == 0; }
+  const BatcherStats& stats() const { return stats_; }
+
+ private:
+  struct Row;
+  void rebuild();
+
+  llm::LlamaForCausalLM model_;
+  std::shared_ptr<const text::Tokenizer> tokenizer_;
+  int64_t max_batch_;
+  uint64_t next_id_ = 1;
+  std::vector<std::unique_ptr<Row>> rows_;  // in cache row order once rebuilt; new rows at the end
+  std::unique_ptr<llm::KvCache> cache_;     // the batch's cache, rows_[0, cached_) in order
+  size_t cached_ = 0;
+  torch::Tensor key_valid_;                 // [B, capacity] bool for cache_
+  bool dirty_ = false;                      // membership changed since the last rebuild
+  BatcherStats stats_;
+};
+
+}  // namespace lego::generate
