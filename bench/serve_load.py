@@ -99,15 +99,23 @@ def main():
                 reply = json.loads(r.read())
             return reply["choices"][0]["message"]["content"], reply["usage"]["completion_tokens"], time.perf_counter() - t0
 
+        def busy():
+            with urllib.request.urlopen(url + "/metrics", timeout=60) as r:
+                text = r.read().decode()
+            return {m.group(1): float(m.group(2)) for m in re.finditer(r'lego_busy_seconds_total\{stage="(\w+)"\} ([\d.]+)', text)}
+
         try:
             send(requests[0])  # warm-up
+            b0 = busy()
             t0 = time.perf_counter()
             alone = [send(r) for r in requests]
             t_alone = time.perf_counter() - t0
+            b1 = busy()
             t0 = time.perf_counter()
             with ThreadPoolExecutor(a.clients) as pool:
                 together = list(pool.map(send, requests))
             t_together = time.perf_counter() - t0
+            b2 = busy()
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
@@ -124,6 +132,8 @@ def main():
     p1 = lambda q: lat1[min(len(lat1) - 1, int(q * len(lat1)))]
     print(f"| one by one | {t_alone:.2f} | {a.clients / t_alone:.2f} | {sum(x[1] for x in alone) / t_alone:.1f} | {p1(0.5):.3f} | {p1(0.99):.3f} |")
     print(f"| {a.clients} at once | {t_together:.2f} | {a.clients / t_together:.2f} | {tokens / t_together:.1f} | {p(0.5):.3f} | {p(0.99):.3f} |")
+    for name, x, y in (("one by one", b0, b1), (f"{a.clients} at once", b1, b2)):
+        print(f"scheduler time, {name}: " + ", ".join(f"{k} {y[k] - x[k]:.2f} s" for k in ("prepare", "prefill", "decode")))
     print(f"speed-up (requests/s): {t_alone / t_together:.2f}x (goal >= 3x); replies differing from one by one: {mismatches} of {a.clients}")
     sys.exit(1 if mismatches else 0)
 

@@ -37,7 +37,7 @@ struct Limits {
 // How one medium of a request was given, for choosing its modality (choose_modalities).
 struct MediumSource {
   std::string param;     // "messages[1].content[0].image_url.url"
-  std::string top_type;  // the MIME type's top level: "image", "video", "audio"
+  std::string top_type;  // the top level of the MIME type (image/png: image)
   std::string modality;  // the part's own "modality" field, or ""
 };
 

@@ -56,6 +56,7 @@ struct Job {
   std::string id;
   int64_t created = 0;
   api::ChatRequest chat;
+  std::vector<EncodedMedia> loaded;  // its media, decoded on the request's thread, encoded by the scheduler
   std::filesystem::path folder;  // its media; removed with the job
   Clock::time_point arrived, deadline;
 
@@ -88,7 +89,9 @@ struct Metrics {
   std::mutex m;
   std::map<int, int64_t> responses;  // by HTTP status
   int64_t prompt_tokens = 0, completion_tokens = 0;
-  double decode_seconds = 0;  // wall time the batch spent stepping
+  double decode_seconds = 0;   // wall time the batch spent stepping
+  double prepare_seconds = 0;  // wall time spent preparing requests (media encoding, splicing)
+  double prefill_seconds = 0;  // wall time spent prefilling prompts
   static constexpr std::array<double, 10> kBuckets = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
   std::array<int64_t, kBuckets.size()> latency{};
   int64_t latency_count = 0;
@@ -175,10 +178,13 @@ class Server {
       }
       reply_error(res, 500, what, "server_error", "");
     });
-    http.set_error_handler([this](const httplib::Request&, httplib::Response& res) {
+    http.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return;
       const int status = res.status;
-      const std::string message = status == 404 ? "no such endpoint"
+      // httplib holds form-encoded bodies (curl -d without a Content-Type) to 8 KiB.
+      const bool form = req.get_header_value("Content-Type").rfind("application/x-www-form-urlencoded", 0) == 0;
+      const std::string message = status == 404   ? "no such endpoint"
+                                  : status == 413 && form ? "send the body as JSON: Content-Type: application/json"
                                   : status == 413 ? "the request body is over the upload limit"
                                                   : "the request was refused (HTTP " + std::to_string(status) + ")";
       reply_error(res, status, message, "invalid_request_error", "");
@@ -270,10 +276,15 @@ class Server {
       job->chat = api::parse_chat_request(req.body, job->folder, limits_);
       api::choose_modalities(job->chat, *pipeline_);  // a modality for each medium, or a 400
       pipeline_->place_media(job->chat.request.message, job->chat.request.media);
+      // Decoding the media is the slow part of preparing a request, and thread-safe: it runs here, beside
+      // the batch's decoding, and a medium that does not decode is refused before the request is queued.
+      job->loaded = pipeline_->load_media(job->chat.request);
     } catch (const api::ApiError& e) {
       return reply_error(res, e.status, e.what(), "invalid_request_error", e.param);
     } catch (const Error& e) {
-      return reply_error(res, error_status_of(e), scrub(e.what(), job->folder), "invalid_request_error", "messages");
+      // A plugin failing on a medium is the medium's fault here: it is the request's input.
+      const int status = e.kind() == ErrorKind::Plugin || e.kind() == ErrorKind::Io ? 400 : error_status_of(e);
+      return reply_error(res, status, scrub(e.what(), job->folder), "invalid_request_error", "messages");
     }
     {
       std::lock_guard<std::mutex> lock(queue_m_);
@@ -361,7 +372,7 @@ class Server {
           ++active_;
         }
       }
-      for (auto& job : admit) start(job);
+      if (!admit.empty()) start(std::move(admit));
       const auto now = Clock::now();
       for (auto it = running_.begin(); it != running_.end();) {
         auto& job = it->second.job;
@@ -390,69 +401,101 @@ class Server {
     std::shared_ptr<PreparedRequest> prepared;
   };
 
-  void start(const std::shared_ptr<Job>& job) {
-    if (job->abandoned) {
-      job->fail(499, "the client went away");
-      return job_ended();
-    }
-    try {
-      auto prepared = std::make_shared<PreparedRequest>(pipeline_->prepare(job->chat.request));
-      generate::Sequence seq;
-      seq.embeds = prepared->spliced.embeds;
-      seq.prompt_ids = prepared->spliced.ids.front();
-      seq.options = prepared->sampling;
-      if (job->chat.stream) {
-        seq.on_text = [job](std::string_view piece) {
-          std::lock_guard<std::mutex> lock(job->m);
-          job->pieces.emplace_back(piece);
-          job->cv.notify_all();
-        };
-      }
-      const auto prompt_tokens = static_cast<int64_t>(seq.prompt_ids.size());
-      // on_done runs inside batcher_.step(), on this thread.
-      seq.on_done = [this, job, prepared](generate::GenerationOutput out, std::exception_ptr error) {
-        auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& r) { return r.second.job == job; });
-        if (it != running_.end()) running_.erase(it);
-        try {
-          if (error) std::rethrow_exception(error);
-          {
-            std::lock_guard<std::mutex> lock(metrics_.m);
-            metrics_.completion_tokens += static_cast<int64_t>(out.token_ids.size());
-          }
-          auto answer = pipeline_->finish(std::move(*prepared), std::move(out));
-          std::lock_guard<std::mutex> lock(job->m);
-          job->answer = std::move(answer);
-          job->done = true;
-          job->cv.notify_all();
-        } catch (const Error& e) {
-          job->fail(error_status_of(e) == 400 ? 500 : error_status_of(e), e.what());
-        } catch (const c10::Error& e) {
-          job->fail(500, e.what_without_backtrace());
-        } catch (const std::exception& e) {
-          job->fail(500, e.what());
-        }
-        metrics_.finished(std::chrono::duration<double>(Clock::now() - job->arrived).count());
+  // Prepares the admitted jobs together (their media encoded in one batch per modality) and adds each to the batch.
+  void start(std::vector<std::shared_ptr<Job>> jobs) {
+    std::vector<std::shared_ptr<Job>> live;
+    for (auto& job : jobs) {
+      if (job->abandoned) {
+        job->fail(499, "the client went away");
         job_ended();
-      };
-      const auto id = batcher_.add(std::move(seq));
-      running_.emplace(id, Running{job, prepared});
-      {
-        std::lock_guard<std::mutex> lock(job->m);
-        job->started = true;
-        job->cv.notify_all();
+      } else {
+        live.push_back(job);
       }
-      std::lock_guard<std::mutex> lock(metrics_.m);
-      metrics_.prompt_tokens += prompt_tokens;
-    } catch (const Error& e) {
-      job->fail(error_status_of(e), scrub(e.what(), job->folder), "messages");
-      job_ended();
-    } catch (const c10::Error& e) {
-      job->fail(500, scrub(e.what_without_backtrace(), job->folder));
-      job_ended();
-    } catch (const std::exception& e) {
-      job->fail(500, scrub(e.what(), job->folder));
-      job_ended();
     }
+    if (live.empty()) return;
+    std::vector<Request> requests;
+    std::vector<std::vector<EncodedMedia>> loaded;
+    for (const auto& job : live) {
+      requests.push_back(job->chat.request);
+      loaded.push_back(std::move(job->loaded));
+    }
+    std::vector<std::exception_ptr> errors;
+    std::vector<PreparedRequest> prepared;
+    const auto t0 = Clock::now();
+    try {
+      prepared = pipeline_->prepare_all(requests, std::move(loaded), errors);
+    } catch (...) {
+      errors.assign(live.size(), std::current_exception());
+      prepared.resize(live.size());
+    }
+    const auto t1 = Clock::now();
+    for (size_t i = 0; i < live.size(); ++i) {
+      try {
+        if (errors[i]) std::rethrow_exception(errors[i]);
+        add(live[i], std::make_shared<PreparedRequest>(std::move(prepared[i])));
+      } catch (const Error& e) {
+        live[i]->fail(error_status_of(e), scrub(e.what(), live[i]->folder), "messages");
+        job_ended();
+      } catch (const c10::Error& e) {
+        live[i]->fail(500, scrub(e.what_without_backtrace(), live[i]->folder));
+        job_ended();
+      } catch (const std::exception& e) {
+        live[i]->fail(500, scrub(e.what(), live[i]->folder));
+        job_ended();
+      }
+    }
+    std::lock_guard<std::mutex> lock(metrics_.m);
+    metrics_.prepare_seconds += std::chrono::duration<double>(t1 - t0).count();
+    metrics_.prefill_seconds += std::chrono::duration<double>(Clock::now() - t1).count();
+  }
+
+  void add(const std::shared_ptr<Job>& job, const std::shared_ptr<PreparedRequest>& prepared) {
+    generate::Sequence seq;
+    seq.embeds = prepared->spliced.embeds;
+    seq.prompt_ids = prepared->spliced.ids.front();
+    seq.options = prepared->sampling;
+    if (job->chat.stream) {
+      seq.on_text = [job](std::string_view piece) {
+        std::lock_guard<std::mutex> lock(job->m);
+        job->pieces.emplace_back(piece);
+        job->cv.notify_all();
+      };
+    }
+    const auto prompt_tokens = static_cast<int64_t>(seq.prompt_ids.size());
+    // on_done runs inside batcher_.step(), on this thread.
+    seq.on_done = [this, job, prepared](generate::GenerationOutput out, std::exception_ptr error) {
+      auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& r) { return r.second.job == job; });
+      if (it != running_.end()) running_.erase(it);
+      try {
+        if (error) std::rethrow_exception(error);
+        {
+          std::lock_guard<std::mutex> lock(metrics_.m);
+          metrics_.completion_tokens += static_cast<int64_t>(out.token_ids.size());
+        }
+        auto answer = pipeline_->finish(std::move(*prepared), std::move(out));
+        std::lock_guard<std::mutex> lock(job->m);
+        job->answer = std::move(answer);
+        job->done = true;
+        job->cv.notify_all();
+      } catch (const Error& e) {
+        job->fail(error_status_of(e) == 400 ? 500 : error_status_of(e), e.what());
+      } catch (const c10::Error& e) {
+        job->fail(500, e.what_without_backtrace());
+      } catch (const std::exception& e) {
+        job->fail(500, e.what());
+      }
+      metrics_.finished(std::chrono::duration<double>(Clock::now() - job->arrived).count());
+      job_ended();
+    };
+    const auto id = batcher_.add(std::move(seq));
+    running_.emplace(id, Running{job, prepared});
+    {
+      std::lock_guard<std::mutex> lock(job->m);
+      job->started = true;
+      job->cv.notify_all();
+    }
+    std::lock_guard<std::mutex> lock(metrics_.m);
+    metrics_.prompt_tokens += prompt_tokens;
   }
 
   void job_ended() {
@@ -478,6 +521,10 @@ class Server {
     out += "# HELP lego_completion_tokens_total Tokens generated.\n# TYPE lego_completion_tokens_total counter\nlego_completion_tokens_total " + std::to_string(metrics_.completion_tokens) + "\n";
     const double tps = metrics_.decode_seconds > 0 ? static_cast<double>(metrics_.completion_tokens) / metrics_.decode_seconds : 0;
     out += "# HELP lego_decode_tokens_per_second Tokens generated per second of batched decoding, since start.\n# TYPE lego_decode_tokens_per_second gauge\nlego_decode_tokens_per_second " + std::to_string(tps) + "\n";
+    out += "# HELP lego_busy_seconds_total Scheduler time by stage: prepare (media encoding, splicing), prefill, decode.\n# TYPE lego_busy_seconds_total counter\n";
+    out += "lego_busy_seconds_total{stage=\"prepare\"} " + std::to_string(metrics_.prepare_seconds) + "\n";
+    out += "lego_busy_seconds_total{stage=\"prefill\"} " + std::to_string(metrics_.prefill_seconds) + "\n";
+    out += "lego_busy_seconds_total{stage=\"decode\"} " + std::to_string(metrics_.decode_seconds) + "\n";
     out += "# HELP lego_request_seconds Time from a chat request's arrival to its answer.\n# TYPE lego_request_seconds histogram\n";
     for (size_t i = 0; i < Metrics::kBuckets.size(); ++i) {
       out += "lego_request_seconds_bucket{le=\"" + json(Metrics::kBuckets[i]).dump() + "\"} " + std::to_string(metrics_.latency[i]) + "\n";

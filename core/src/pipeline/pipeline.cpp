@@ -463,6 +463,80 @@ PreparedRequest Pipeline::prepare(const Request& request, const std::vector<Enco
   return p;
 }
 
+std::vector<EncodedMedia> Pipeline::load_media(const Request& request) const {
+  const auto media = resolve(request.media);
+  std::vector<EncodedMedia> out;
+  out.reserve(media.size());
+  for (size_t i = 0; i < media.size(); ++i) out.push_back(load_medium(media[i], request.media_seed + i));
+  return out;
+}
+
+std::vector<PreparedRequest> Pipeline::prepare_all(const std::vector<Request>& requests,
+                                                   std::vector<std::vector<EncodedMedia>> loaded,
+                                                   std::vector<std::exception_ptr>& errors) {
+  torch::NoGradGuard no_grad;
+  const size_t n = requests.size();
+  if (loaded.size() != n) throw Error(ErrorKind::InvalidArgument, "prepare_all: loaded media for " + std::to_string(loaded.size()) + " of " + std::to_string(n) + " requests");
+  std::vector<PreparedRequest> out(n);
+  errors.assign(n, nullptr);
+  // Every request's media in one list, each request's at [first, first + count).
+  std::vector<EncodedMedia> all;
+  std::vector<std::pair<size_t, size_t>> span(n);
+  for (size_t r = 0; r < n; ++r) {
+    try {
+      requests[r].sampling.validate();
+      out[r].answer.message = place_media(requests[r].message, resolve(requests[r].media));
+      if (loaded[r].size() != requests[r].media.size()) {
+        throw Error(ErrorKind::InvalidArgument, "prepare_all: request " + std::to_string(r) + " has " +
+                                                    std::to_string(requests[r].media.size()) + " media but " +
+                                                    std::to_string(loaded[r].size()) + " loaded");
+      }
+      span[r] = {all.size(), loaded[r].size()};
+      all.insert(all.end(), std::make_move_iterator(loaded[r].begin()), std::make_move_iterator(loaded[r].end()));
+    } catch (...) {
+      errors[r] = std::current_exception();
+    }
+  }
+  auto slice = [&](size_t r) {
+    return std::vector<EncodedMedia>(all.begin() + static_cast<std::ptrdiff_t>(span[r].first),
+                                     all.begin() + static_cast<std::ptrdiff_t>(span[r].first + span[r].second));
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    encode_loaded(all);
+  } catch (...) {
+    // One request's media broke the shared batch: encode each request's own, so that only it fails.
+    for (size_t r = 0; r < n; ++r) {
+      if (errors[r] || span[r].second == 0) continue;
+      auto mine = slice(r);
+      try {
+        encode_loaded(mine);
+        std::move(mine.begin(), mine.end(), all.begin() + static_cast<std::ptrdiff_t>(span[r].first));
+      } catch (...) {
+        errors[r] = std::current_exception();
+      }
+    }
+  }
+  const double encode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  for (size_t r = 0; r < n; ++r) {
+    if (errors[r]) continue;
+    try {
+      auto& p = out[r];
+      const auto& request = requests[r];
+      p.sampling = request.sampling;
+      if (!request.raw) p.sampling.stop.push_back(text::kLegoStop);
+      p.answer.encode_ms = encode_ms;
+      p.answer.media = slice(r);
+      p.spliced = splice(prompt(request, p.answer.message), p.answer.media);
+      p.answer.prompt_ids = p.spliced.ids.front();
+    } catch (...) {
+      errors[r] = std::current_exception();
+      out[r] = PreparedRequest{};
+    }
+  }
+  return out;
+}
+
 Answer Pipeline::finish(PreparedRequest prepared, generate::GenerationOutput output) const {
   Answer a = std::move(prepared.answer);
   a.output = std::move(output);

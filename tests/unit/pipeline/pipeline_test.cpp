@@ -214,6 +214,40 @@ TEST(Pipeline, AnswersARequestEndToEnd) {
   EXPECT_EQ(std::count(a.prompt_ids.begin(), a.prompt_ids.end(), tok.token_id("<pt_patch>")), 3);
 }
 
+TEST(Pipeline, PreparesSeveralRequestsTogetherAsEachAloneAndIsolatesAFailure) {
+  PointsModel m;
+  std::vector<Request> requests(3);
+  requests[0].message = "Where is the chair?";
+  requests[0].media = {{"", m.cloud("a.xyz", {{0, 1, 2}, {3, 4, 5}})}};
+  requests[1].message = "And here?";
+  std::ofstream(m.dir / "broken.xyz") << "1 2\n";  // two numbers on a line: the plugin refuses it
+  requests[1].media = {{"", m.dir / "broken.xyz"}};
+  requests[2].message = "<points> and <points>: which is bigger?";
+  requests[2].media = {{"", m.cloud("b.xyz", {{5, 5, 5}, {6, 4, 5}, {7, 7, 7}})}, {"", m.cloud("c.xyz", {{1, 1, 1}})}};
+  std::vector<std::exception_ptr> errors;
+  torch::NoGradGuard no_grad;
+  std::vector<std::vector<EncodedMedia>> loaded(3);
+  loaded[0] = m.pipeline->load_media(requests[0]);
+  EXPECT_THROW(m.pipeline->load_media(requests[1]), Error);  // the broken cloud fails where it loads
+  loaded[2] = m.pipeline->load_media(requests[2]);
+  auto all = m.pipeline->prepare_all(requests, loaded, errors);
+  ASSERT_EQ(all.size(), 3u);
+  ASSERT_EQ(errors.size(), 3u);
+  EXPECT_TRUE(errors[1]);  // its media were not loaded
+  EXPECT_THROW(std::rethrow_exception(errors[1]), Error);
+  for (size_t i : {size_t{0}, size_t{2}}) {
+    SCOPED_TRACE(i);
+    ASSERT_FALSE(errors[i]);
+    const auto alone = m.pipeline->prepare(requests[i]);
+    EXPECT_EQ(all[i].answer.prompt_ids, alone.answer.prompt_ids);
+    EXPECT_EQ(all[i].answer.message, alone.answer.message);
+    EXPECT_EQ(all[i].sampling.stop, alone.sampling.stop);
+    ASSERT_EQ(all[i].answer.media.size(), requests[i].media.size());
+    EXPECT_TRUE(torch::allclose(all[i].spliced.embeds, alone.spliced.embeds, 1e-6, 1e-6));
+  }
+  EXPECT_FALSE(torch::allclose(all[2].answer.media[0].features, all[2].answer.media[1].features));
+}
+
 }  // namespace
 
 // lego init-model's [init] section: fan_in draws each matrix from N(0, 1/fan_in); sincos_2d makes the

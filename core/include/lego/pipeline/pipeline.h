@@ -11,6 +11,7 @@
 // refer to: the first medium (in request order) whose modality carries that kind of grounding.
 #pragma once
 
+#include <exception>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -156,6 +157,15 @@ class Pipeline {
   // answer() in two halves around generation, for callers that decode many requests together (a server):
   // prepare() places, encodes and splices; finish() takes the generated output and grounds it.
   PreparedRequest prepare(const Request& request, const std::vector<EncodedMedia>& earlier = {});
+  // The media of `request` resolved and loaded (medium i with media_seed + i), not encoded: the thread-safe half
+  // of prepare(), which a server runs on each request's own thread.
+  std::vector<EncodedMedia> load_media(const Request& request) const;
+  // prepare() for several requests at once from their loaded media (load_media), encoded together: one batch
+  // per modality across the requests. A request that fails (its media, its prompt) gets its error in
+  // `errors[i]` and an empty PreparedRequest; the others go on. encode_ms is the shared encoding's time.
+  std::vector<PreparedRequest> prepare_all(const std::vector<Request>& requests,
+                                           std::vector<std::vector<EncodedMedia>> loaded,
+                                           std::vector<std::exception_ptr>& errors);
   Answer finish(PreparedRequest prepared, generate::GenerationOutput output) const;
 
  private:
