@@ -109,10 +109,16 @@ struct Metrics {
   }
 };
 
-// `message` without the server's folder: a request's media are named by their file name alone.
+// `message` without the server's files: a request's media named by their file name alone, and no plugin's
+// library path (" (/.../liblego_plugin_image.so)").
 std::string scrub(std::string message, const std::filesystem::path& folder) {
   const std::string prefix = folder.string() + "/";
   for (size_t at; (at = message.find(prefix)) != std::string::npos;) message.erase(at, prefix.size());
+  for (size_t at = 0; (at = message.find(" (/", at)) != std::string::npos;) {
+    const size_t end = message.find(')', at);
+    if (end != std::string::npos && end > 4 && message.compare(end - 3, 3, ".so") == 0) message.erase(at, end + 1 - at);
+    else at += 3;
+  }
   return message;
 }
 
@@ -153,8 +159,13 @@ class Server {
       // Headers are read, the body is not: a body over the limit is refused from its Content-Length, unread.
       if (req.has_header("Content-Length")) {
         const std::string length = req.get_header_value("Content-Length");
-        const bool digits = !length.empty() && length.size() < 19 && length.find_first_not_of("0123456789") == std::string::npos;
-        if (!digits || std::stoull(length) > max_body) {
+        const bool digits = !length.empty() && length.find_first_not_of("0123456789") == std::string::npos;
+        if (!digits) {
+          res.set_header("Connection", "close");
+          reply_error(res, 400, "Content-Length must be a number of bytes", "invalid_request_error", "");
+          return httplib::Server::HandlerResponse::Handled;
+        }
+        if (length.size() >= 19 || std::stoull(length) > max_body) {
           res.set_header("Connection", "close");
           reply_error(res, 413, "the request body is over the limit of " + std::to_string(max_body) + " bytes",
                       "invalid_request_error", "");
@@ -278,6 +289,21 @@ class Server {
       pipeline_->place_media(job->chat.request.message, job->chat.request.media);
       // Decoding the media is the slow part of preparing a request, and thread-safe: it runs here, beside
       // the batch's decoding, and a medium that does not decode is refused before the request is queued.
+      {
+        // At most a few at once: many threads decoding media with libtorch's own thread teams would starve
+        // the batch's decoding of the cores.
+        std::unique_lock<std::mutex> gate(load_m_);
+        load_cv_.wait(gate, [this] { return loading_ < max_loading_; });
+        ++loading_;
+      }
+      struct Release {
+        Server* s;
+        ~Release() {
+          std::lock_guard<std::mutex> gate(s->load_m_);
+          --s->loading_;
+          s->load_cv_.notify_one();
+        }
+      } release{this};
       job->loaded = pipeline_->load_media(job->chat.request);
     } catch (const api::ApiError& e) {
       return reply_error(res, e.status, e.what(), "invalid_request_error", e.param);
@@ -429,19 +455,36 @@ class Server {
       prepared.resize(live.size());
     }
     const auto t1 = Clock::now();
-    for (size_t i = 0; i < live.size(); ++i) {
+    auto refuse = [this](const std::shared_ptr<Job>& job, std::exception_ptr error) {
       try {
-        if (errors[i]) std::rethrow_exception(errors[i]);
-        add(live[i], std::make_shared<PreparedRequest>(std::move(prepared[i])));
+        std::rethrow_exception(error);
       } catch (const Error& e) {
-        live[i]->fail(error_status_of(e), scrub(e.what(), live[i]->folder), "messages");
-        job_ended();
+        job->fail(error_status_of(e), scrub(e.what(), job->folder), "messages");
       } catch (const c10::Error& e) {
-        live[i]->fail(500, scrub(e.what_without_backtrace(), live[i]->folder));
-        job_ended();
+        job->fail(500, scrub(e.what_without_backtrace(), job->folder));
       } catch (const std::exception& e) {
-        live[i]->fail(500, scrub(e.what(), live[i]->folder));
-        job_ended();
+        job->fail(500, scrub(e.what(), job->folder));
+      }
+      job_ended();
+    };
+    // Those prepared are prefilled together; should that fail, one by one, so that only a culprit fails.
+    std::vector<std::pair<std::shared_ptr<Job>, std::shared_ptr<PreparedRequest>>> ready;
+    for (size_t i = 0; i < live.size(); ++i) {
+      if (errors[i]) refuse(live[i], errors[i]);
+      else ready.emplace_back(live[i], std::make_shared<PreparedRequest>(std::move(prepared[i])));
+    }
+    try {
+      std::vector<generate::Sequence> seqs;
+      for (const auto& [job, p] : ready) seqs.push_back(sequence_for(job, p));
+      const auto ids = batcher_.add_all(std::move(seqs));
+      for (size_t i = 0; i < ready.size(); ++i) started(ready[i].first, ready[i].second, ids[i]);
+    } catch (...) {
+      for (const auto& [job, p] : ready) {
+        try {
+          started(job, p, batcher_.add(sequence_for(job, p)));
+        } catch (...) {
+          refuse(job, std::current_exception());
+        }
       }
     }
     std::lock_guard<std::mutex> lock(metrics_.m);
@@ -449,7 +492,7 @@ class Server {
     metrics_.prefill_seconds += std::chrono::duration<double>(Clock::now() - t1).count();
   }
 
-  void add(const std::shared_ptr<Job>& job, const std::shared_ptr<PreparedRequest>& prepared) {
+  generate::Sequence sequence_for(const std::shared_ptr<Job>& job, const std::shared_ptr<PreparedRequest>& prepared) {
     generate::Sequence seq;
     seq.embeds = prepared->spliced.embeds;
     seq.prompt_ids = prepared->spliced.ids.front();
@@ -461,7 +504,6 @@ class Server {
         job->cv.notify_all();
       };
     }
-    const auto prompt_tokens = static_cast<int64_t>(seq.prompt_ids.size());
     // on_done runs inside batcher_.step(), on this thread.
     seq.on_done = [this, job, prepared](generate::GenerationOutput out, std::exception_ptr error) {
       auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& r) { return r.second.job == job; });
@@ -487,7 +529,11 @@ class Server {
       metrics_.finished(std::chrono::duration<double>(Clock::now() - job->arrived).count());
       job_ended();
     };
-    const auto id = batcher_.add(std::move(seq));
+    return seq;
+  }
+
+  // A job's sequence is in the batch as `id`: a stream may start.
+  void started(const std::shared_ptr<Job>& job, const std::shared_ptr<PreparedRequest>& prepared, uint64_t id) {
     running_.emplace(id, Running{job, prepared});
     {
       std::lock_guard<std::mutex> lock(job->m);
@@ -495,7 +541,7 @@ class Server {
       job->cv.notify_all();
     }
     std::lock_guard<std::mutex> lock(metrics_.m);
-    metrics_.prompt_tokens += prompt_tokens;
+    metrics_.prompt_tokens += static_cast<int64_t>(prepared->spliced.ids.front().size());
   }
 
   void job_ended() {
@@ -543,6 +589,11 @@ class Server {
   int64_t started_ = static_cast<int64_t>(std::time(nullptr));
   std::atomic<uint64_t> jobs_seen_{0};
   std::atomic<bool> draining_{false};
+
+  std::mutex load_m_;  // media decoding on the request threads, at most max_loading_ at once
+  std::condition_variable load_cv_;
+  int loading_ = 0;
+  const int max_loading_ = std::max(1u, std::thread::hardware_concurrency() / 2);
 
   std::mutex queue_m_;
   std::condition_variable queue_cv_, idle_cv_;

@@ -26,7 +26,8 @@ struct ContinuousBatcher::Row {
   int64_t tokens = 0;   // slots of the row in its cache (prompt + tokens fed back)
   int64_t last_id = 0;  // the token to feed at the next batched step
   torch::Tensor logits;                // [1, V] float32 on the CPU: the next choice
-  std::unique_ptr<llm::KvCache> own;   // the prefill's cache until the row joins the batch cache
+  std::shared_ptr<llm::KvCache> own;   // the prefill's cache (shared by those prefilled together) until the row
+  int64_t own_row = 0;                 // joins the batch cache; the row's index in it
   int64_t cache_row = -1;
   std::exception_ptr error;
 };
@@ -43,47 +44,82 @@ ContinuousBatcher::~ContinuousBatcher() = default;
 int64_t ContinuousBatcher::size() const { return static_cast<int64_t>(rows_.size()); }
 
 uint64_t ContinuousBatcher::add(Sequence seq) {
-  seq.options.validate();
-  if (full()) throw Error(ErrorKind::InvalidArgument, "ContinuousBatcher: the batch is full (" + std::to_string(max_batch_) + ")");
-  const torch::Tensor e = seq.embeds;  // seq moves into its row below
+  std::vector<Sequence> one;
+  one.push_back(std::move(seq));
+  return add_all(std::move(one)).front();
+}
+
+std::vector<uint64_t> ContinuousBatcher::add_all(std::vector<Sequence> seqs) {
+  if (seqs.empty()) return {};
   const int64_t hidden = model_->options().hidden_size();
-  if (!e.defined() || e.dim() != 3 || e.size(0) != 1 || e.size(1) < 1 || e.size(2) != hidden) {
-    throw Error(ErrorKind::InvalidArgument, "ContinuousBatcher: a prompt's embeddings must be [1, T >= 1, " + std::to_string(hidden) + "]");
-  }
-  const int64_t prompt_len = e.size(1);
-  if (static_cast<int64_t>(seq.prompt_ids.size()) != prompt_len) {
-    throw Error(ErrorKind::InvalidArgument, "ContinuousBatcher: " + std::to_string(seq.prompt_ids.size()) +
-                                                " prompt ids for " + std::to_string(prompt_len) + " prompt embeddings");
-  }
   const int64_t context = model_->options().max_position();
-  if (prompt_len > context) {
-    throw Error(ErrorKind::InvalidArgument, "prompt of " + std::to_string(prompt_len) +
-                                                " tokens is longer than the model context of " + std::to_string(context));
+  if (size() + static_cast<int64_t>(seqs.size()) > max_batch_) {
+    throw Error(ErrorKind::InvalidArgument, "ContinuousBatcher: the batch is full (" + std::to_string(max_batch_) + ")");
+  }
+  int64_t longest = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const auto& seq = seqs[i];
+    const std::string which = seqs.size() > 1 ? " (sequence " + std::to_string(i) + ")" : "";
+    seq.options.validate();
+    const auto& e = seq.embeds;
+    if (!e.defined() || e.dim() != 3 || e.size(0) != 1 || e.size(1) < 1 || e.size(2) != hidden ||
+        (i > 0 && (e.device() != seqs[0].embeds.device() || e.dtype() != seqs[0].embeds.dtype()))) {
+      throw Error(ErrorKind::InvalidArgument, "ContinuousBatcher: a prompt's embeddings must be [1, T >= 1, " +
+                                                  std::to_string(hidden) + "] on one device and dtype" + which);
+    }
+    if (static_cast<int64_t>(seq.prompt_ids.size()) != e.size(1)) {
+      throw Error(ErrorKind::InvalidArgument, "ContinuousBatcher: " + std::to_string(seq.prompt_ids.size()) +
+                                                  " prompt ids for " + std::to_string(e.size(1)) + " prompt embeddings" + which);
+    }
+    if (e.size(1) > context) {
+      throw Error(ErrorKind::InvalidArgument, "prompt of " + std::to_string(e.size(1)) +
+                                                  " tokens is longer than the model context of " + std::to_string(context) + which);
+    }
+    longest = std::max(longest, e.size(1));
   }
   torch::NoGradGuard no_grad;
-  auto row = std::make_unique<Row>(next_id_, std::move(seq), tokenizer_);
-  const auto& o = row->seq.options;
-  row->prompt_len = prompt_len;
-  row->max_new = std::min(o.max_new_tokens, context - prompt_len);
-  row->context_bound = row->max_new < o.max_new_tokens;
-  if (o.repetition_penalty != 1.0) {
-    row->history = torch::zeros({1, prompt_len + row->max_new}, torch::kInt64);
-    row->history.narrow(1, 0, prompt_len).copy_(torch::tensor(row->seq.prompt_ids, torch::kInt64).view({1, prompt_len}));
+  const auto batch = static_cast<int64_t>(seqs.size());
+  const auto like = seqs[0].embeds;
+  // The prefill: the prompts left-padded to one length, exactly as Generator runs a batch of prompts (for one
+  // prompt, exactly its forward alone).
+  auto embeds = batch == 1 ? like : torch::zeros({batch, longest, hidden}, like.options());
+  auto valid = torch::zeros({batch, longest}, torch::kBool);
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t t = seqs[b].embeds.size(1);
+    if (batch > 1) embeds[b].narrow(0, longest - t, t).copy_(seqs[b].embeds[0]);
+    valid[b].narrow(0, longest - t, t).fill_(true);
   }
-  // The prefill, alone: exactly the first forward Generator runs for a batch of one.
-  row->own = std::make_unique<llm::KvCache>(model_->options(), 1, prompt_len,
-                                            torch::TensorOptions().dtype(e.dtype()).device(e.device()));
+  auto cache = std::make_shared<llm::KvCache>(model_->options(), batch, longest, like.options());
   llm::AttentionContext ctx;
-  ctx.positions = torch::arange(prompt_len, torch::kInt64).view({1, prompt_len}).to(e.device());
-  ctx.cache = row->own.get();
-  auto hidden_states = model_->model->forward(e, ctx);
-  row->logits = model_->logits(hidden_states.narrow(1, prompt_len - 1, 1)).squeeze(1).to(torch::kCPU, torch::kFloat32);
-  row->tokens = prompt_len;
-  row->seq.embeds = torch::Tensor();  // no longer needed
-  stats_.prompt_tokens += prompt_len;
-  rows_.push_back(std::move(row));
+  ctx.positions = (valid.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).to(like.device());
+  if (batch > 1) ctx.key_valid = valid.to(like.device());
+  ctx.cache = cache.get();
+  auto hidden_states = model_->model->forward(embeds, ctx);
+  auto logits = model_->logits(hidden_states.narrow(1, longest - 1, 1)).squeeze(1).to(torch::kCPU, torch::kFloat32);
+
+  std::vector<uint64_t> ids;
+  for (int64_t b = 0; b < batch; ++b) {
+    auto row = std::make_unique<Row>(next_id_, std::move(seqs[b]), tokenizer_);
+    const auto& o = row->seq.options;
+    const int64_t prompt_len = static_cast<int64_t>(row->seq.prompt_ids.size());
+    row->prompt_len = prompt_len;
+    row->max_new = std::min(o.max_new_tokens, context - prompt_len);
+    row->context_bound = row->max_new < o.max_new_tokens;
+    if (o.repetition_penalty != 1.0) {
+      row->history = torch::zeros({1, prompt_len + row->max_new}, torch::kInt64);
+      row->history.narrow(1, 0, prompt_len).copy_(torch::tensor(row->seq.prompt_ids, torch::kInt64).view({1, prompt_len}));
+    }
+    row->logits = logits.narrow(0, b, 1);
+    row->own = cache;
+    row->own_row = b;
+    row->tokens = prompt_len;
+    row->seq.embeds = torch::Tensor();  // no longer needed
+    stats_.prompt_tokens += prompt_len;
+    rows_.push_back(std::move(row));
+    ids.push_back(next_id_++);
+  }
   dirty_ = true;
-  return next_id_++;
+  return ids;
 }
 
 bool ContinuousBatcher::cancel(uint64_t id) {
@@ -98,7 +134,7 @@ void ContinuousBatcher::rebuild() {
   std::vector<llm::KvCache::Row> sources;
   int64_t longest = 0, room = 1;
   for (const auto& r : rows_) {
-    sources.push_back({r->own ? r->own.get() : cache_.get(), r->own ? 0 : r->cache_row, r->tokens});
+    sources.push_back({r->own ? r->own.get() : cache_.get(), r->own ? r->own_row : r->cache_row, r->tokens});
     longest = std::max(longest, r->tokens);
     room = std::max(room, r->max_new - r->steps);
   }

@@ -74,9 +74,12 @@ TEST(ContinuousBatcher, EachSequenceEqualsItsAnswerAloneWhileOthersJoinAndLeave)
   const auto options = mixed_options();
   ContinuousBatcher batcher(m.net, m.tokenizer, 3);
   std::vector<Outcome> outcomes(prompts.size());
-  // Sequences 0 and 1 start together; 2 joins after 3 steps, 3 when a row is free (after 1 leaves at 7).
-  batcher.add(sequence_of(m.tokenizer->encode(prompts[0]), options[0], outcomes[0]));
-  batcher.add(sequence_of(m.tokenizer->encode(prompts[1]), options[1], outcomes[1]));
+  // Sequences 0 and 1 start together (prefilled in one left-padded forward); 2 joins after 3 steps, 3 when a
+  // row is free (after 1 leaves at 7).
+  std::vector<Sequence> first;
+  first.push_back(sequence_of(m.tokenizer->encode(prompts[0]), options[0], outcomes[0]));
+  first.push_back(sequence_of(m.tokenizer->encode(prompts[1]), options[1], outcomes[1]));
+  EXPECT_EQ(batcher.add_all(std::move(first)).size(), 2u);
   size_t next = 2;
   for (int step = 0; step < 200 && (!batcher.empty() || next < prompts.size()); ++step) {
     if (step >= 3 && next < prompts.size() && !batcher.full()) {

@@ -1,8 +1,8 @@
 // Continuous batching: many sequences decoded together, each joining when it arrives and leaving when it
 // ends, each with its own sampling settings, seed, stop strings and stream (DESIGN.md, core/generate).
 //
-// A sequence is prefilled alone (so its first token is exactly what Generator gives for it alone), then
-// decoded one token per step() together with every other sequence in the batch. The batch's key/value
+// A sequence is prefilled (alone, or with those that arrive with it, left-padded as Generator batches prompts),
+// then decoded one token per step() together with every other sequence in the batch. The batch's key/value
 // cache is rebuilt (llm::KvCache::gather) only when sequences join or leave: each row's tokens are
 // right-aligned to a common length and the slots in front of a shorter row are masked, so rows of any
 // length share one decoding step. Sampling is per row with the row's own seeded generator, exactly as a
@@ -54,6 +54,9 @@ class ContinuousBatcher {
   // Prefills `sequence` and adds it; returns its id. Throws lego::Error (InvalidArgument for bad options,
   // a prompt past the model's context or a full batch) before anything changes; on_done is then not called.
   uint64_t add(Sequence sequence);
+  // add() for several sequences, prefilled together in one left-padded forward; the ids in order. Throws as
+  // add() does, naming the sequence, before anything changes.
+  std::vector<uint64_t> add_all(std::vector<Sequence> sequences);
   // Drops a sequence (its client went away) without calling on_done; false when it is not here.
   bool cancel(uint64_t id);
   // Chooses the next token of every sequence, ends those that finish (calling on_done), and runs one
