@@ -16,7 +16,7 @@ using nlohmann::json;
 
 const json& field(const json& obj, const char* key, const std::string& param) {
   auto it = obj.find(key);
-  if (it == obj.end()) bad(param + "." + key, "is required");
+  if (it == obj.end()) bad(param.empty() ? std::string(key) : param + "." + key, "is required");
   return *it;
 }
 
@@ -135,8 +135,10 @@ ChatRequest parse_chat_request(const std::string& body, const std::filesystem::p
   json j;
   try {
     j = json::parse(body);
-  } catch (const json::exception& e) {
-    throw ApiError(400, "", std::string("the body is not valid JSON: ") + e.what());
+  } catch (const json::parse_error& e) {
+    throw ApiError(400, "", "the body is not valid JSON (at byte " + std::to_string(e.byte) + ")");
+  } catch (const json::exception&) {
+    throw ApiError(400, "", "the body is not valid JSON");
   }
   if (!j.is_object()) throw ApiError(400, "", "the body must be a JSON object");
   ChatRequest out;
@@ -153,7 +155,10 @@ ChatRequest parse_chat_request(const std::string& body, const std::filesystem::p
       out.include_usage = u->get<bool>();
     }
   }
-  if (auto it = j.find("temperature"); it != j.end() && !it->is_null()) r.sampling.temperature = number_at(*it, "temperature", 0, 2);
+  if (auto it = j.find("temperature"); it != j.end() && !it->is_null()) {
+    r.sampling.temperature = number_at(*it, "temperature", 0, 2);
+    if (r.sampling.temperature > 0 && r.sampling.temperature < 1e-6) bad("temperature", "must be 0 (greedy) or at least 1e-6");
+  }
   if (auto it = j.find("top_p"); it != j.end() && !it->is_null()) {
     r.sampling.top_p = number_at(*it, "top_p", 0, 1);
     if (r.sampling.top_p == 0) bad("top_p", "must be greater than 0");

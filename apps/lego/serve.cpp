@@ -156,7 +156,23 @@ class Server {
     http.set_read_timeout(30);
     http.set_write_timeout(30);
     http.set_pre_routing_handler([this, max_body](const httplib::Request& req, httplib::Response& res) {
-      // Headers are read, the body is not: a body over the limit is refused from its Content-Length, unread.
+      // Headers are read, the body is not. Bodies come plain and with one Content-Length: httplib would inflate a
+      // compressed body past any limit, and does not hold chunked bodies to one; both could hide a smuggled request.
+      if (req.has_header("Content-Encoding")) {
+        res.set_header("Connection", "close");
+        reply_error(res, 415, "compressed request bodies (Content-Encoding) are not accepted", "invalid_request_error", "");
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      if (req.has_header("Transfer-Encoding") || req.get_header_value_count("Content-Length") > 1) {
+        res.set_header("Connection", "close");
+        reply_error(res, 400, "send the body with one Content-Length, not chunked", "invalid_request_error", "");
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      if (req.method == "POST" && !req.has_header("Content-Length")) {
+        res.set_header("Connection", "close");
+        reply_error(res, 411, "a request body needs a Content-Length", "invalid_request_error", "");
+        return httplib::Server::HandlerResponse::Handled;
+      }
       if (req.has_header("Content-Length")) {
         const std::string length = req.get_header_value("Content-Length");
         const bool digits = !length.empty() && length.find_first_not_of("0123456789") == std::string::npos;
@@ -236,8 +252,16 @@ class Server {
         queue_cv_.notify_all();
         idle_cv_.wait(lock, [this] { return queue_.empty() && active_ == 0; });
       }
-      // Replies still being written finish on their threads before listen() returns.
+      // Replies still being written finish on their threads before listen() returns; a connection that never
+      // finishes its request (a client sending a byte at a time) must not hold the exit: after 10 s, go.
       http.stop();
+      std::unique_lock<std::mutex> lock(queue_m_);
+      if (!idle_cv_.wait_for(lock, std::chrono::seconds(10), [this] { return stopping_; })) {
+        std::cerr << "lego serve: connections still open 10 s after the last answer; stopped" << std::endl;
+        std::error_code ec;
+        std::filesystem::remove_all(folder_, ec);
+        std::_Exit(0);
+      }
     });
     std::cerr << "lego serve: " << flags_.model_name << " on http://" << flags_.host << ":" << flags_.port << "/ (max batch "
               << flags_.max_batch << ", queue " << flags_.max_queue << ")" << std::endl;
@@ -246,6 +270,7 @@ class Server {
       std::lock_guard<std::mutex> lock(queue_m_);
       stopping_ = true;
       queue_cv_.notify_all();
+      idle_cv_.notify_all();
     }
     scheduler.join();
     signals.join();
@@ -286,7 +311,19 @@ class Server {
       std::filesystem::create_directory(job->folder);
       job->chat = api::parse_chat_request(req.body, job->folder, limits_);
       api::choose_modalities(job->chat, *pipeline_);  // a modality for each medium, or a 400
-      pipeline_->place_media(job->chat.request.message, job->chat.request.media);
+      const auto placed = pipeline_->place_media(job->chat.request.message, job->chat.request.media);
+      // The prompt's length from its tokens, here, before the scheduler embeds anything.
+      const auto& request = job->chat.request;
+      const int64_t context = pipeline_->llm().options.max_position();
+      size_t text_bytes = request.message.size() + request.system.value_or("").size();
+      for (const auto& t : request.history) text_bytes += t.human.size() + t.assistant.size();
+      if (text_bytes > static_cast<size_t>(context) * 64) {  // far past the context whatever the tokenizer
+        throw api::ApiError(400, "messages", "messages: " + std::to_string(text_bytes) + " bytes of text is longer than the model context of " + std::to_string(context) + " tokens");
+      }
+      const auto tokens = static_cast<int64_t>(pipeline_->tokenizer().encode(pipeline_->expand(pipeline_->prompt(request, placed))).size()) + 1;
+      if (tokens > context) {
+        throw api::ApiError(400, "messages", "messages: a prompt of " + std::to_string(tokens) + " tokens is longer than the model context of " + std::to_string(context));
+      }
       // Decoding the media is the slow part of preparing a request, and thread-safe: it runs here, beside
       // the batch's decoding, and a medium that does not decode is refused before the request is queued.
       {

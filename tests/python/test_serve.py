@@ -222,6 +222,10 @@ def image_request(url):
     ({"messages": []}, 400, "messages"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 400, "temperature"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -3}, 400, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 1e-40}, 400, "temperature"),
+    ({}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": "a " * 3000}]}, 400, "messages"),  # past the tiny model's context
+    ({"messages": [{"role": "user", "content": "a" * 2_000_000}]}, 400, "messages"),
     ({"messages": [{"role": "user", "content": "hi"}], "stop": [1]}, 400, "stop[0]"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": 7}}]}]}, 400,
@@ -269,6 +273,19 @@ def test_a_huge_body_is_refused_before_it_is_read(server):
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n{}")
         reply = s.recv(4096).decode(errors="replace")
     assert reply.startswith("HTTP/1.1 400"), reply
+    # Compressed, chunked or doubly sized bodies are refused before they are read.
+    import gzip
+
+    bomb = gzip.compress(b'{"messages": [{"role": "user", "content": "' + b"a" * 50_000_000 + b'"}]}')
+    for headers, body, status in ((b"Content-Encoding: gzip\r\nContent-Length: %d\r\n" % len(bomb), bomb, 415),
+                                  (b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n", 400),
+                                  (b"Content-Length: 2\r\nContent-Length: 3\r\n", b"{}", 400),
+                                  (b"", b"", 411)):
+        with socket.create_connection((server.host, server.port), timeout=30) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + headers + b"\r\n" + body)
+            reply = s.recv(4096).decode(errors="replace")
+        assert reply.startswith(f"HTTP/1.1 {status}"), (headers, reply)
+    assert peak_rss_kib(server.proc) < 3_000_000
 
 
 def test_idle_connections_do_not_stop_the_server(server, media):

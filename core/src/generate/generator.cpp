@@ -27,6 +27,8 @@ void SamplingOptions::validate() const {
   auto bad = [](const std::string& what) { throw Error(ErrorKind::InvalidArgument, what); };
   if (max_new_tokens < 0) bad("max_new_tokens must be >= 0, got " + std::to_string(max_new_tokens));
   if (!(std::isfinite(temperature) && temperature >= 0)) bad("temperature must be a finite number >= 0, got " + std::to_string(temperature));
+  // Below that, logits / temperature overflow float32 and softmax gives NaN; such a temperature is greedy anyway.
+  if (temperature > 0 && temperature < 1e-6) bad("temperature must be 0 (greedy) or at least 1e-6, got " + std::to_string(temperature));
   if (top_k < 0) bad("top_k must be >= 0, got " + std::to_string(top_k));
   if (!(top_p > 0 && top_p <= 1)) bad("top_p must be in (0, 1], got " + std::to_string(top_p));
   if (!(std::isfinite(repetition_penalty) && repetition_penalty > 0)) {
