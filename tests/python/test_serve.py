@@ -184,6 +184,7 @@ def test_concurrent_requests_each_answered_once_as_alone(server, media):
 
 
 def test_models_health_and_metrics(server):
+    server.client().chat.completions.create(model="lego", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     status, body = server.get("/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
     models = server.client().models.list()
