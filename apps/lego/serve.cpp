@@ -122,6 +122,25 @@ std::string scrub(std::string message, const std::filesystem::path& folder) {
   return message;
 }
 
+int error_status_of(const Error& e);
+
+// Ends `job` with the error `error`: a lego::Error while its input is read or prepared is the request's fault
+// (its status by kind); anything during generation, and any other exception, is the server's (500).
+void fail_with(Job& job, std::exception_ptr error, bool input) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const Error& e) {
+    const int status = error_status_of(e);
+    job.fail(input || status != 400 ? status : 500, scrub(e.what(), job.folder), input ? "messages" : "");
+  } catch (const c10::Error& e) {
+    job.fail(500, scrub(e.what_without_backtrace(), job.folder));
+  } catch (const std::exception& e) {
+    job.fail(500, scrub(e.what(), job.folder));
+  } catch (...) {
+    job.fail(500, "internal error");
+  }
+}
+
 int error_status_of(const Error& e) {
   switch (e.kind()) {
     case ErrorKind::InvalidArgument:
@@ -493,15 +512,7 @@ class Server {
     }
     const auto t1 = Clock::now();
     auto refuse = [this](const std::shared_ptr<Job>& job, std::exception_ptr error) {
-      try {
-        std::rethrow_exception(error);
-      } catch (const Error& e) {
-        job->fail(error_status_of(e), scrub(e.what(), job->folder), "messages");
-      } catch (const c10::Error& e) {
-        job->fail(500, scrub(e.what_without_backtrace(), job->folder));
-      } catch (const std::exception& e) {
-        job->fail(500, scrub(e.what(), job->folder));
-      }
+      fail_with(*job, error, /*input=*/true);
       job_ended();
     };
     // Those prepared are prefilled together; should that fail, one by one, so that only a culprit fails.
@@ -556,12 +567,8 @@ class Server {
         job->answer = std::move(answer);
         job->done = true;
         job->cv.notify_all();
-      } catch (const Error& e) {
-        job->fail(error_status_of(e) == 400 ? 500 : error_status_of(e), e.what());
-      } catch (const c10::Error& e) {
-        job->fail(500, e.what_without_backtrace());
-      } catch (const std::exception& e) {
-        job->fail(500, e.what());
+      } catch (...) {
+        fail_with(*job, std::current_exception(), /*input=*/false);
       }
       metrics_.finished(std::chrono::duration<double>(Clock::now() - job->arrived).count());
       job_ended();

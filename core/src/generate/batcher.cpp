@@ -149,7 +149,6 @@ void ContinuousBatcher::rebuild() {
   }
   cache_ = std::move(cache);
   key_valid_ = valid.to(cache_->layer_keys(0).device());
-  cached_ = rows_.size();
   dirty_ = false;
   ++stats_.rebuilds;
 }
@@ -191,7 +190,6 @@ void ContinuousBatcher::step() {
   if (rows_.empty()) {
     cache_.reset();
     key_valid_ = torch::Tensor();
-    cached_ = 0;
     dirty_ = false;
     return;
   }

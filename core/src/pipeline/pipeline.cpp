@@ -451,16 +451,20 @@ PreparedRequest Pipeline::prepare(const Request& request, const std::vector<Enco
   request.sampling.validate();
   const auto media = resolve(request.media);
   p.answer.message = place_media(request.message, media);
-  p.sampling = request.sampling;
-  if (!request.raw) p.sampling.stop.push_back(text::kLegoStop);
   const auto t0 = std::chrono::steady_clock::now();
   auto fresh = encode(media, request.media_seed);
   p.answer.encode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   p.answer.media = earlier;
   p.answer.media.insert(p.answer.media.end(), std::make_move_iterator(fresh.begin()), std::make_move_iterator(fresh.end()));
+  splice_prepared(p, request);
+  return p;
+}
+
+void Pipeline::splice_prepared(PreparedRequest& p, const Request& request) {
+  p.sampling = request.sampling;
+  if (!request.raw) p.sampling.stop.push_back(text::kLegoStop);
   p.spliced = splice(prompt(request, p.answer.message), p.answer.media);
   p.answer.prompt_ids = p.spliced.ids.front();
-  return p;
 }
 
 std::vector<EncodedMedia> Pipeline::load_media(const Request& request) const {
@@ -521,14 +525,9 @@ std::vector<PreparedRequest> Pipeline::prepare_all(const std::vector<Request>& r
   for (size_t r = 0; r < n; ++r) {
     if (errors[r]) continue;
     try {
-      auto& p = out[r];
-      const auto& request = requests[r];
-      p.sampling = request.sampling;
-      if (!request.raw) p.sampling.stop.push_back(text::kLegoStop);
-      p.answer.encode_ms = encode_ms;
-      p.answer.media = slice(r);
-      p.spliced = splice(prompt(request, p.answer.message), p.answer.media);
-      p.answer.prompt_ids = p.spliced.ids.front();
+      out[r].answer.encode_ms = encode_ms;
+      out[r].answer.media = slice(r);
+      splice_prepared(out[r], requests[r]);
     } catch (...) {
       errors[r] = std::current_exception();
       out[r] = PreparedRequest{};

@@ -78,8 +78,7 @@ class ContinuousBatcher {
   int64_t max_batch_;
   uint64_t next_id_ = 1;
   std::vector<std::unique_ptr<Row>> rows_;  // in cache row order once rebuilt; new rows at the end
-  std::unique_ptr<llm::KvCache> cache_;     // the batch's cache, rows_[0, cached_) in order
-  size_t cached_ = 0;
+  std::unique_ptr<llm::KvCache> cache_;     // the batch's cache; each row's index in it is its cache_row
   torch::Tensor key_valid_;                 // [B, capacity] bool for cache_
   bool dirty_ = false;                      // membership changed since the last rebuild
   BatcherStats stats_;

@@ -179,6 +179,9 @@ class Pipeline {
     GroundingKinds grounding;
   };
   const Entry& entry(const std::string& name) const;
+  // The end of preparing `request` whose message is placed and media encoded in `p`: sampling with the
+  // template's stop, the spliced prompt and its ids.
+  void splice_prepared(PreparedRequest& p, const Request& request);
 
   std::shared_ptr<const host::PluginHost> host_;  // outlives the modalities it made
   LanguageModel llm_;
