@@ -113,7 +113,7 @@ KvCache::KvCache(int64_t layers, int64_t batch, int64_t kv_heads, int64_t capaci
   }
 }
 
-KvCache KvCache::gather(const std::vector<Row>& rows, int64_t capacity) {
+KvCache KvCache::gather(const std::vector<Row>& rows, int64_t capacity, int64_t batch, int64_t length) {
   if (rows.empty()) throw Error(ErrorKind::InvalidArgument, "KvCache::gather: no rows");
   int64_t longest = 0;
   for (const auto& r : rows) {
@@ -123,24 +123,44 @@ KvCache KvCache::gather(const std::vector<Row>& rows, int64_t capacity) {
     }
     longest = std::max(longest, r.tokens);
   }
-  if (longest > capacity) {
-    throw Error(ErrorKind::InvalidArgument, "KvCache::gather: " + std::to_string(longest) +
+  const auto count = static_cast<int64_t>(rows.size());
+  if (batch == 0) batch = count;
+  if (length == 0) length = longest;
+  if (batch < count || length < longest) {
+    throw Error(ErrorKind::InvalidArgument, "KvCache::gather: a batch of " + std::to_string(batch) + " and a length of " +
+                                                std::to_string(length) + " cannot hold " + std::to_string(count) +
+                                                " rows of up to " + std::to_string(longest) + " tokens");
+  }
+  if (length > capacity) {
+    throw Error(ErrorKind::InvalidArgument, "KvCache::gather: " + std::to_string(length) +
                                                 " tokens exceed the capacity of " + std::to_string(capacity));
   }
   const auto& like = rows.front().cache->keys_.front();
-  KvCache out(static_cast<int64_t>(rows.front().cache->keys_.size()), static_cast<int64_t>(rows.size()), like.size(1),
-              capacity, like.size(3), like.options());
-  for (size_t layer = 0; layer < out.keys_.size(); ++layer) {
-    for (size_t b = 0; b < rows.size(); ++b) {
-      const auto& r = rows[b];
-      if (r.tokens == 0) continue;
-      const int64_t from = r.cache->length_ - r.tokens;
-      out.keys_[layer][b].narrow(1, longest - r.tokens, r.tokens).copy_(r.cache->keys_[layer][r.row].narrow(1, from, r.tokens));
-      out.values_[layer][b].narrow(1, longest - r.tokens, r.tokens).copy_(r.cache->values_[layer][r.row].narrow(1, from, r.tokens));
-    }
-  }
-  out.length_ = longest;
+  KvCache out(static_cast<int64_t>(rows.front().cache->keys_.size()), batch, like.size(1), capacity, like.size(3),
+              like.options());
+  out.length_ = length;
+  for (int64_t b = 0; b < count; ++b) out.place(b, rows[static_cast<size_t>(b)]);
   return out;
+}
+
+void KvCache::place(int64_t row, const Row& source) {
+  const auto* from = source.cache;
+  if (row < 0 || row >= batch_ || from == nullptr || source.row < 0 || source.row >= from->batch() || source.tokens < 0 ||
+      source.tokens > from->length_ || source.tokens > length_ || from->keys_.size() != keys_.size() ||
+      from->keys_.front().size(1) != keys_.front().size(1) || from->keys_.front().size(3) != keys_.front().size(3) ||
+      from->keys_.front().dtype() != keys_.front().dtype() || from->keys_.front().device() != keys_.front().device()) {
+    throw Error(ErrorKind::InvalidArgument, "KvCache::place: " + std::to_string(source.tokens) + " tokens of row " +
+                                                std::to_string(source.row) + " do not fit row " + std::to_string(row) +
+                                                " of a cache of " + std::to_string(batch_) + " rows and " +
+                                                std::to_string(length_) + " filled slots");
+  }
+  if (source.tokens == 0) return;
+  const int64_t at = length_ - source.tokens;
+  const int64_t start = from->length_ - source.tokens;
+  for (size_t layer = 0; layer < keys_.size(); ++layer) {
+    keys_[layer][row].narrow(1, at, source.tokens).copy_(from->keys_[layer][source.row].narrow(1, start, source.tokens));
+    values_[layer][row].narrow(1, at, source.tokens).copy_(from->values_[layer][source.row].narrow(1, start, source.tokens));
+  }
 }
 
 std::pair<torch::Tensor, torch::Tensor> KvCache::append(int64_t layer, const torch::Tensor& keys,

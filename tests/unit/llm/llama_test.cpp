@@ -100,6 +100,59 @@ TEST(Llama, KvCacheOverflowIsRefused) {
                               ErrorKind::InvalidArgument, {"capacity of 4"});
 }
 
+// gather() right-aligns rows to a common length, leaving spare rows and front room when asked; place()
+// puts a row into a free row of an existing cache the same way. Each row decodes on as it would alone.
+TEST(Llama, KvCacheGatherAndPlaceRightAlignRows) {
+  torch::NoGradGuard ng;
+  auto m = make_model(tiny());
+  const auto o = m->options();
+  // Two sources: a 5-token and a 3-token prompt, each prefilled alone.
+  std::vector<torch::Tensor> ids = {torch::randint(0, 97, {1, 5}, torch::kInt64), torch::randint(0, 97, {1, 3}, torch::kInt64)};
+  std::vector<std::unique_ptr<KvCache>> sources;
+  for (const auto& t : ids) {
+    sources.push_back(std::make_unique<KvCache>(o, 1, t.size(1), torch::kFloat32));
+    AttentionContext ctx;
+    ctx.cache = sources.back().get();
+    ctx.positions = torch::arange(t.size(1)).unsqueeze(0);
+    m->forward(m->model->embed(t), ctx);
+  }
+  // Row 0 from the 5-token source, at a common length of 7 in a cache of 3 rows; then the 3-token one placed
+  // into row 2.
+  auto cache = KvCache::gather({{sources[0].get(), 0, 5}}, 10, 3, 7);
+  EXPECT_EQ(cache.batch(), 3);
+  EXPECT_EQ(cache.length(), 7);
+  EXPECT_EQ(cache.capacity(), 10);
+  cache.place(2, {sources[1].get(), 0, 3});
+  EXPECT_TRUE(torch::equal(cache.layer_keys(1)[0].narrow(1, 2, 5), sources[0]->layer_keys(1)[0]));
+  EXPECT_TRUE(torch::equal(cache.layer_values(1)[2].narrow(1, 4, 3), sources[1]->layer_values(1)[0]));
+  EXPECT_EQ(cache.layer_keys(0)[1].abs().sum().item<float>(), 0.0f);  // the spare row stays zero
+  // One more token for each row, against the same token after each prompt alone.
+  auto next = torch::randint(0, 97, {2, 1}, torch::kInt64);
+  auto valid = torch::ones({3, 10}, torch::kBool);
+  valid[0].narrow(0, 0, 2).fill_(false);
+  valid[2].narrow(0, 0, 4).fill_(false);
+  AttentionContext ctx;
+  ctx.cache = &cache;
+  ctx.key_valid = valid;
+  ctx.positions = torch::tensor({5, 0, 3}, torch::kInt64).view({3, 1});
+  auto together = m->forward(m->model->embed(torch::stack({next[0], torch::zeros({1}, torch::kInt64), next[1]})), ctx);
+  for (int64_t r = 0; r < 2; ++r) {
+    auto alone = full_logits(m, torch::cat({ids[r], next[r].view({1, 1})}, 1));
+    EXPECT_TRUE(torch::allclose(together[r == 0 ? 0 : 2], alone[0].narrow(0, ids[r].size(1), 1), 1e-5, 1e-5)) << "row " << r;
+  }
+  // Refusals: a length below the rows, a batch below them, a length past the capacity, a row that does
+  // not fit in front of the length, a row out of range.
+  using lego::testing::expect_error;
+  expect_error([&] { KvCache::gather({{sources[0].get(), 0, 5}}, 10, 1, 4); }, ErrorKind::InvalidArgument, {"cannot hold"});
+  expect_error([&] { KvCache::gather({{sources[0].get(), 0, 5}, {sources[1].get(), 0, 3}}, 10, 1); }, ErrorKind::InvalidArgument,
+               {"cannot hold"});
+  expect_error([&] { KvCache::gather({{sources[0].get(), 0, 5}}, 6, 1, 7); }, ErrorKind::InvalidArgument, {"capacity of 6"});
+  auto small = KvCache::gather({{sources[1].get(), 0, 3}}, 8, 2);
+  expect_error([&] { small.place(1, {sources[0].get(), 0, 5}); }, ErrorKind::InvalidArgument, {"do not fit"});
+  expect_error([&] { small.place(2, {sources[1].get(), 0, 3}); }, ErrorKind::InvalidArgument, {"do not fit"});
+  expect_error([&] { small.place(0, {sources[1].get(), 1, 3}); }, ErrorKind::InvalidArgument, {"do not fit"});
+}
+
 TEST(Llama, InconsistentOptionsAreRefused) {
   lego::testing::expect_error([] { LlamaOptions(10, 30, 8, 1, 4).validate(); }, ErrorKind::InvalidArgument,
                               {"hidden_size (30)", "num_heads (4)"});

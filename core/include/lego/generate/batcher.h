@@ -1,13 +1,18 @@
 // Continuous batching: many sequences decoded together, each joining when it arrives and leaving when it
 // ends, each with its own sampling settings, seed, stop strings and stream (DESIGN.md, core/generate).
 //
-// A sequence is prefilled (alone, or with those that arrive with it, left-padded as Generator batches prompts),
-// then decoded one token per step() together with every other sequence in the batch. The batch's key/value
-// cache is rebuilt (llm::KvCache::gather) only when sequences join or leave: each row's tokens are
-// right-aligned to a common length and the slots in front of a shorter row are masked, so rows of any
-// length share one decoding step. Sampling is per row with the row's own seeded generator, exactly as a
-// batch of one samples in Generator: a seed gives the same text alone or in company (up to the last-bit
-// differences of batched matrix products).
+// A sequence is prefilled (alone, or with those of similar length that arrive with it, left-padded as
+// Generator batches prompts), then decoded one token per step() together with every other sequence in the
+// batch. In the batch's key/value cache each row's tokens are right-aligned to a common length and the
+// slots in front of a shorter row are masked, so rows of any length share one decoding step. A sequence
+// that ends leaves its row free; a sequence that joins takes a free row (llm::KvCache::place) when its
+// prompt fits in front of the common length and its answer in the room behind it. Only otherwise, or when
+// most rows are free, is the cache rebuilt (llm::KvCache::gather), and then with spare rows and room for
+// sequences still to come, so that a stream of arrivals costs a few rebuilds rather than one per arrival.
+// Free rows are decoded along (their output unused): in a step bound by the weights' bandwidth they cost
+// little. Sampling is per row with the row's own seeded generator, exactly as a batch of one samples in
+// Generator: a seed gives the same text alone or in company (up to the last-bit differences of batched
+// matrix products).
 //
 // Not thread-safe: one thread (a server's scheduler) calls add(), cancel() and step().
 #pragma once
@@ -40,7 +45,8 @@ struct BatcherStats {
   int64_t prompt_tokens = 0;     // prefilled so far
   int64_t generated_tokens = 0;  // sampled so far
   int64_t steps = 0;             // batched decoding steps run
-  int64_t rebuilds = 0;          // cache rebuilds (joins and leaves)
+  int64_t rebuilds = 0;          // cache rebuilds (a join that did not fit, or most rows free)
+  int64_t placements = 0;        // joins into a free row of the cache, without a rebuild
 };
 
 class ContinuousBatcher {
@@ -54,8 +60,9 @@ class ContinuousBatcher {
   // Prefills `sequence` and adds it; returns its id. Throws lego::Error (InvalidArgument for bad options,
   // a prompt past the model's context or a full batch) before anything changes; on_done is then not called.
   uint64_t add(Sequence sequence);
-  // add() for several sequences, prefilled together in one left-padded forward; the ids in order. Throws as
-  // add() does, naming the sequence, before anything changes.
+  // add() for several sequences, prefilled together: one left-padded forward for each group of similar
+  // length (padding at most a fifth of a group's tokens); the ids in order. Throws as add() does, naming
+  // the sequence, before anything changes.
   std::vector<uint64_t> add_all(std::vector<Sequence> sequences);
   // Drops a sequence (its client went away) without calling on_done; false when it is not here.
   bool cancel(uint64_t id);
@@ -71,16 +78,19 @@ class ContinuousBatcher {
 
  private:
   struct Row;
+  void seat();
   void rebuild();
 
   llm::LlamaForCausalLM model_;
   std::shared_ptr<const text::Tokenizer> tokenizer_;
   int64_t max_batch_;
   uint64_t next_id_ = 1;
-  std::vector<std::unique_ptr<Row>> rows_;  // in cache row order once rebuilt; new rows at the end
+  std::vector<std::unique_ptr<Row>> rows_;  // in the order they joined
   std::unique_ptr<llm::KvCache> cache_;     // the batch's cache; each row's index in it is its cache_row
-  torch::Tensor key_valid_;                 // [B, capacity] bool for cache_
-  bool dirty_ = false;                      // membership changed since the last rebuild
+  torch::Tensor key_valid_;                 // [cache rows, capacity] bool for cache_
+  std::vector<int64_t> free_rows_;          // rows of cache_ that no sequence holds
+  int64_t longest_prompt_ = 0;              // the longest prompt and answer seen: the room a rebuild leaves
+  int64_t longest_answer_ = 0;              // for sequences still to come
   BatcherStats stats_;
 };
 

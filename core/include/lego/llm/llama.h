@@ -94,8 +94,16 @@ class KvCache {
   // A new cache of `rows` (from caches of one model, dtype and device), each row's tokens copied into
   // the last slots of a common length, the longest row's tokens; the slots in front of a shorter row are
   // padding that the caller's key_valid masks. Continuous batching joins and drops sequences with it.
-  // Throws lego::Error(InvalidArgument) for no rows, a row out of range or tokens past `capacity`.
-  static KvCache gather(const std::vector<Row>& rows, int64_t capacity);
+  // `batch` (>= rows; 0: as many as rows) leaves free rows after them, zeroed, for place(); `length` (>=
+  // the longest row; 0: the longest row) sets the common length, so that a later, longer row still fits.
+  // Throws lego::Error(InvalidArgument) for no rows, a row out of range, a batch or length below the rows,
+  // or a length past `capacity`.
+  static KvCache gather(const std::vector<Row>& rows, int64_t capacity, int64_t batch = 0, int64_t length = 0);
+  // Copies `source`'s tokens into the last `source.tokens` filled slots of row `row` of this cache (a
+  // sequence joining a free row); its slots in front stay as they were, for the caller's key_valid to mask.
+  // Throws lego::Error(InvalidArgument) for a row out of range, more tokens than length(), or a source of
+  // another shape, dtype or device.
+  void place(int64_t row, const Row& source);
 
  private:
   KvCache(int64_t layers, int64_t batch, int64_t kv_heads, int64_t capacity, int64_t head_width,
