@@ -4,6 +4,8 @@
 
 #include "lego/sdk/audio/fbank.h"
 #include "lego/sdk/io/av_readers.h"
+#include "lego/sdk/io/video_writer.h"
+#include "test_files.h"
 
 namespace lego::io {
 namespace {
@@ -44,6 +46,32 @@ TEST(VideoReader, UniformIndicesFollowTheReferenceFormula) {
     EXPECT_EQ(VideoReader::uniform_indices(c.frames, c.wanted), c.expected) << c.frames << " frames, " << c.wanted << " wanted";
   }
   EXPECT_TRUE(VideoReader::uniform_indices(0, 64).empty());
+}
+
+// A small video gets one decoder thread when FFmpeg would pick (its team costs more than it saves there);
+// the frames are the same whatever the threads, a team's included.
+TEST(VideoReader, FramesAreTheSameWithOneThreadOrATeam) {
+  testing::TempDir dir;
+  const auto file = dir / "moving.mp4";
+  {
+    VideoWriter writer(file, 64, 48, 10);
+    for (int64_t t = 0; t < 30; ++t) {
+      auto frame = torch::zeros({48, 64, 3}, torch::kUInt8);
+      frame.narrow(1, t * 56 / 30, 8).fill_(static_cast<uint8_t>(40 + t * 7));  // a bar moving right, brighter
+      writer.write(frame);
+    }
+    writer.finish();
+  }
+  const auto one = VideoReader::sample_uniform(file, 8, 32, 24, 1);
+  for (const int threads : {0, 2, 3}) {
+    const auto other = VideoReader::sample_uniform(file, 8, 32, 24, threads);
+    EXPECT_EQ(other.indices, one.indices) << threads << " threads";
+    EXPECT_TRUE(torch::equal(other.frames, one.frames)) << threads << " threads";
+    EXPECT_EQ(other.timestamps, one.timestamps) << threads << " threads";
+  }
+  EXPECT_EQ(one.indices, (std::vector<int64_t>{0, 3, 7, 11, 15, 18, 22, 26}));
+  // The frames differ from each other: the bar moved.
+  EXPECT_FALSE(torch::equal(one.frames[0], one.frames[7]));
 }
 
 TEST(Fbank, FramesAndBinsFollowKaldiSnipEdges) {
