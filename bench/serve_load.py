@@ -5,10 +5,12 @@ Makes the tiny grounding model (configs/models/tiny-ground.ini, random weights) 
 unless --model and --media are given, starts `lego serve --max-batch --clients`, and sends --clients chat
 requests with mixed media (image, video, sound), each sampled with its own seed and a short answer
 (--max-tokens): first one by one, then all at once from as many threads. Every concurrent reply must equal its
-one-by-one reply (same seed), and none may be lost. Prints requests/s, generated tokens/s, the speed-up of the
-concurrent run and its p50/p99 latency.
+one-by-one reply (same seed), and none may be lost. Prints, for each of --repeat runs, the wall time of both
+phases, the concurrent run's tokens/s and p50/p99 latency and its speed-up; then the scheduler's median time
+by stage and the median speed-up.
 
-    python bench/serve_load.py [--clients 64] [--max-tokens 16] [--max-batch 16] [--threads 2] [--lego build/bin/lego]
+    python bench/serve_load.py [--clients 64] [--max-tokens 16] [--max-batch 16] [--threads 2] [--repeat 1]
+                               [--lego build/bin/lego]
 """
 import argparse
 import base64
@@ -63,6 +65,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads of the server")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of both phases on the same server (a shared VM's timings vary)")
     ap.add_argument("--model", type=Path)
     ap.add_argument("--media", nargs=3, type=Path, metavar=("IMAGE", "VIDEO", "SOUND"))
     ap.add_argument("--lego", default=str(ROOT / "build/bin/lego"))
@@ -104,37 +107,43 @@ def main():
                 text = r.read().decode()
             return {m.group(1): float(m.group(2)) for m in re.finditer(r'lego_busy_seconds_total\{stage="(\w+)"\} ([\d.]+)', text)}
 
+        runs = []
         try:
             send(requests[0])  # warm-up
-            b0 = busy()
-            t0 = time.perf_counter()
-            alone = [send(r) for r in requests]
-            t_alone = time.perf_counter() - t0
-            b1 = busy()
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(a.clients) as pool:
-                together = list(pool.map(send, requests))
-            t_together = time.perf_counter() - t0
-            b2 = busy()
+            for _ in range(a.repeat):
+                b0 = busy()
+                t0 = time.perf_counter()
+                alone = [send(r) for r in requests]
+                t_alone = time.perf_counter() - t0
+                b1 = busy()
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(a.clients) as pool:
+                    together = list(pool.map(send, requests))
+                t_together = time.perf_counter() - t0
+                b2 = busy()
+                runs.append((alone, t_alone, together, t_together, b0, b1, b2))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
 
-    mismatches = sum(x[0] != y[0] for x, y in zip(alone, together))
-    tokens = sum(x[1] for x in together)
-    lat = sorted(x[2] for x in together)
-    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
     print(f"lego serve, {a.clients} requests (mixed image/video/sound, sampled, <= {a.max_tokens} tokens), "
-          f"max batch {a.max_batch}, {a.threads} threads")
-    print(f"| run | wall s | requests/s | tokens/s | p50 s | p99 s |")
-    print(f"|---|---|---|---|---|---|")
-    lat1 = sorted(x[2] for x in alone)
-    p1 = lambda q: lat1[min(len(lat1) - 1, int(q * len(lat1)))]
-    print(f"| one by one | {t_alone:.2f} | {a.clients / t_alone:.2f} | {sum(x[1] for x in alone) / t_alone:.1f} | {p1(0.5):.3f} | {p1(0.99):.3f} |")
-    print(f"| {a.clients} at once | {t_together:.2f} | {a.clients / t_together:.2f} | {tokens / t_together:.1f} | {p(0.5):.3f} | {p(0.99):.3f} |")
-    for name, x, y in (("one by one", b0, b1), (f"{a.clients} at once", b1, b2)):
-        print(f"scheduler time, {name}: " + ", ".join(f"{k} {y[k] - x[k]:.2f} s" for k in ("prepare", "prefill", "decode")))
-    print(f"speed-up (requests/s): {t_alone / t_together:.2f}x (goal >= 3x); replies differing from one by one: {mismatches} of {a.clients}")
+          f"max batch {a.max_batch}, {a.threads} threads, {a.repeat} run(s)")
+    print(f"| run | one by one s | {a.clients} at once s | tokens/s at once | p50 s | p99 s | speed-up |")
+    print(f"|---|---|---|---|---|---|---|")
+    mismatches = 0
+    for i, (alone, t_alone, together, t_together, b0, b1, b2) in enumerate(runs):
+        mismatches += sum(x[0] != y[0] for x, y in zip(alone, together))
+        lat = sorted(x[2] for x in together)
+        p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
+        tokens = sum(x[1] for x in together)
+        print(f"| {i + 1} | {t_alone:.2f} | {t_together:.2f} | {tokens / t_together:.1f} | {p(0.5):.3f} | {p(0.99):.3f} | "
+              f"{t_alone / t_together:.2f}x |")
+    for name, at in (("one by one", 5), (f"{a.clients} at once", 6)):
+        stage = {k: statistics.median(r[at][k] - r[at - 1][k] for r in runs) for k in ("prepare", "prefill", "decode")}
+        print(f"scheduler time, {name} (median): " + ", ".join(f"{k} {v:.2f} s" for k, v in stage.items()))
+    ups = sorted(r[1] / r[3] for r in runs)
+    print(f"speed-up (requests/s): median {statistics.median(ups):.2f}x, range {ups[0]:.2f}-{ups[-1]:.2f}x over {len(ups)} run(s) "
+          f"(goal >= 3x); replies differing from one by one: {mismatches} of {a.clients * len(runs)}")
     sys.exit(1 if mismatches else 0)
 
 

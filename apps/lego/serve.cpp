@@ -346,8 +346,9 @@ class Server {
       // Decoding the media is the slow part of preparing a request, and thread-safe: it runs here, beside
       // the batch's decoding, and a medium that does not decode is refused before the request is queued.
       {
-        // At most a few at once: many threads decoding media with libtorch's own thread teams would starve
-        // the batch's decoding of the cores.
+        // At most one per core: more threads decoding media, each with libtorch's and FFmpeg's own thread
+        // teams, would starve the batch's decoding of the cores. Fewer (half the cores, one on 2 cores)
+        // let media decoding pace the arrivals while the scheduler waited for them.
         std::unique_lock<std::mutex> gate(load_m_);
         load_cv_.wait(gate, [this] { return loading_ < max_loading_; });
         ++loading_;
@@ -637,7 +638,7 @@ class Server {
   std::mutex load_m_;  // media decoding on the request threads, at most max_loading_ at once
   std::condition_variable load_cv_;
   int loading_ = 0;
-  const int max_loading_ = std::max(1u, std::thread::hardware_concurrency() / 2);
+  const int max_loading_ = std::max(1u, std::thread::hardware_concurrency());
 
   std::mutex queue_m_;
   std::condition_variable queue_cv_, idle_cv_;
