@@ -47,6 +47,22 @@ GenerationOutput alone(const std::vector<int64_t>& ids, const SamplingOptions& o
   return g.generate({ids}, o).front();
 }
 
+// Each sequence ended once, with the ids, text, finish reason and stream of its answer alone.
+void expect_each_alone(const std::vector<std::string>& prompts, const std::vector<SamplingOptions>& options,
+                       const std::vector<Outcome>& outcomes) {
+  auto& m = tiny();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE(prompts[i]);
+    ASSERT_EQ(outcomes[i].done_calls, 1);
+    ASSERT_TRUE(outcomes[i].output.has_value());
+    const auto expected = alone(m.tokenizer->encode(prompts[i]), options[i]);
+    EXPECT_EQ(outcomes[i].output->token_ids, expected.token_ids);
+    EXPECT_EQ(outcomes[i].output->text, expected.text);
+    EXPECT_EQ(outcomes[i].output->finish_reason, expected.finish_reason);
+    EXPECT_EQ(outcomes[i].streamed, expected.text);
+  }
+}
+
 std::vector<SamplingOptions> mixed_options() {
   std::vector<SamplingOptions> v(4);
   v[0].max_new_tokens = 20;
@@ -92,16 +108,7 @@ TEST(ContinuousBatcher, EachSequenceEqualsItsAnswerAloneWhileOthersJoinAndLeave)
   // 0 and 1 make the cache (with a spare row); 2 takes the spare row, 3 the row 1 left.
   EXPECT_EQ(batcher.stats().rebuilds, 1);
   EXPECT_EQ(batcher.stats().placements, 2);
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    SCOPED_TRACE(prompts[i]);
-    ASSERT_EQ(outcomes[i].done_calls, 1);
-    ASSERT_TRUE(outcomes[i].output.has_value());
-    const auto expected = alone(m.tokenizer->encode(prompts[i]), options[i]);
-    EXPECT_EQ(outcomes[i].output->token_ids, expected.token_ids);
-    EXPECT_EQ(outcomes[i].output->text, expected.text);
-    EXPECT_EQ(outcomes[i].output->finish_reason, expected.finish_reason);
-    EXPECT_EQ(outcomes[i].streamed, expected.text);
-  }
+  expect_each_alone(prompts, options, outcomes);
 }
 
 // Joins that fit take free rows; a longer prompt than the cache holds, a full cache and a mostly free cache
@@ -146,15 +153,7 @@ TEST(ContinuousBatcher, FreeRowsAreReusedAndTheCacheRebuiltWhenAJoinDoesNotFit) 
   ASSERT_TRUE(batcher.empty());
   EXPECT_GE(batcher.stats().placements, placed + 2);
   EXPECT_GE(batcher.stats().rebuilds, 3);  // the last rows alone in a cache of 7 rows: it shrinks
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    SCOPED_TRACE(prompts[i]);
-    ASSERT_EQ(outcomes[i].done_calls, 1);
-    ASSERT_TRUE(outcomes[i].output.has_value());
-    const auto expected = alone(m.tokenizer->encode(prompts[i]), options[i]);
-    EXPECT_EQ(outcomes[i].output->token_ids, expected.token_ids);
-    EXPECT_EQ(outcomes[i].output->text, expected.text);
-    EXPECT_EQ(outcomes[i].streamed, expected.text);
-  }
+  expect_each_alone(prompts, options, outcomes);
 }
 
 TEST(ContinuousBatcher, StopStringsEndOneRowOnly) {
