@@ -56,7 +56,6 @@ std::vector<uint64_t> ContinuousBatcher::add_all(std::vector<Sequence> seqs) {
   if (size() + static_cast<int64_t>(seqs.size()) > max_batch_) {
     throw Error(ErrorKind::InvalidArgument, "ContinuousBatcher: the batch is full (" + std::to_string(max_batch_) + ")");
   }
-  int64_t longest = 0;
   for (size_t i = 0; i < seqs.size(); ++i) {
     const auto& seq = seqs[i];
     const std::string which = seqs.size() > 1 ? " (sequence " + std::to_string(i) + ")" : "";
@@ -75,7 +74,6 @@ std::vector<uint64_t> ContinuousBatcher::add_all(std::vector<Sequence> seqs) {
       throw Error(ErrorKind::InvalidArgument, "prompt of " + std::to_string(e.size(1)) +
                                                   " tokens is longer than the model context of " + std::to_string(context) + which);
     }
-    longest = std::max(longest, e.size(1));
   }
   torch::NoGradGuard no_grad;
   // Prompts of similar length are prefilled together, left-padded to one length exactly as Generator runs a
