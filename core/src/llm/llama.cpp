@@ -506,6 +506,9 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_embeds, const A
                 "sequence of " + std::to_string(past + steps) + " tokens exceeds the model context of " +
                     std::to_string(options_.max_position()));
   }
+  if (steps == 1 && !ctx.slot.defined() && input_embeds.is_cpu()) {
+    if (auto out = forward_cpu_decode(input_embeds, ctx); out.defined()) return out;
+  }
   const auto in = prepare(ctx, steps, input_embeds.scalar_type());
   if (ctx.slot.defined()) {
     if (auto out = forward_fused_decode(input_embeds, ctx, in); out.defined()) return out;

@@ -295,3 +295,115 @@ TEST(QuantLinear, PadsAPartialLastGroupWithZeroColumns) {
 
 }  // namespace
 }  // namespace lego::llm
+
+namespace lego::llm {
+namespace {
+
+// Logits [steps, B, vocab] of a left-padded batch of two rows decoded `steps` tokens (teacher-forced on
+// `ids`), each step through the CPU decoding step (`raw`) or through the layers' operator form.
+torch::Tensor decode_steps(LlamaForCausalLM& m, const torch::Tensor& ids, int64_t steps, bool raw) {
+  torch::NoGradGuard no_grad;
+  const int64_t prompt = ids.size(1) - steps;
+  const auto dtype = m->model->embed_tokens->weight.scalar_type();
+  auto valid = torch::ones({2, prompt}, torch::kBool);
+  valid[0].narrow(0, 0, 3).fill_(false);
+  KvCache cache(m->options(), 2, ids.size(1), torch::TensorOptions().dtype(dtype));
+  auto key_valid = torch::ones({2, ids.size(1)}, torch::kBool);
+  key_valid.narrow(1, 0, prompt).copy_(valid);
+  AttentionContext ctx;
+  ctx.positions = (valid.to(torch::kInt64).cumsum(1) - 1).clamp_min(0);
+  ctx.key_valid = key_valid;
+  ctx.cache = &cache;
+  m->forward(m->model->embed(ids.narrow(1, 0, prompt)), ctx);
+  const auto first = valid.to(torch::kInt64).sum(1);
+  std::vector<torch::Tensor> out;
+  for (int64_t t = 0; t < steps; ++t) {
+    ctx.positions = (first + t).view({2, 1});
+    const auto embeds = m->model->embed(ids.narrow(1, prompt + t, 1));
+    torch::Tensor hidden;
+    if (raw) {
+      hidden = m->model->forward_cpu_decode(embeds, ctx);
+      EXPECT_TRUE(hidden.defined()) << "the CPU step declined the model";
+      if (!hidden.defined()) return {};
+    } else {
+      const auto in = m->model->prepare(ctx, 1, dtype);
+      hidden = embeds;
+      for (int64_t i = 0; i < m->options().num_layers(); ++i) hidden = m->model->forward_layer(i, hidden, ctx, in);
+      cache.advance(1);
+      hidden = m->model->norm(hidden);
+    }
+    out.push_back(m->logits(hidden).select(1, 0).to(torch::kFloat32));
+  }
+  EXPECT_EQ(cache.length(), ids.size(1));
+  return torch::stack(out);
+}
+
+TEST(CpuDecodeStep, EqualsTheOperatorFormInEveryWeightFormat) {
+  torch::manual_seed(5);
+  const auto ids = torch::randint(3, 101, {2, 14}, torch::TensorOptions().dtype(torch::kInt64));
+  struct Case {
+    std::string name;
+    LlamaForCausalLM model;
+    double bound;  // RMS |Δlogit| / RMS logit
+  };
+  std::vector<Case> cases;
+  auto dense = make_pair(WeightFormat::Int8, 32).dense;
+  auto bf16 = std::dynamic_pointer_cast<LlamaForCausalLMImpl>(dense->clone());
+  bf16->to(torch::kBFloat16);
+  // The two forms differ in the order of float sums and in exp(): a bf16 rounding (0.4 %) or an int8
+  // rounding of the quantised products' activations flips now and then, and the layers carry it on. A
+  // mistake (a mask, a rotation, a head's keys) moves the logits by tens of percent.
+  cases.push_back({"bf16 dense, q/k/v apart", LlamaForCausalLM(bf16), 0.02});
+  auto fused = std::dynamic_pointer_cast<LlamaForCausalLMImpl>(bf16->clone());
+  fused->model->fuse_projections();
+  cases.push_back({"bf16 dense, fused", LlamaForCausalLM(fused), 0.02});
+  cases.push_back({"int8, float32 activations", make_pair(WeightFormat::Int8, 32).quant, 0.02});
+  auto int4 = make_pair(WeightFormat::Int4, 64).quant;
+  {
+    torch::NoGradGuard no_grad;  // Module::to would cast the uint8 blocks too
+    for (auto& t : int4->parameters()) t.set_data(t.to(torch::kBFloat16));
+  }
+  cases.push_back({"int4, bf16 activations", int4, 0.03});
+  for (auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto raw = decode_steps(c.model, ids, 6, true);
+    ASSERT_TRUE(raw.defined());
+    const auto ops = decode_steps(c.model, ids, 6, false);
+    ASSERT_FALSE(raw.isnan().any().item<bool>());
+    const double worst = ((raw - ops).abs().max() / ops.abs().max()).item<double>();
+    const double rms = ((raw - ops).pow(2).mean() / ops.pow(2).mean()).sqrt().item<double>();
+    const double same = (raw[0] == ops[0]).to(torch::kFloat64).mean().item<double>();
+    std::printf("%s: max |Δlogit| / max |logit| %.2e, relative RMS %.2e, first step's logits equal %.3f\n",
+                c.name.c_str(), worst, rms, same);
+    EXPECT_LT(rms, c.bound);
+    EXPECT_GE((raw.argmax(2) == ops.argmax(2)).to(torch::kFloat64).mean().item<double>(), 0.9);
+  }
+}
+
+TEST(CpuDecodeStep, DeclinesWhatItDoesNotTakeAndChangesNothing) {
+  torch::NoGradGuard no_grad;
+  auto dense = make_pair(WeightFormat::Int8, 32).dense;  // float32 weights: libtorch's products
+  KvCache cache(dense->options(), 1, 8, torch::kFloat32);
+  AttentionContext ctx;
+  ctx.positions = torch::zeros({1, 1}, torch::kInt64);
+  ctx.cache = &cache;
+  const auto embeds = dense->model->embed(torch::tensor({{5}}, torch::kInt64));
+  EXPECT_FALSE(dense->model->forward_cpu_decode(embeds, ctx).defined());
+  auto bf16 = std::dynamic_pointer_cast<LlamaForCausalLMImpl>(dense->clone());
+  bf16->to(torch::kBFloat16);
+  EXPECT_FALSE(bf16->model->forward_cpu_decode(embeds, ctx).defined());  // a float32 cache and embeddings
+  KvCache cache16(dense->options(), 1, 8, torch::kBFloat16);
+  ctx.cache = &cache16;
+  const auto embeds16 = embeds.to(torch::kBFloat16);
+  {
+    torch::AutoGradMode grad(true);
+    EXPECT_FALSE(bf16->model->forward_cpu_decode(embeds16, ctx).defined());
+  }
+  EXPECT_EQ(cache16.length(), 0);
+  EXPECT_EQ(cache16.layer_keys(0).abs().sum().item<double>(), 0.0);
+  EXPECT_TRUE(bf16->model->forward_cpu_decode(embeds16, ctx).defined());
+  EXPECT_EQ(cache16.length(), 1);
+}
+
+}  // namespace
+}  // namespace lego::llm

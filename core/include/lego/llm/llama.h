@@ -266,6 +266,14 @@ class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl> {
   torch::Tensor forward_checkpointed(const torch::Tensor& input_embeds, const AttentionContext& ctx,
                                      const LayerInputs& in);
 
+  // forward() of one new token per row on the CPU (no slot, a cache; what DecodeStep's dynamic mode runs)
+  // over raw buffers: the decoding kernels of quant.h for the products, plain loops for the rest, which
+  // round to the activations' dtype where the operator form does. forward() takes it when it can; it
+  // returns an undefined tensor (and changes nothing) for a call or model it does not take: dense weights
+  // other than bf16, a quantised matrix with a padded last group, norms, cache or embeddings of different
+  // dtypes, a gradient, or LEGO_CPU_DECODE=operators in the environment.
+  torch::Tensor forward_cpu_decode(const torch::Tensor& input_embeds, const AttentionContext& ctx);
+
   const LlamaOptions& options() const { return options_; }
   // Every layer's fuse_projections (DecodeStep calls it once the model sits on its device).
   void fuse_projections();
@@ -280,7 +288,6 @@ class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl> {
   // cache writes, SiLU with the product): undefined when this build, device or model cannot take it.
   torch::Tensor forward_fused_decode(const torch::Tensor& input_embeds, const AttentionContext& ctx,
                                      const LayerInputs& in);
-
   LlamaOptions options_;
 };
 TORCH_MODULE(LlamaModel);
