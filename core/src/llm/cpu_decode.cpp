@@ -54,6 +54,7 @@ struct Projection {
     const uint16_t* dense = nullptr;
     const uint8_t* blocks = nullptr;
     int64_t n = 0;
+    const uint8_t* panels = nullptr;  // int4 as panels (QuantLinear::panels), used instead of blocks
   };
   std::array<Part, 3> parts;
   int count = 0;
@@ -75,6 +76,8 @@ struct Projection {
         const int64_t rows = std::min(kDecodeRows, m - r);
         if (part.dense != nullptr) {
           kernels::matmul_bf16(part.dense, part.n, k, x + r * k, rows, out + r * part.n, isa);
+        } else if (part.panels != nullptr) {
+          kernels::matmul_int4_panels(part.panels, part.n, k, x + r * k, rows, out + r * part.n, isa);
         } else {
           kernels::matmul_quant(part.blocks, format, part.n, k, x + r * k, rows, out + r * part.n, isa);
         }
@@ -113,12 +116,14 @@ bool dense_projection(const std::vector<const torch::Tensor*>& weights, const st
   return true;
 }
 
-bool quant_projection(const QuantLinear& layer, torch::ScalarType dtype, Projection& out) {
+bool quant_projection(QuantLinear& layer, torch::ScalarType dtype, Projection& out) {
   if (!layer || !layer->qweight.is_cpu() || !layer->qweight.is_contiguous() ||
       layer->format().padded(layer->in_features()) != layer->in_features()) {
     return false;  // a padded last group: the operator path pads the activations
   }
-  out.parts[0] = {nullptr, layer->qweight.data_ptr<uint8_t>(), layer->out_features()};
+  const auto panels = layer->panels();
+  out.parts[0] = {nullptr, layer->qweight.data_ptr<uint8_t>(), layer->out_features(),
+                  panels.defined() ? panels.data_ptr<uint8_t>() : nullptr};
   out.count = 1;
   out.format = layer->format();
   out.n = layer->out_features();

@@ -327,6 +327,122 @@ LEGO_AVX2 void quant_avx2(const uint8_t* w, const QuantFormat& f, int64_t n, int
   });
 }
 
+// ---- int4 panels: 8 rows interleaved, for AVX2 -------------------------------------------------------
+// Per panel of 8 rows and per 32-column sub-block: the 8 rows' float16 scales (16 bytes), then 4 registers
+// of 32 bytes whose 32-bit lane i holds row i: byte t of register r carries column 4r + t in its low nibble
+// and column 16 + 4r + t in its high nibble (the stored values, q + 8). One multiply-add of a register's
+// nibbles with 4 activations broadcast to every lane adds to all 8 rows' dots at once, so a sub-block
+// costs one conversion and one scaling for 8 rows, and a panel is one stream of memory.
+constexpr int64_t kPanelRows = 8;
+constexpr int64_t kPanelSubBytes = 16 + 128;
+
+void pack_int4_rows(const uint8_t* w, const QuantFormat& f, int64_t n, int64_t k, uint8_t* out) {
+  const int64_t row_bytes = f.row_bytes(k);
+  const int64_t subs = k / kQ;
+  const int64_t block_bytes = f.block_bytes();
+  for (int64_t panel = 0; panel < n / kPanelRows; ++panel) {
+    for (int64_t s = 0; s < subs; ++s) {
+      uint8_t* o = out + (panel * subs + s) * kPanelSubBytes;
+      const int64_t group = s * kQ / f.group, within = s * kQ % f.group / kQ;
+      for (int64_t i = 0; i < kPanelRows; ++i) {
+        const uint8_t* block = w + (panel * kPanelRows + i) * row_bytes + group * block_bytes;
+        std::memcpy(o + 2 * i, block, 2);
+        const uint8_t* values = block + 2 + within * 16;  // byte j: column j (low), j + 16 (high)
+        for (int64_t r = 0; r < 4; ++r) std::memcpy(o + 16 + r * 32 + i * 4, values + 4 * r, 4);
+      }
+    }
+  }
+}
+
+void int4_panels_portable(const uint8_t* packed, int64_t n, int64_t k, const float* x, int64_t m, float* y) {
+  const auto a = quantize_activations(x, m, k);
+  const int64_t subs = k / kQ;
+  parallel_rows(n / kPanelRows, [&](int64_t begin, int64_t end) {
+    for (int64_t panel = begin; panel < end; ++panel) {
+      for (int64_t r = 0; r < m; ++r) {
+        float sum[kPanelRows] = {};
+        for (int64_t s = 0; s < subs; ++s) {
+          const uint8_t* o = packed + (panel * subs + s) * kPanelSubBytes;
+          const int8_t* xq = a.q.data() + r * k + s * kQ;
+          for (int64_t i = 0; i < kPanelRows; ++i) {
+            int32_t dot = 0;
+            for (int64_t reg = 0; reg < 4; ++reg) {
+              for (int64_t t = 0; t < 4; ++t) {
+                const uint8_t b = o[16 + reg * 32 + i * 4 + t];
+                dot += ((b & 0x0F) - 8) * xq[4 * reg + t] + ((b >> 4) - 8) * xq[16 + 4 * reg + t];
+              }
+            }
+            sum[i] += static_cast<float>(dot) * (half_to_float(o + 2 * i) * a.scale[static_cast<size_t>(r * subs + s)]);
+          }
+        }
+        for (int64_t i = 0; i < kPanelRows; ++i) y[r * n + panel * kPanelRows + i] = sum[i];
+      }
+    }
+  });
+}
+
+#ifdef LEGO_X86
+// One panel (8 weight rows) against the m rows of activations, 4 at a time; `offset` holds -8 × each
+// sub-block's activation sum (the stored nibbles are q + 8).
+LEGO_AVX2 void int4_panel(const uint8_t* panel, int64_t subs, const int8_t* xq, const float* xs,
+                          const int32_t* offset, int64_t m, float* out, int64_t out_stride) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t k = subs * kQ;
+  for (int64_t r0 = 0; r0 < m; r0 += 4) {
+    const int64_t rows = std::min<int64_t>(4, m - r0);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const uint8_t* o = panel;
+    for (int64_t s = 0; s < subs; ++s, o += kPanelSubBytes) {
+      _mm_prefetch(reinterpret_cast<const char*>(o) + 8 * kPanelSubBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(o) + 8 * kPanelSubBytes + 64, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(o) + 8 * kPanelSubBytes + 128, _MM_HINT_T0);
+      __m256i lo[4], hi[4];
+      for (int reg = 0; reg < 4; ++reg) {
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(o + 16 + reg * 32));
+        lo[reg] = _mm256_and_si256(raw, low);
+        hi[reg] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+      }
+      const __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o)));
+      for (int64_t rr = 0; rr < rows; ++rr) {
+        const int64_t r = r0 + rr;
+        int32_t x4[8];
+        std::memcpy(x4, xq + r * k + s * kQ, sizeof x4);
+        // Each maddubs pair is at most 2 · 15 · 128 in size, so 8 of them still fit int16.
+        __m256i sum16 = _mm256_maddubs_epi16(lo[0], _mm256_set1_epi32(x4[0]));
+        for (int reg = 1; reg < 4; ++reg) {
+          sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(lo[reg], _mm256_set1_epi32(x4[reg])));
+        }
+        for (int reg = 0; reg < 4; ++reg) {
+          sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(hi[reg], _mm256_set1_epi32(x4[4 + reg])));
+        }
+        const __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(sum16, ones), _mm256_set1_epi32(offset[r * subs + s]));
+        const __m256 scale = _mm256_mul_ps(scales, _mm256_set1_ps(xs[r * subs + s]));
+        acc[rr] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[rr]);
+      }
+    }
+    for (int64_t rr = 0; rr < rows; ++rr) _mm256_storeu_ps(out + (r0 + rr) * out_stride, acc[rr]);
+  }
+}
+
+void int4_panels_avx2(const uint8_t* packed, int64_t n, int64_t k, const float* x, int64_t m, float* y) {
+  const auto a = quantize_activations(x, m, k);
+  const int64_t subs = k / kQ;
+  std::vector<int32_t> offset(static_cast<size_t>(m * subs));
+  for (size_t b = 0; b < offset.size(); ++b) {
+    int32_t sum = 0;
+    for (int64_t j = 0; j < kQ; ++j) sum += a.q[b * kQ + static_cast<size_t>(j)];
+    offset[b] = -8 * sum;
+  }
+  parallel_rows(n / kPanelRows, [&](int64_t begin, int64_t end) {
+    for (int64_t panel = begin; panel < end; ++panel) {
+      int4_panel(packed + panel * subs * kPanelSubBytes, subs, a.q.data(), a.scale.data(), offset.data(), m,
+                 y + panel * kPanelRows, n);
+    }
+  });
+}
+#endif
+
 // ---- AVX-512: VNNI's byte dot products (vpdpbusd) and BF16's pair dot products (vdpbf16ps) -------------
 
 // Round to the nearest bf16, ties to even (finite inputs; a NaN stays a NaN).
@@ -525,6 +641,29 @@ void matmul_quant(const uint8_t* w, const QuantFormat& format, int64_t n, int64_
 #endif
   (void)isa;
   quant_portable(w, format, n, k, x, m, y);
+}
+
+bool int4_panels_apply(const QuantFormat& format, int64_t n, int64_t k, Isa isa) {
+  return isa == Isa::Avx2 && format.format == WeightFormat::Int4 && n > 0 && n % kPanelRows == 0 && k > 0 &&
+         k % format.group == 0;
+}
+
+int64_t int4_panels_bytes(int64_t n, int64_t k) { return n / kPanelRows * (k / kQ) * kPanelSubBytes; }
+
+void pack_int4_panels(const uint8_t* w, const QuantFormat& format, int64_t n, int64_t k, uint8_t* out) {
+  format.check("pack_int4_panels");
+  if (format.format != WeightFormat::Int4 || n % kPanelRows != 0 || k % format.group != 0) {
+    throw Error(ErrorKind::InvalidArgument, "pack_int4_panels: int4 rows in multiples of 8 and whole groups");
+  }
+  pack_int4_rows(w, format, n, k, out);
+}
+
+void matmul_int4_panels(const uint8_t* packed, int64_t n, int64_t k, const float* x, int64_t m, float* y, Isa isa) {
+#ifdef LEGO_X86
+  if (isa >= Isa::Avx2) return int4_panels_avx2(packed, n, k, x, m, y);
+#endif
+  (void)isa;
+  int4_panels_portable(packed, n, k, x, m, y);
 }
 
 }  // namespace lego::llm::kernels

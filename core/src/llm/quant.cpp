@@ -9,6 +9,9 @@
 #include <cmath>
 #include <cstring>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "lego/sdk/error.h"
 #include "lego/sdk/nn/linear.h"
 
@@ -191,7 +194,29 @@ QuantLinearImpl::QuantLinearImpl(int64_t in_features, int64_t out_features, bool
   reset();
 }
 
+torch::Tensor QuantLinearImpl::panels() {
+  const int64_t k = format_.padded(in_);
+  if (!qweight.is_cpu() || !kernels::int4_panels_apply(format_, out_, k, kernels::best_isa())) return {};
+  std::lock_guard<std::mutex> lock(*panels_mutex_);
+  const auto w = qweight.contiguous();
+  if (panels_.defined() && panels_of_ == w.data_ptr()) return panels_;
+  panels_ = torch::empty({kernels::int4_panels_bytes(out_, k)}, torch::kUInt8);
+  kernels::pack_int4_panels(w.data_ptr<uint8_t>(), format_, out_, k, panels_.data_ptr<uint8_t>());
+  panels_of_ = w.data_ptr();
+#ifdef MADV_PAGEOUT
+  // Reclaim, not discard: file pages are read again, anonymous ones kept (or swapped).
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<uintptr_t>(w.data_ptr()) + page - 1) / page * page;
+  const auto end = (reinterpret_cast<uintptr_t>(w.data_ptr()) + static_cast<uintptr_t>(w.nbytes())) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_PAGEOUT);
+#endif
+  return panels_;
+}
+
 void QuantLinearImpl::reset() {
+  panels_mutex_ = std::make_shared<std::mutex>();
+  panels_ = torch::Tensor();
+  panels_of_ = nullptr;
   format_.check("quantised linear layer");
   if (in_ <= 0) throw Error(ErrorKind::InvalidArgument, "quantised linear layer: " + std::to_string(in_) + " inputs");
   if (out_ <= 0) throw Error(ErrorKind::InvalidArgument, "quantised linear layer: " + std::to_string(out_) + " outputs");
@@ -217,8 +242,13 @@ torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
     if (k != in_) rows = torch::constant_pad_nd(rows, {0, k - in_}).contiguous();  // the weights' zero columns
     auto y = torch::empty({m, out_}, torch::kFloat32);
     const auto w = qweight.contiguous();
+    const auto packed = panels();
     in_chunks(rows, y, [&](const float* xr, int64_t mr, float* yr) {
-      kernels::matmul_quant(w.data_ptr<uint8_t>(), format_, out_, k, xr, mr, yr, kernels::best_isa());
+      if (packed.defined()) {
+        kernels::matmul_int4_panels(packed.data_ptr<uint8_t>(), out_, k, xr, mr, yr, kernels::best_isa());
+      } else {
+        kernels::matmul_quant(w.data_ptr<uint8_t>(), format_, out_, k, xr, mr, yr, kernels::best_isa());
+      }
     });
     out = y.view(shape);
   } else {

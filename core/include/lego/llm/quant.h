@@ -22,6 +22,8 @@
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 
 namespace lego::llm {
@@ -74,6 +76,18 @@ void matmul_bf16(const uint16_t* w, int64_t n, int64_t k, const float* x, int64_
 void matmul_quant(const uint8_t* w, const QuantFormat& format, int64_t n, int64_t k, const float* x, int64_t m,
                   float* y, Isa isa);
 
+// int4 weights in panels of 8 rows interleaved (cpu_kernels.cpp describes the layout): on AVX2, where the
+// row layout's per-row bookkeeping costs more than its memory traffic, a QuantLinear keeps its matrix in
+// this form too (bench/cpu_kernels at the 1.1B shape, 2 threads: 1.2x the row layout's speed for one row of
+// activations, 1.7x for 32). int4_panels_apply says
+// whether `isa` uses it for an [n, k] matrix of `format`; int4_panels_bytes is its size; pack_int4_panels
+// writes it from the block layout (throws lego::Error(InvalidArgument) for a format or shape it does not
+// take); matmul_int4_panels is matmul_quant over it (AVX2, or portable C++ for the same layout).
+bool int4_panels_apply(const QuantFormat& format, int64_t n, int64_t k, Isa isa);
+int64_t int4_panels_bytes(int64_t n, int64_t k);
+void pack_int4_panels(const uint8_t* w, const QuantFormat& format, int64_t n, int64_t k, uint8_t* out);
+void matmul_int4_panels(const uint8_t* packed, int64_t n, int64_t k, const float* x, int64_t m, float* y, Isa isa);
+
 }  // namespace kernels
 
 // The kernels take at most kDecodeRows rows of activations at once (a decoding step). A prompt of up to
@@ -109,10 +123,19 @@ class QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> {
   torch::Tensor qweight;  // [out, row bytes] uint8
   torch::Tensor bias;     // [out] or undefined
 
+  // qweight as int4 panels where this CPU's kernels use them (kernels::int4_panels_apply), made on first
+  // use and again when qweight is replaced (not when it is written in place); undefined elsewhere. Once
+  // they are made, the pages of a mapped qweight are handed back to the kernel (MADV_PAGEOUT: read again
+  // from the file if a long prompt dequantises it), so the resident size stays one copy.
+  torch::Tensor panels();
+
  private:
   int64_t in_, out_;
   bool has_bias_;
   QuantFormat format_;
+  std::shared_ptr<std::mutex> panels_mutex_;
+  torch::Tensor panels_;
+  const void* panels_of_ = nullptr;  // the qweight data they were made from
 };
 TORCH_MODULE(QuantLinear);
 
