@@ -66,16 +66,20 @@ int main(int argc, char** argv) {
   torch::NoGradGuard no_grad;
   torch::manual_seed(0);
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{3 * hidden, hidden}, {hidden, hidden}, {2 * inter, hidden}, {hidden, inter}};
-  std::vector<std::vector<torch::Tensor>> bf16(layers), q8(layers), q4(layers), q4_panels(layers);
+  std::vector<std::vector<torch::Tensor>> bf16(layers), q8(layers), q4(layers), q8_panels(layers), q4_panels(layers);
   for (int l = 0; l < layers; ++l) {
     for (const auto& [n, k] : shapes) {
       auto w = torch::randn({n, k}) * 0.02;
       bf16[l].push_back(w.to(torch::kBFloat16));
       q8[l].push_back(lego::llm::quantize_rows(w, {WeightFormat::Int8, 32}));
       q4[l].push_back(lego::llm::quantize_rows(w, {WeightFormat::Int4, 32}));
-      q4_panels[l].push_back(torch::empty({lego::llm::kernels::int4_panels_bytes(n, k)}, torch::kUInt8));
-      lego::llm::kernels::pack_int4_panels(q4[l].back().data_ptr<uint8_t>(), {WeightFormat::Int4, 32}, n, k,
-                                           q4_panels[l].back().data_ptr<uint8_t>());
+      for (auto* panels : {&q8_panels, &q4_panels}) {
+        const bool int8 = panels == &q8_panels;
+        const QuantFormat format{int8 ? WeightFormat::Int8 : WeightFormat::Int4, 32};
+        (*panels)[l].push_back(torch::empty({lego::llm::kernels::panels_bytes(format, n, k)}, torch::kUInt8));
+        lego::llm::kernels::pack_panels((int8 ? q8 : q4)[l].back().data_ptr<uint8_t>(), format, n, k,
+                                        (*panels)[l].back().data_ptr<uint8_t>());
+      }
     }
   }
   std::vector<torch::Tensor> xs;
@@ -151,13 +155,17 @@ int main(int argc, char** argv) {
                                        shapes[i].second, x, m, y, isa);
     });
   });
-  if (lego::llm::kernels::int4_panels_apply({WeightFormat::Int4, 32}, hidden, hidden, isa)) {
-    per_layer("lego int4 panels", layer_bytes_q4, [&](int l, size_t i) {
-      chunks(i, [&](const float* x, int64_t m, float* y) {
-        lego::llm::kernels::matmul_int4_panels(q4_panels[l][i].data_ptr<uint8_t>(), shapes[i].first, shapes[i].second,
-                                               x, m, y, isa);
-      });
-    });
+  for (const auto* panels : {&q8_panels, &q4_panels}) {
+    const bool int8 = panels == &q8_panels;
+    const QuantFormat format{int8 ? WeightFormat::Int8 : WeightFormat::Int4, 32};
+    if (!lego::llm::kernels::panels_apply(format, hidden, hidden, isa)) continue;
+    per_layer(int8 ? "lego int8 panels" : "lego int4 panels", int8 ? layer_bytes_q8 : layer_bytes_q4,
+              [&](int l, size_t i) {
+                chunks(i, [&](const float* x, int64_t m, float* y) {
+                  lego::llm::kernels::matmul_panels((*panels)[l][i].data_ptr<uint8_t>(), format, shapes[i].first,
+                                                    shapes[i].second, x, m, y, isa);
+                });
+              });
   }
   std::printf("one decoder layer's matrices (hidden %lld, intermediate %lld), %d layers cycled, %d threads, kernels: %s\n",
               static_cast<long long>(hidden), static_cast<long long>(inter), layers, threads,

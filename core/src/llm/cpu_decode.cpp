@@ -54,7 +54,7 @@ struct Projection {
     const uint16_t* dense = nullptr;
     const uint8_t* blocks = nullptr;
     int64_t n = 0;
-    const uint8_t* panels = nullptr;  // int4 as panels (QuantLinear::panels), used instead of blocks
+    const uint8_t* panels = nullptr;  // as panels (QuantLinear::panels), used instead of blocks
   };
   std::array<Part, 3> parts;
   int count = 0;
@@ -77,7 +77,7 @@ struct Projection {
         if (part.dense != nullptr) {
           kernels::matmul_bf16(part.dense, part.n, k, x + r * k, rows, out + r * part.n, isa);
         } else if (part.panels != nullptr) {
-          kernels::matmul_int4_panels(part.panels, part.n, k, x + r * k, rows, out + r * part.n, isa);
+          kernels::matmul_panels(part.panels, format, part.n, k, x + r * k, rows, out + r * part.n, isa);
         } else {
           kernels::matmul_quant(part.blocks, format, part.n, k, x + r * k, rows, out + r * part.n, isa);
         }

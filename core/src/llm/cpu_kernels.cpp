@@ -327,51 +327,59 @@ LEGO_AVX2 void quant_avx2(const uint8_t* w, const QuantFormat& f, int64_t n, int
   });
 }
 
-// ---- int4 panels: 8 rows interleaved, for AVX2 -------------------------------------------------------
-// Per panel of 8 rows and per 32-column sub-block: the 8 rows' float16 scales (16 bytes), then 4 registers
-// of 32 bytes whose 32-bit lane i holds row i: byte t of register r carries column 4r + t in its low nibble
-// and column 16 + 4r + t in its high nibble (the stored values, q + 8). One multiply-add of a register's
-// nibbles with 4 activations broadcast to every lane adds to all 8 rows' dots at once, so a sub-block
+// ---- Panels: 8 rows interleaved, for AVX2 -----------------------------------------------------------
+// Per panel of 8 rows and per 32-column sub-block: the 8 rows' float16 scales (16 bytes), then registers
+// of 32 bytes whose 32-bit lane i holds row i, 4 bytes of its sub-block: byte t of register r is byte
+// 4r + t of the row's stored sub-block. int8: 8 registers, column 4r + t. int4: 4 registers, column 4r + t
+// in the low nibble and column 16 + 4r + t in the high one (the stored values, q + 8). One multiply-add of
+// a register with 4 activations broadcast to every lane adds to all 8 rows' dots at once, so a sub-block
 // costs one conversion and one scaling for 8 rows, and a panel is one stream of memory.
 constexpr int64_t kPanelRows = 8;
-constexpr int64_t kPanelSubBytes = 16 + 128;
 
-void pack_int4_rows(const uint8_t* w, const QuantFormat& f, int64_t n, int64_t k, uint8_t* out) {
+constexpr int64_t sub_block_bytes(WeightFormat f) { return f == WeightFormat::Int4 ? 16 : kQ; }
+constexpr int64_t panel_sub_bytes(WeightFormat f) { return 16 + kPanelRows * sub_block_bytes(f); }
+
+void pack_rows(const uint8_t* w, const QuantFormat& f, int64_t n, int64_t k, uint8_t* out) {
   const int64_t row_bytes = f.row_bytes(k);
   const int64_t subs = k / kQ;
   const int64_t block_bytes = f.block_bytes();
-  for (int64_t panel = 0; panel < n / kPanelRows; ++panel) {
-    for (int64_t s = 0; s < subs; ++s) {
-      uint8_t* o = out + (panel * subs + s) * kPanelSubBytes;
-      const int64_t group = s * kQ / f.group, within = s * kQ % f.group / kQ;
-      for (int64_t i = 0; i < kPanelRows; ++i) {
-        const uint8_t* block = w + (panel * kPanelRows + i) * row_bytes + group * block_bytes;
-        std::memcpy(o + 2 * i, block, 2);
-        const uint8_t* values = block + 2 + within * 16;  // byte j: column j (low), j + 16 (high)
-        for (int64_t r = 0; r < 4; ++r) std::memcpy(o + 16 + r * 32 + i * 4, values + 4 * r, 4);
+  const int64_t value_bytes = sub_block_bytes(f.format);
+  const int64_t sub_bytes = panel_sub_bytes(f.format);
+  parallel_rows(n / kPanelRows, [&](int64_t begin, int64_t end) {
+    for (int64_t panel = begin; panel < end; ++panel) {
+      for (int64_t s = 0; s < subs; ++s) {
+        uint8_t* o = out + (panel * subs + s) * sub_bytes;
+        const int64_t group = s * kQ / f.group, within = s * kQ % f.group / kQ;
+        for (int64_t i = 0; i < kPanelRows; ++i) {
+          const uint8_t* block = w + (panel * kPanelRows + i) * row_bytes + group * block_bytes;
+          std::memcpy(o + 2 * i, block, 2);
+          const uint8_t* values = block + 2 + within * value_bytes;
+          for (int64_t r = 0; r < value_bytes / 4; ++r) std::memcpy(o + 16 + r * 32 + i * 4, values + 4 * r, 4);
+        }
       }
     }
-  }
+  });
 }
 
-void int4_panels_portable(const uint8_t* packed, int64_t n, int64_t k, const float* x, int64_t m, float* y) {
+void panels_portable(const uint8_t* packed, WeightFormat f, int64_t n, int64_t k, const float* x, int64_t m,
+                     float* y) {
   const auto a = quantize_activations(x, m, k);
   const int64_t subs = k / kQ;
+  const int64_t sub_bytes = panel_sub_bytes(f);
   parallel_rows(n / kPanelRows, [&](int64_t begin, int64_t end) {
+    uint8_t values[kQ];
+    int8_t vals[kQ];
     for (int64_t panel = begin; panel < end; ++panel) {
       for (int64_t r = 0; r < m; ++r) {
         float sum[kPanelRows] = {};
         for (int64_t s = 0; s < subs; ++s) {
-          const uint8_t* o = packed + (panel * subs + s) * kPanelSubBytes;
+          const uint8_t* o = packed + (panel * subs + s) * sub_bytes;
           const int8_t* xq = a.q.data() + r * k + s * kQ;
           for (int64_t i = 0; i < kPanelRows; ++i) {
+            for (int64_t reg = 0; reg < sub_block_bytes(f) / 4; ++reg) std::memcpy(values + 4 * reg, o + 16 + reg * 32 + i * 4, 4);
+            unpack_portable(values, f, vals);
             int32_t dot = 0;
-            for (int64_t reg = 0; reg < 4; ++reg) {
-              for (int64_t t = 0; t < 4; ++t) {
-                const uint8_t b = o[16 + reg * 32 + i * 4 + t];
-                dot += ((b & 0x0F) - 8) * xq[4 * reg + t] + ((b >> 4) - 8) * xq[16 + 4 * reg + t];
-              }
-            }
+            for (int64_t j = 0; j < kQ; ++j) dot += static_cast<int32_t>(vals[j]) * xq[j];
             sum[i] += static_cast<float>(dot) * (half_to_float(o + 2 * i) * a.scale[static_cast<size_t>(r * subs + s)]);
           }
         }
@@ -382,62 +390,102 @@ void int4_panels_portable(const uint8_t* packed, int64_t n, int64_t k, const flo
 }
 
 #ifdef LEGO_X86
-// One panel (8 weight rows) against the m rows of activations, 4 at a time; `offset` holds -8 × each
-// sub-block's activation sum (the stored nibbles are q + 8).
-LEGO_AVX2 void int4_panel(const uint8_t* panel, int64_t subs, const int8_t* xq, const float* xs,
-                          const int32_t* offset, int64_t m, float* out, int64_t out_stride) {
+// One panel (8 weight rows) against R rows of activations. int4: `offset` holds -8 × each sub-block's
+// activation sum (the stored nibbles are q + 8); the 8 multiply-adds of a sub-block sum in int16 (each
+// pair at most 2 · 15 · 128). int8: |w| times x with w's sign (pairs up to 2 · 128 · 127), each register's
+// pairs widened to int32 before they are summed.
+template <WeightFormat F, int R>
+LEGO_AVX2 void panel_tile(const uint8_t* panel, int64_t subs, const int8_t* xq, const float* xs,
+                          const int32_t* offset, float* out, int64_t out_stride) {
+  constexpr int64_t sub_bytes = panel_sub_bytes(F);
   const __m256i low = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   const int64_t k = subs * kQ;
-  for (int64_t r0 = 0; r0 < m; r0 += 4) {
-    const int64_t rows = std::min<int64_t>(4, m - r0);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    const uint8_t* o = panel;
-    for (int64_t s = 0; s < subs; ++s, o += kPanelSubBytes) {
-      _mm_prefetch(reinterpret_cast<const char*>(o) + 8 * kPanelSubBytes, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(o) + 8 * kPanelSubBytes + 64, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(o) + 8 * kPanelSubBytes + 128, _MM_HINT_T0);
-      __m256i lo[4], hi[4];
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const uint8_t* o = panel;
+  for (int64_t s = 0; s < subs; ++s, o += sub_bytes) {
+    for (int64_t line = 0; line < sub_bytes; line += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(o) + 8 * sub_bytes + line, _MM_HINT_T0);
+    }
+    const int32_t* x4[R];  // 4 activations at a time, broadcast to every lane
+    for (int r = 0; r < R; ++r) x4[r] = reinterpret_cast<const int32_t*>(xq + r * k + s * kQ);
+    __m256i dot[R];
+    if constexpr (F == WeightFormat::Int4) {
+      __m256i sum16[R];
       for (int reg = 0; reg < 4; ++reg) {
         const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(o + 16 + reg * 32));
-        lo[reg] = _mm256_and_si256(raw, low);
-        hi[reg] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+        const __m256i lo = _mm256_and_si256(raw, low);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+        for (int r = 0; r < R; ++r) {
+          int32_t a, b;
+          std::memcpy(&a, x4[r] + reg, 4);
+          std::memcpy(&b, x4[r] + 4 + reg, 4);
+          const __m256i both = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(a)),
+                                                _mm256_maddubs_epi16(hi, _mm256_set1_epi32(b)));
+          sum16[r] = reg == 0 ? both : _mm256_add_epi16(sum16[r], both);
+        }
       }
-      const __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o)));
-      for (int64_t rr = 0; rr < rows; ++rr) {
-        const int64_t r = r0 + rr;
-        int32_t x4[8];
-        std::memcpy(x4, xq + r * k + s * kQ, sizeof x4);
-        // Each maddubs pair is at most 2 · 15 · 128 in size, so 8 of them still fit int16.
-        __m256i sum16 = _mm256_maddubs_epi16(lo[0], _mm256_set1_epi32(x4[0]));
-        for (int reg = 1; reg < 4; ++reg) {
-          sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(lo[reg], _mm256_set1_epi32(x4[reg])));
+      for (int r = 0; r < R; ++r) {
+        dot[r] = _mm256_add_epi32(_mm256_madd_epi16(sum16[r], ones), _mm256_set1_epi32(offset[r * subs + s]));
+      }
+    } else {
+      for (int reg = 0; reg < 8; ++reg) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(o + 16 + reg * 32));
+        const __m256i aw = _mm256_sign_epi8(wv, wv);
+        for (int r = 0; r < R; ++r) {
+          int32_t a;
+          std::memcpy(&a, x4[r] + reg, 4);
+          const __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(a), wv)), ones);
+          dot[r] = reg == 0 ? pairs : _mm256_add_epi32(dot[r], pairs);
         }
-        for (int reg = 0; reg < 4; ++reg) {
-          sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(hi[reg], _mm256_set1_epi32(x4[4 + reg])));
-        }
-        const __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(sum16, ones), _mm256_set1_epi32(offset[r * subs + s]));
-        const __m256 scale = _mm256_mul_ps(scales, _mm256_set1_ps(xs[r * subs + s]));
-        acc[rr] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[rr]);
       }
     }
-    for (int64_t rr = 0; rr < rows; ++rr) _mm256_storeu_ps(out + (r0 + rr) * out_stride, acc[rr]);
+    const __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o)));
+    for (int r = 0; r < R; ++r) {
+      const __m256 scale = _mm256_mul_ps(scales, _mm256_set1_ps(xs[r * subs + s]));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), scale, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * out_stride, acc[r]);
+}
+
+// One panel against the m rows of activations, 4 at a time.
+template <WeightFormat F>
+LEGO_AVX2 void panel_rows(const uint8_t* panel, int64_t subs, const int8_t* xq, const float* xs,
+                          const int32_t* offset, int64_t m, float* out, int64_t out_stride) {
+  const int64_t k = subs * kQ;
+  for (int64_t r = 0; r < m; r += 4) {
+    const int8_t* x = xq + r * k;
+    const float* s = xs + r * subs;
+    const int32_t* off = offset == nullptr ? nullptr : offset + r * subs;
+    float* y = out + r * out_stride;
+    switch (std::min<int64_t>(4, m - r)) {
+      case 4: panel_tile<F, 4>(panel, subs, x, s, off, y, out_stride); break;
+      case 3: panel_tile<F, 3>(panel, subs, x, s, off, y, out_stride); break;
+      case 2: panel_tile<F, 2>(panel, subs, x, s, off, y, out_stride); break;
+      default: panel_tile<F, 1>(panel, subs, x, s, off, y, out_stride); break;
+    }
   }
 }
 
-void int4_panels_avx2(const uint8_t* packed, int64_t n, int64_t k, const float* x, int64_t m, float* y) {
+template <WeightFormat F>
+void panels_avx2(const uint8_t* packed, int64_t n, int64_t k, const float* x, int64_t m, float* y) {
   const auto a = quantize_activations(x, m, k);
   const int64_t subs = k / kQ;
-  std::vector<int32_t> offset(static_cast<size_t>(m * subs));
-  for (size_t b = 0; b < offset.size(); ++b) {
-    int32_t sum = 0;
-    for (int64_t j = 0; j < kQ; ++j) sum += a.q[b * kQ + static_cast<size_t>(j)];
-    offset[b] = -8 * sum;
+  std::vector<int32_t> offset;
+  if constexpr (F == WeightFormat::Int4) {
+    offset.resize(static_cast<size_t>(m * subs));
+    for (size_t b = 0; b < offset.size(); ++b) {
+      int32_t sum = 0;
+      for (int64_t j = 0; j < kQ; ++j) sum += a.q[b * kQ + static_cast<size_t>(j)];
+      offset[b] = -8 * sum;
+    }
   }
   parallel_rows(n / kPanelRows, [&](int64_t begin, int64_t end) {
     for (int64_t panel = begin; panel < end; ++panel) {
-      int4_panel(packed + panel * subs * kPanelSubBytes, subs, a.q.data(), a.scale.data(), offset.data(), m,
-                 y + panel * kPanelRows, n);
+      panel_rows<F>(packed + panel * subs * panel_sub_bytes(F), subs, a.q.data(), a.scale.data(),
+                    offset.empty() ? nullptr : offset.data(), m, y + panel * kPanelRows, n);
     }
   });
 }
@@ -643,27 +691,33 @@ void matmul_quant(const uint8_t* w, const QuantFormat& format, int64_t n, int64_
   quant_portable(w, format, n, k, x, m, y);
 }
 
-bool int4_panels_apply(const QuantFormat& format, int64_t n, int64_t k, Isa isa) {
-  return isa == Isa::Avx2 && format.format == WeightFormat::Int4 && n > 0 && n % kPanelRows == 0 && k > 0 &&
-         k % format.group == 0;
+bool panels_apply(const QuantFormat& format, int64_t n, int64_t k, Isa isa) {
+  return isa == Isa::Avx2 && n > 0 && n % kPanelRows == 0 && k > 0 && k % format.group == 0;
 }
 
-int64_t int4_panels_bytes(int64_t n, int64_t k) { return n / kPanelRows * (k / kQ) * kPanelSubBytes; }
+int64_t panels_bytes(const QuantFormat& format, int64_t n, int64_t k) {
+  return n / kPanelRows * (k / kQ) * panel_sub_bytes(format.format);
+}
 
-void pack_int4_panels(const uint8_t* w, const QuantFormat& format, int64_t n, int64_t k, uint8_t* out) {
-  format.check("pack_int4_panels");
-  if (format.format != WeightFormat::Int4 || n % kPanelRows != 0 || k % format.group != 0) {
-    throw Error(ErrorKind::InvalidArgument, "pack_int4_panels: int4 rows in multiples of 8 and whole groups");
+void pack_panels(const uint8_t* w, const QuantFormat& format, int64_t n, int64_t k, uint8_t* out) {
+  format.check("pack_panels");
+  if (n <= 0 || n % kPanelRows != 0 || k <= 0 || k % format.group != 0) {
+    throw Error(ErrorKind::InvalidArgument, "pack_panels: rows in multiples of 8 and whole groups, not [" +
+                                                std::to_string(n) + ", " + std::to_string(k) + "]");
   }
-  pack_int4_rows(w, format, n, k, out);
+  pack_rows(w, format, n, k, out);
 }
 
-void matmul_int4_panels(const uint8_t* packed, int64_t n, int64_t k, const float* x, int64_t m, float* y, Isa isa) {
+void matmul_panels(const uint8_t* packed, const QuantFormat& format, int64_t n, int64_t k, const float* x, int64_t m,
+                   float* y, Isa isa) {
 #ifdef LEGO_X86
-  if (isa >= Isa::Avx2) return int4_panels_avx2(packed, n, k, x, m, y);
+  if (isa >= Isa::Avx2) {
+    if (format.format == WeightFormat::Int8) return panels_avx2<WeightFormat::Int8>(packed, n, k, x, m, y);
+    return panels_avx2<WeightFormat::Int4>(packed, n, k, x, m, y);
+  }
 #endif
   (void)isa;
-  int4_panels_portable(packed, n, k, x, m, y);
+  panels_portable(packed, format.format, n, k, x, m, y);
 }
 
 }  // namespace lego::llm::kernels

@@ -196,12 +196,12 @@ QuantLinearImpl::QuantLinearImpl(int64_t in_features, int64_t out_features, bool
 
 torch::Tensor QuantLinearImpl::panels() {
   const int64_t k = format_.padded(in_);
-  if (!qweight.is_cpu() || !kernels::int4_panels_apply(format_, out_, k, kernels::best_isa())) return {};
+  if (!qweight.is_cpu() || !kernels::panels_apply(format_, out_, k, kernels::best_isa())) return {};
   std::lock_guard<std::mutex> lock(*panels_mutex_);
   const auto w = qweight.contiguous();
   if (panels_.defined() && panels_of_ == w.data_ptr()) return panels_;
-  panels_ = torch::empty({kernels::int4_panels_bytes(out_, k)}, torch::kUInt8);
-  kernels::pack_int4_panels(w.data_ptr<uint8_t>(), format_, out_, k, panels_.data_ptr<uint8_t>());
+  panels_ = torch::empty({kernels::panels_bytes(format_, out_, k)}, torch::kUInt8);
+  kernels::pack_panels(w.data_ptr<uint8_t>(), format_, out_, k, panels_.data_ptr<uint8_t>());
   panels_of_ = w.data_ptr();
 #ifdef MADV_PAGEOUT
   // Reclaim, not discard: file pages are read again, anonymous ones kept (or swapped).
@@ -245,7 +245,7 @@ torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
     const auto packed = panels();
     in_chunks(rows, y, [&](const float* xr, int64_t mr, float* yr) {
       if (packed.defined()) {
-        kernels::matmul_int4_panels(packed.data_ptr<uint8_t>(), out_, k, xr, mr, yr, kernels::best_isa());
+        kernels::matmul_panels(packed.data_ptr<uint8_t>(), format_, out_, k, xr, mr, yr, kernels::best_isa());
       } else {
         kernels::matmul_quant(w.data_ptr<uint8_t>(), format_, out_, k, xr, mr, yr, kernels::best_isa());
       }

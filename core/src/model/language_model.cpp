@@ -112,6 +112,10 @@ LanguageModel LanguageModel::load(const std::filesystem::path& dir, const LoadOp
   }
   net->to(options.device);
   net->eval();
+  // Quantised matrices take the layout this CPU's kernels read now, not within the first prompt's time.
+  for (const auto& module : net->modules()) {
+    if (auto* layer = dynamic_cast<llm::QuantLinearImpl*>(module.get())) layer->panels();
+  }
   auto shared = std::make_shared<const text::Tokenizer>(std::move(tokenizer));
   return LanguageModel{dir, std::move(cfg), llama, net, std::move(shared), options.device,
                        options.dtype};

@@ -159,53 +159,73 @@ TEST(CpuKernels, QuantisedProductIsExactForInt8RepresentableActivations) {
   }
 }
 
-TEST(CpuKernels, Int4PanelsGiveTheRowLayoutsProduct) {
+TEST(CpuKernels, PanelsGiveTheRowLayoutsProduct) {
   // The same exact integer dots in another layout: only the order of the float sums differs. Activations
   // that quantise without error make the dequantised matrix the reference, as above.
   torch::manual_seed(6);
   for (const auto isa : {Isa::Portable, kernels::best_isa()}) {
-    for (const int64_t group : {32, 64, 128}) {
-      for (const int64_t m : {1, 3, 5, 8}) {
-        const QuantFormat format{WeightFormat::Int4, group};
-        const int64_t n = 24, k = 384;
-        auto q = quantize_rows(torch::randn({n, k}), format);
-        auto packed = torch::empty({kernels::int4_panels_bytes(n, k)}, torch::kUInt8);
-        kernels::pack_int4_panels(q.data_ptr<uint8_t>(), format, n, k, packed.data_ptr<uint8_t>());
-        auto x = torch::randint(-126, 127, {m, k}).to(torch::kFloat32);
-        x.view({m, k / 32, 32}).select(2, 9).fill_(-127);
-        auto y = torch::empty({m, n});
-        kernels::matmul_int4_panels(packed.data_ptr<uint8_t>(), n, k, x.data_ptr<float>(), m, y.data_ptr<float>(), isa);
-        const auto w64 = dequantize_rows(q, format, k).to(torch::kFloat64);
-        const auto want = torch::matmul(x.to(torch::kFloat64), w64.t());
-        const auto scale = torch::matmul(x.to(torch::kFloat64).abs(), w64.abs().t());
-        EXPECT_LT(worst_relative(y, want, scale), 1e-5) << kernels::isa_name(isa) << " group " << group << " m=" << m;
-        auto rows = torch::empty({m, n});
-        kernels::matmul_quant(q.data_ptr<uint8_t>(), format, n, k, x.data_ptr<float>(), m, rows.data_ptr<float>(), isa);
-        EXPECT_LT(worst_relative(y, rows.to(torch::kFloat64), scale), 1e-5);
+    for (const auto f : {WeightFormat::Int8, WeightFormat::Int4}) {
+      for (const int64_t group : {32, 64, 128}) {
+        for (const int64_t m : {1, 3, 5, 8}) {
+          const QuantFormat format{f, group};
+          const int64_t n = 24, k = 384;
+          auto q = quantize_rows(torch::randn({n, k}), format);
+          if (f == WeightFormat::Int8) {
+            // -128, which the quantiser never writes but a file may hold: |w| = 128 still multiplies exactly.
+            q.select(0, 5).narrow(0, 2, 7).fill_(0x80);
+            q.select(0, 17).narrow(0, q.size(1) - 4, 4).fill_(0x80);
+          }
+          auto packed = torch::empty({kernels::panels_bytes(format, n, k)}, torch::kUInt8);
+          kernels::pack_panels(q.data_ptr<uint8_t>(), format, n, k, packed.data_ptr<uint8_t>());
+          auto x = torch::randint(-126, 127, {m, k}).to(torch::kFloat32);
+          x.view({m, k / 32, 32}).select(2, 9).fill_(-127);
+          x.view({m, k / 32, 32}).select(2, 30).fill_(127);
+          auto y = torch::empty({m, n});
+          kernels::matmul_panels(packed.data_ptr<uint8_t>(), format, n, k, x.data_ptr<float>(), m, y.data_ptr<float>(),
+                                 isa);
+          const auto w64 = dequantize_rows(q, format, k).to(torch::kFloat64);
+          const auto want = torch::matmul(x.to(torch::kFloat64), w64.t());
+          const auto scale = torch::matmul(x.to(torch::kFloat64).abs(), w64.abs().t());
+          const std::string what = std::string(kernels::isa_name(isa)) + " " + weight_format_name(f) + " group " +
+                                   std::to_string(group) + " m=" + std::to_string(m);
+          EXPECT_LT(worst_relative(y, want, scale), 1e-5) << what;
+          auto rows = torch::empty({m, n});
+          kernels::matmul_quant(q.data_ptr<uint8_t>(), format, n, k, x.data_ptr<float>(), m, rows.data_ptr<float>(),
+                                isa);
+          EXPECT_LT(worst_relative(y, rows.to(torch::kFloat64), scale), 1e-5) << what;
+        }
       }
     }
   }
-  const QuantFormat int4{WeightFormat::Int4, 32};
-  EXPECT_FALSE(kernels::int4_panels_apply(int4, 20, 64, Isa::Avx2));  // rows not a multiple of 8
-  EXPECT_FALSE(kernels::int4_panels_apply({WeightFormat::Int8, 32}, 24, 64, Isa::Avx2));
-  EXPECT_FALSE(kernels::int4_panels_apply(int4, 24, 64, Isa::Avx512));  // VNNI reads the row layout
-  EXPECT_TRUE(kernels::int4_panels_apply(int4, 24, 64, Isa::Avx2));
+  const QuantFormat int4{WeightFormat::Int4, 32}, int8{WeightFormat::Int8, 64};
+  EXPECT_FALSE(kernels::panels_apply(int4, 20, 64, Isa::Avx2));  // rows not a multiple of 8
+  EXPECT_FALSE(kernels::panels_apply(int8, 24, 96, Isa::Avx2));  // not whole groups
+  EXPECT_FALSE(kernels::panels_apply(int4, 24, 64, Isa::Avx512));  // VNNI reads the row layout
+  EXPECT_FALSE(kernels::panels_apply(int4, 24, 64, Isa::Portable));
+  EXPECT_TRUE(kernels::panels_apply(int4, 24, 64, Isa::Avx2));
+  EXPECT_TRUE(kernels::panels_apply(int8, 24, 128, Isa::Avx2));
+  EXPECT_EQ(kernels::panels_bytes(int4, 24, 64), 3 * 2 * (16 + 8 * 16));
+  EXPECT_EQ(kernels::panels_bytes(int8, 24, 128), 3 * 4 * (16 + 8 * 32));
   auto q = torch::zeros({20, int4.row_bytes(64)}, torch::kUInt8);
-  auto out = torch::empty({kernels::int4_panels_bytes(24, 64)}, torch::kUInt8);
-  EXPECT_THROW(kernels::pack_int4_panels(q.data_ptr<uint8_t>(), int4, 20, 64, out.data_ptr<uint8_t>()), Error);
+  auto out = torch::empty({kernels::panels_bytes(int4, 24, 64)}, torch::kUInt8);
+  EXPECT_THROW(kernels::pack_panels(q.data_ptr<uint8_t>(), int4, 20, 64, out.data_ptr<uint8_t>()), Error);
+  EXPECT_THROW(kernels::pack_panels(q.data_ptr<uint8_t>(), int8, 24, 96, out.data_ptr<uint8_t>()), Error);
 }
 
 TEST(QuantLinear, RemakesItsPanelsWhenTheWeightsAreReplaced) {
   torch::NoGradGuard no_grad;
-  const QuantFormat format{WeightFormat::Int4, 32};
-  QuantLinear layer(64, 24, false, format);
-  auto x = torch::randn({1, 64});
-  for (int round = 0; round < 2; ++round) {
-    auto q = quantize_rows(torch::randn({24, 64}), format);
-    layer->qweight.set_data(q);
-    const auto want = torch::matmul(x, dequantize_rows(q, format, 64).t());
-    EXPECT_LT(((layer->forward(x) - want).pow(2).mean() / want.pow(2).mean()).sqrt().item<double>(), 1e-2);
-    EXPECT_EQ(layer->panels().defined(), kernels::best_isa() == Isa::Avx2);
+  for (const auto f : {WeightFormat::Int8, WeightFormat::Int4}) {
+    const QuantFormat format{f, 32};
+    QuantLinear layer(64, 24, false, format);
+    auto x = torch::randn({1, 64});
+    for (int round = 0; round < 2; ++round) {
+      auto q = quantize_rows(torch::randn({24, 64}), format);
+      layer->qweight.set_data(q);
+      const auto want = torch::matmul(x, dequantize_rows(q, format, 64).t());
+      EXPECT_LT(((layer->forward(x) - want).pow(2).mean() / want.pow(2).mean()).sqrt().item<double>(), 1e-2)
+          << weight_format_name(f) << " round " << round;
+      EXPECT_EQ(layer->panels().defined(), kernels::best_isa() == Isa::Avx2);
+    }
   }
 }
 

@@ -76,17 +76,17 @@ void matmul_bf16(const uint16_t* w, int64_t n, int64_t k, const float* x, int64_
 void matmul_quant(const uint8_t* w, const QuantFormat& format, int64_t n, int64_t k, const float* x, int64_t m,
                   float* y, Isa isa);
 
-// int4 weights in panels of 8 rows interleaved (cpu_kernels.cpp describes the layout): on AVX2, where the
-// row layout's per-row bookkeeping costs more than its memory traffic, a QuantLinear keeps its matrix in
-// this form too (bench/cpu_kernels at the 1.1B shape, 2 threads: 1.2x the row layout's speed for one row of
-// activations, 1.7x for 32). int4_panels_apply says
-// whether `isa` uses it for an [n, k] matrix of `format`; int4_panels_bytes is its size; pack_int4_panels
-// writes it from the block layout (throws lego::Error(InvalidArgument) for a format or shape it does not
-// take); matmul_int4_panels is matmul_quant over it (AVX2, or portable C++ for the same layout).
-bool int4_panels_apply(const QuantFormat& format, int64_t n, int64_t k, Isa isa);
-int64_t int4_panels_bytes(int64_t n, int64_t k);
-void pack_int4_panels(const uint8_t* w, const QuantFormat& format, int64_t n, int64_t k, uint8_t* out);
-void matmul_int4_panels(const uint8_t* packed, int64_t n, int64_t k, const float* x, int64_t m, float* y, Isa isa);
+// Quantised weights in panels of 8 rows interleaved (cpu_kernels.cpp describes the layout): on AVX2, where
+// the row layout's per-row bookkeeping costs more than its memory traffic, a QuantLinear keeps its matrix
+// in this form too (bench/cpu_kernels has both layouts). panels_apply says whether `isa` uses it for an
+// [n, k] matrix of `format`; panels_bytes is its size; pack_panels writes it from the block layout (throws
+// lego::Error(InvalidArgument) for a shape it does not take); matmul_panels is matmul_quant over it (AVX2,
+// or portable C++ for the same layout).
+bool panels_apply(const QuantFormat& format, int64_t n, int64_t k, Isa isa);
+int64_t panels_bytes(const QuantFormat& format, int64_t n, int64_t k);
+void pack_panels(const uint8_t* w, const QuantFormat& format, int64_t n, int64_t k, uint8_t* out);
+void matmul_panels(const uint8_t* packed, const QuantFormat& format, int64_t n, int64_t k, const float* x, int64_t m,
+                   float* y, Isa isa);
 
 }  // namespace kernels
 
@@ -123,8 +123,8 @@ class QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> {
   torch::Tensor qweight;  // [out, row bytes] uint8
   torch::Tensor bias;     // [out] or undefined
 
-  // qweight as int4 panels where this CPU's kernels use them (kernels::int4_panels_apply), made on first
-  // use and again when qweight is replaced (not when it is written in place); undefined elsewhere. Once
+  // qweight as panels where this CPU's kernels use them (kernels::panels_apply), made on first
+  // use (LanguageModel::load asks at load) and again when qweight is replaced (not when it is written in place); undefined elsewhere. Once
   // they are made, the pages of a mapped qweight are handed back to the kernel (MADV_PAGEOUT: read again
   // from the file if a long prompt dequantises it), so the resident size stays one copy.
   torch::Tensor panels();
