@@ -408,8 +408,8 @@ LEGO_AVX2 void panel_tile(const uint8_t* panel, int64_t subs, const int8_t* xq, 
     for (int64_t line = 0; line < sub_bytes; line += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(o) + 8 * sub_bytes + line, _MM_HINT_T0);
     }
-    const int32_t* x4[R];  // 4 activations at a time, broadcast to every lane
-    for (int r = 0; r < R; ++r) x4[r] = reinterpret_cast<const int32_t*>(xq + r * k + s * kQ);
+    const int8_t* x[R];  // read 4 activations at a time, broadcast to every lane
+    for (int r = 0; r < R; ++r) x[r] = xq + r * k + s * kQ;
     __m256i dot[R];
     if constexpr (F == WeightFormat::Int4) {
       __m256i sum16[R];
@@ -419,8 +419,8 @@ LEGO_AVX2 void panel_tile(const uint8_t* panel, int64_t subs, const int8_t* xq, 
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
         for (int r = 0; r < R; ++r) {
           int32_t a, b;
-          std::memcpy(&a, x4[r] + reg, 4);
-          std::memcpy(&b, x4[r] + 4 + reg, 4);
+          std::memcpy(&a, x[r] + 4 * reg, 4);
+          std::memcpy(&b, x[r] + 16 + 4 * reg, 4);
           const __m256i both = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(a)),
                                                 _mm256_maddubs_epi16(hi, _mm256_set1_epi32(b)));
           sum16[r] = reg == 0 ? both : _mm256_add_epi16(sum16[r], both);
@@ -435,7 +435,7 @@ LEGO_AVX2 void panel_tile(const uint8_t* panel, int64_t subs, const int8_t* xq, 
         const __m256i aw = _mm256_sign_epi8(wv, wv);
         for (int r = 0; r < R; ++r) {
           int32_t a;
-          std::memcpy(&a, x4[r] + reg, 4);
+          std::memcpy(&a, x[r] + 4 * reg, 4);
           const __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(a), wv)), ones);
           dot[r] = reg == 0 ? pairs : _mm256_add_epi32(dot[r], pairs);
         }
