@@ -24,7 +24,7 @@ disk gets tight once both converters and the HF timing are done (it is regenerat
 
     python bench/llm_decode_7b.py [--quick] [--threads 2] [--runs 3] [--new-tokens 64] [--hf-new-tokens 16]
                                   [--skip-hf] [--work DIR] [--json-out FILE] [--lego build/bin/lego]
-                                  [--requantize]
+                                  [--requantize] [--prepare-only]
 
 Needs: lego with `lego quantize` and `lego generate --dump-all-logits`, CMake + a C++ compiler, the Python
 packages torch, transformers, safetensors, sentencepiece, numpy, diskcache (for llama_cpp) and network access to
@@ -535,8 +535,13 @@ def main():
     ap.add_argument("--requantize", action="store_true",
                     help="redo `lego quantize` instead of reusing the cached int8/int4 models (after a format change)")
     ap.add_argument("--llama-cpp-version", default=LLAMA_CPP_PY_VERSION, help="llama-cpp-python sdist version")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="build llama.cpp and make every model (checkpoint, GGUFs, lego imports and quantizations),"
+                         " then stop: the slow, CPU-heavy part, which need not run on a quiet machine")
     ap.add_argument("--json-out", type=Path, help="also write the numbers as JSON here")
     args = ap.parse_args()
+    if args.prepare_only:
+        args.skip_hf = True  # the HF timing is a timing: it belongs to the run that follows
     if args.new_tokens < 2 or args.hf_new_tokens < 2:
         ap.error("--new-tokens and --hf-new-tokens must be at least 2")
 
@@ -630,6 +635,18 @@ def main():
             with Phase(f"llama-quantize {GGUF_VARIANTS[v]}"):
                 quantize_gguf(bindir, gguf["bf16"], gguf[v], GGUF_VARIANTS[v], threads)
 
+    for v in ("int8", "int4"):
+        if (lego_dir[v] / "model.ini").exists():
+            log(f"  {lego_dir[v]}: cached (--requantize redoes it)")
+        else:
+            make_room(work, est[f"lego-{v}"], f"lego quantize --to {v}", hf_dir, True)
+            with Phase(f"lego quantize --to {v}"):
+                lego_quantize(lego, lego_dir["bf16"], lego_dir[v], v)
+    if args.prepare_only:
+        log(f"prepared under {work} (" + "; ".join(f"{k} {v:.0f} s" for k, v in PHASES.items())
+            + "); run again without --prepare-only for the timings and the accuracy")
+        return 0
+
     lego_t, llama_t = {}, {}
 
     def time_lego(v):
@@ -672,14 +689,7 @@ def main():
         with Phase(f"llama_cpp logits {q} ({len(forced)} positions)"):
             llama_logits[v] = llama_cpp_logits(src, bindir, gguf[v], forced, first, threads, acc_dir / f"llama-{q}.npy")
 
-    # lego int8 / int4: quantize, time.
-    for v in ("int8", "int4"):
-        if (lego_dir[v] / "model.ini").exists():
-            log(f"  {lego_dir[v]}: cached (--requantize redoes it)")
-        else:
-            make_room(work, est[f"lego-{v}"], f"lego quantize --to {v}", hf_dir, True)
-            with Phase(f"lego quantize --to {v}"):
-                lego_quantize(lego, lego_dir["bf16"], lego_dir[v], v)
+    # lego int8 / int4: time (quantized above).
     for v in ("int8", "int4"):
         with Phase(f"lego {v} timing ({args.new_tokens} tokens x {args.runs})"):
             time_lego(v)
