@@ -130,19 +130,26 @@ int main(int argc, char** argv) {
       sink[i] = lego::nn::linear(xs[i].to(torch::kBFloat16), bf16[l][i], torch::Tensor());
     });
   }
-  // The kernels take at most kDecodeRows rows: a prompt goes through in chunks.
+  // The quantised kernels take at most kDecodeRows rows: a prompt goes through in chunks.
   const auto chunks = [&](size_t i, const std::function<void(const float*, int64_t, float*)>& f) {
     const int64_t k = shapes[i].second, n = shapes[i].first;
     for (int64_t r = 0; r < m_rows; r += lego::llm::kDecodeRows) {
       f(xs[i].data_ptr<float>() + r * k, std::min<int64_t>(lego::llm::kDecodeRows, m_rows - r), ys[i].data_ptr<float>() + r * n);
     }
   };
+  // bf16 takes a prompt's rows in one call (a float32 panel of the weights serves them all).
   per_layer("lego bf16 kernel", layer_bytes_bf16, [&](int l, size_t i) {
-    chunks(i, [&](const float* x, int64_t m, float* y) {
-      lego::llm::kernels::matmul_bf16(reinterpret_cast<const uint16_t*>(bf16[l][i].data_ptr()), shapes[i].first,
-                                      shapes[i].second, x, m, y, isa);
-    });
+    lego::llm::kernels::matmul_bf16(reinterpret_cast<const uint16_t*>(bf16[l][i].data_ptr()), shapes[i].first,
+                                    shapes[i].second, xs[i].data_ptr<float>(), m_rows, ys[i].data_ptr<float>(), isa);
   });
+  if (m_rows > lego::llm::kDecodeRows) {
+    per_layer("lego bf16 kernel, 8-row calls", layer_bytes_bf16, [&](int l, size_t i) {
+      chunks(i, [&](const float* x, int64_t m, float* y) {
+        lego::llm::kernels::matmul_bf16(reinterpret_cast<const uint16_t*>(bf16[l][i].data_ptr()), shapes[i].first,
+                                        shapes[i].second, x, m, y, isa);
+      });
+    });
+  }
   per_layer("lego int8 kernel", layer_bytes_q8, [&](int l, size_t i) {
     chunks(i, [&](const float* x, int64_t m, float* y) {
       lego::llm::kernels::matmul_quant(q8[l][i].data_ptr<uint8_t>(), {WeightFormat::Int8, 32}, shapes[i].first,

@@ -62,7 +62,8 @@ struct Projection {
   int64_t n = 0, k = 0;  // n: all parts' outputs
   torch::Tensor bias;
 
-  // y [m, n] = x [m, k] · w^T in float32, kDecodeRows rows of activations per kernel call.
+  // y [m, n] = x [m, k] · w^T in float32: bf16 weights take all the rows in one call, quantised ones
+  // kDecodeRows rows at a time.
   void operator()(const float* x, int64_t m, float* y, kernels::Isa isa) const {
     std::vector<float> part_out;
     int64_t column = 0;
@@ -72,11 +73,12 @@ struct Projection {
       const bool direct = count == 1 || m == 1;
       if (!direct) part_out.resize(static_cast<size_t>(m * part.n));
       float* out = direct ? y + column : part_out.data();
-      for (int64_t r = 0; r < m; r += kDecodeRows) {
+      if (part.dense != nullptr) {  // all the rows at once: a prompt's take the panel product
+        kernels::matmul_bf16(part.dense, part.n, k, x, m, out, isa);
+      }
+      for (int64_t r = 0; r < m && part.dense == nullptr; r += kDecodeRows) {
         const int64_t rows = std::min(kDecodeRows, m - r);
-        if (part.dense != nullptr) {
-          kernels::matmul_bf16(part.dense, part.n, k, x + r * k, rows, out + r * part.n, isa);
-        } else if (part.panels != nullptr) {
+        if (part.panels != nullptr) {
           kernels::matmul_panels(part.panels, format, part.n, k, x + r * k, rows, out + r * part.n, isa);
         } else {
           kernels::matmul_quant(part.blocks, format, part.n, k, x + r * k, rows, out + r * part.n, isa);

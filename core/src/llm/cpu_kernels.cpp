@@ -19,6 +19,9 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define LEGO_X86 1
+// Unrolls a loop over a tile's accumulators before GCC decides whether they live in registers (without it,
+// a 6 × 2 tile kept a copy of its 12 accumulators on the stack, stored on every column).
+#define LEGO_UNROLL _Pragma("GCC unroll 16")
 #define LEGO_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define LEGO_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")))
 #endif
@@ -177,27 +180,137 @@ template <int WR, int R>
 LEGO_AVX2 void bf16_tile(const uint16_t* w, int64_t k, const float* xp, float* out, int64_t out_stride) {
   const __m256i odd_mask = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
   __m256 even[WR][R], odd[WR][R];
-  for (int a = 0; a < WR; ++a) {
-    for (int r = 0; r < R; ++r) even[a][r] = odd[a][r] = _mm256_setzero_ps();
+  LEGO_UNROLL for (int a = 0; a < WR; ++a) {
+    LEGO_UNROLL for (int r = 0; r < R; ++r) even[a][r] = odd[a][r] = _mm256_setzero_ps();
   }
   for (int64_t j = 0; j < k; j += 16) {
-    for (int a = 0; a < WR; ++a) {
+    LEGO_UNROLL for (int a = 0; a < WR; ++a) {
       if ((j & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(w + (a + WR) * k + j), _MM_HINT_T0);
       const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + a * k + j));
       const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
       const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(raw, odd_mask));
-      for (int r = 0; r < R; ++r) {
+      LEGO_UNROLL for (int r = 0; r < R; ++r) {
         even[a][r] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xp + r * k + j), even[a][r]);
         odd[a][r] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(xp + r * k + j + 8), odd[a][r]);
       }
     }
   }
-  for (int a = 0; a < WR; ++a) {
-    for (int r = 0; r < R; ++r) out[r * out_stride + a] = hsum(_mm256_add_ps(even[a][r], odd[a][r]));
+  LEGO_UNROLL for (int a = 0; a < WR; ++a) {
+    LEGO_UNROLL for (int r = 0; r < R; ++r) out[r * out_stride + a] = hsum(_mm256_add_ps(even[a][r], odd[a][r]));
   }
 }
 
+// A prompt's product (bench/cpu_kernels --rows 32). Per 16 weight rows and kGemmCols columns, the bf16
+// weights become a float32 panel [columns][16 rows] in L1, and a kernel broadcasts 6 rows of activations
+// against it: 12 accumulators of finished outputs, each weight read once from memory for all the rows of x.
+// (The dot-product tiles above read the weights once per 2 rows of x, their activations from L2 on every
+// column, and end in horizontal sums.) The activations are rearranged once per call into groups of 6 rows
+// interleaved by column, so that a kernel's broadcasts read one stream instead of 6 rows k apart, which
+// fall in the same L1 sets when k is a multiple of 1024.
+constexpr int64_t kGemmMinRows = 16;  // fewer rows of x take bf16_tile
+constexpr int64_t kGemmCols = 256;    // columns per panel: 16 KiB of float32
+constexpr int kGemmRows = 6;          // rows of x per kernel call
+
+// 8 rows of w (stride k), 8 columns from `col`, as float32, transposed: out[c * stride + r] = w[r][col + c].
+LEGO_AVX2 void pack_bf16_8x8(const uint16_t* w, int64_t k, int64_t col, float* out, int64_t stride) {
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i * k + col));
+    r[i] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+  }
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    _mm256_storeu_ps(out + c * stride, _mm256_permute2f128_ps(u[c], u[c + 4], 0x20));
+    _mm256_storeu_ps(out + (c + 4) * stride, _mm256_permute2f128_ps(u[c], u[c + 4], 0x31));
+  }
+}
+
+// R rows of x, interleaved (xg[j * kGemmRows + r]), against a panel of 8·V weight rows over `cols`
+// columns: y [R, 8·V] (stride n) = (first ? 0 : y) + x · panel.
+template <int R, int V>
+LEGO_AVX2 void bf16_gemm_tile(const float* panel, int64_t cols, const float* xg, float* y, int64_t n, bool first) {
+  __m256 c[R][V];
+  LEGO_UNROLL for (int r = 0; r < R; ++r) {
+    LEGO_UNROLL for (int v = 0; v < V; ++v) c[r][v] = _mm256_setzero_ps();
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    __m256 b[V];
+    LEGO_UNROLL for (int v = 0; v < V; ++v) b[v] = _mm256_load_ps(panel + j * 8 * V + 8 * v);
+    LEGO_UNROLL for (int r = 0; r < R; ++r) {
+      const __m256 a = _mm256_broadcast_ss(xg + j * kGemmRows + r);
+      LEGO_UNROLL for (int v = 0; v < V; ++v) c[r][v] = _mm256_fmadd_ps(a, b[v], c[r][v]);
+    }
+  }
+  LEGO_UNROLL for (int r = 0; r < R; ++r) {
+    LEGO_UNROLL for (int v = 0; v < V; ++v) {
+      float* out = y + r * n + 8 * v;
+      _mm256_storeu_ps(out, first ? c[r][v] : _mm256_add_ps(c[r][v], _mm256_loadu_ps(out)));
+    }
+  }
+}
+
+// One panel against all m rows of x (xp: the interleaved groups, k columns each; col: the panel's first).
+template <int V>
+LEGO_AVX2 void bf16_gemm_rows(const float* panel, int64_t cols, const float* xp, int64_t k, int64_t col, int64_t m,
+                              float* y, int64_t n) {
+  const bool first = col == 0;
+  for (int64_t r = 0; r < m; r += kGemmRows) {
+    const float* xg = xp + (r * k + col * kGemmRows);  // group r / 6 starts at r * k
+    float* yr = y + r * n;
+    switch (std::min<int64_t>(kGemmRows, m - r)) {
+      case 6: bf16_gemm_tile<6, V>(panel, cols, xg, yr, n, first); break;
+      case 5: bf16_gemm_tile<5, V>(panel, cols, xg, yr, n, first); break;
+      case 4: bf16_gemm_tile<4, V>(panel, cols, xg, yr, n, first); break;
+      case 3: bf16_gemm_tile<3, V>(panel, cols, xg, yr, n, first); break;
+      case 2: bf16_gemm_tile<2, V>(panel, cols, xg, yr, n, first); break;
+      default: bf16_gemm_tile<1, V>(panel, cols, xg, yr, n, first); break;
+    }
+  }
+}
+
+// n % 8 == 0, k % 16 == 0. The threads share the weight rows 8 at a time and walk theirs 16 at a time,
+// each 16 rows kGemmCols columns at a time, so that every row of w is read front to back.
+LEGO_AVX2 void bf16_gemm_avx2(const uint16_t* w, int64_t n, int64_t k, const float* x, int64_t m, float* y) {
+  const int64_t groups = (m + kGemmRows - 1) / kGemmRows;
+  std::vector<float> xp(static_cast<size_t>(groups * kGemmRows * k), 0.f);
+  for (int64_t r = 0; r < m; ++r) {
+    float* dst = xp.data() + (r / kGemmRows) * kGemmRows * k + r % kGemmRows;
+    for (int64_t j = 0; j < k; ++j) dst[j * kGemmRows] = x[r * k + j];
+  }
+  parallel_rows(n / 8, [&](int64_t begin, int64_t end) {
+    alignas(32) float panel[kGemmCols * 16];
+    for (int64_t u = begin; u < end; u += 2) {
+      const int V = u + 2 <= end ? 2 : 1;
+      const int64_t i = u * 8;
+      for (int64_t col = 0; col < k; col += kGemmCols) {
+        const int64_t cols = std::min(kGemmCols, k - col);
+        for (int v = 0; v < V; ++v) {
+          for (int64_t c = 0; c < cols; c += 8) {
+            pack_bf16_8x8(w + (i + 8 * v) * k, k, col + c, panel + c * 8 * V + 8 * v, 8 * V);
+          }
+        }
+        if (V == 2) {
+          bf16_gemm_rows<2>(panel, cols, xp.data(), k, col, m, y + i, n);
+        } else {
+          bf16_gemm_rows<1>(panel, cols, xp.data(), k, col, m, y + i, n);
+        }
+      }
+    }
+  });
+}
+
 LEGO_AVX2 void bf16_avx2(const uint16_t* w, int64_t n, int64_t k, const float* x, int64_t m, float* y) {
+  if (m >= kGemmMinRows && n % 8 == 0) return bf16_gemm_avx2(w, n, k, x, m, y);
   // Activations rearranged once per call: in each 16 columns, the 8 even ones, then the 8 odd ones.
   std::vector<float> xp(static_cast<size_t>(m * k));
   for (int64_t r = 0; r < m; ++r) {
@@ -270,20 +383,20 @@ LEGO_AVX2 void quant_tile(const uint8_t* w, int64_t row_bytes, int64_t group, in
   const __m256i low = _mm256_set1_epi8(0x0F);
   const __m256i upper_by_4 = _mm256_set_epi64x(4, 4, 0, 0);
   __m256 acc[WR][R];
-  for (int a = 0; a < WR; ++a) {
-    for (int r = 0; r < R; ++r) acc[a][r] = _mm256_setzero_ps();
+  LEGO_UNROLL for (int a = 0; a < WR; ++a) {
+    LEGO_UNROLL for (int r = 0; r < R; ++r) acc[a][r] = _mm256_setzero_ps();
   }
   for (int64_t g = 0, col = 0; col < k; ++g) {
     float ws[WR];
     const uint8_t* p[WR];
-    for (int a = 0; a < WR; ++a) {
+    LEGO_UNROLL for (int a = 0; a < WR; ++a) {
       p[a] = w + a * row_bytes + g * block_bytes;
       ws[a] = _cvtsh_ss(*reinterpret_cast<const uint16_t*>(p[a]));
       p[a] += 2;
     }
     for (int64_t s = 0; s < group; s += kQ, col += kQ) {
       __m256i wv[WR], aw[WR];
-      for (int a = 0; a < WR; ++a) {
+      LEGO_UNROLL for (int a = 0; a < WR; ++a) {
         _mm_prefetch(reinterpret_cast<const char*>(p[a]) + WR * row_bytes, _MM_HINT_T0);  // one per sub-block
         if constexpr (F == WeightFormat::Int4) {
           const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p[a])));
@@ -294,11 +407,11 @@ LEGO_AVX2 void quant_tile(const uint8_t* w, int64_t row_bytes, int64_t group, in
         }
         p[a] += sub_bytes;
       }
-      for (int r = 0; r < R; ++r) {
+      LEGO_UNROLL for (int r = 0; r < R; ++r) {
         const int64_t b = r * blocks_per_row + col / kQ;
         const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + col));
         const float x_scale = xs[b];
-        for (int a = 0; a < WR; ++a) {
+        LEGO_UNROLL for (int a = 0; a < WR; ++a) {
           __m256i dot;
           if constexpr (F == WeightFormat::Int4) {
             const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(offset + b * 8));
@@ -311,8 +424,8 @@ LEGO_AVX2 void quant_tile(const uint8_t* w, int64_t row_bytes, int64_t group, in
       }
     }
   }
-  for (int a = 0; a < WR; ++a) {
-    for (int r = 0; r < R; ++r) out[r * out_stride + a] = hsum(acc[a][r]);
+  LEGO_UNROLL for (int a = 0; a < WR; ++a) {
+    LEGO_UNROLL for (int r = 0; r < R; ++r) out[r * out_stride + a] = hsum(acc[a][r]);
   }
 }
 
@@ -402,22 +515,22 @@ LEGO_AVX2 void panel_tile(const uint8_t* panel, int64_t subs, const int8_t* xq, 
   const __m256i ones = _mm256_set1_epi16(1);
   const int64_t k = subs * kQ;
   __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  LEGO_UNROLL for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const uint8_t* o = panel;
   for (int64_t s = 0; s < subs; ++s, o += sub_bytes) {
     for (int64_t line = 0; line < sub_bytes; line += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(o) + 8 * sub_bytes + line, _MM_HINT_T0);
     }
     const int8_t* x[R];  // read 4 activations at a time, broadcast to every lane
-    for (int r = 0; r < R; ++r) x[r] = xq + r * k + s * kQ;
+    LEGO_UNROLL for (int r = 0; r < R; ++r) x[r] = xq + r * k + s * kQ;
     __m256i dot[R];
     if constexpr (F == WeightFormat::Int4) {
       __m256i sum16[R];
-      for (int reg = 0; reg < 4; ++reg) {
+      LEGO_UNROLL for (int reg = 0; reg < 4; ++reg) {
         const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(o + 16 + reg * 32));
         const __m256i lo = _mm256_and_si256(raw, low);
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-        for (int r = 0; r < R; ++r) {
+        LEGO_UNROLL for (int r = 0; r < R; ++r) {
           int32_t a, b;
           std::memcpy(&a, x[r] + 4 * reg, 4);
           std::memcpy(&b, x[r] + 16 + 4 * reg, 4);
@@ -426,14 +539,14 @@ LEGO_AVX2 void panel_tile(const uint8_t* panel, int64_t subs, const int8_t* xq, 
           sum16[r] = reg == 0 ? both : _mm256_add_epi16(sum16[r], both);
         }
       }
-      for (int r = 0; r < R; ++r) {
+      LEGO_UNROLL for (int r = 0; r < R; ++r) {
         dot[r] = _mm256_add_epi32(_mm256_madd_epi16(sum16[r], ones), _mm256_set1_epi32(offset[r * subs + s]));
       }
     } else {
-      for (int reg = 0; reg < 8; ++reg) {
+      LEGO_UNROLL for (int reg = 0; reg < 8; ++reg) {
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(o + 16 + reg * 32));
         const __m256i aw = _mm256_sign_epi8(wv, wv);
-        for (int r = 0; r < R; ++r) {
+        LEGO_UNROLL for (int r = 0; r < R; ++r) {
           int32_t a;
           std::memcpy(&a, x[r] + 4 * reg, 4);
           const __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(a), wv)), ones);
@@ -442,12 +555,12 @@ LEGO_AVX2 void panel_tile(const uint8_t* panel, int64_t subs, const int8_t* xq, 
       }
     }
     const __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o)));
-    for (int r = 0; r < R; ++r) {
+    LEGO_UNROLL for (int r = 0; r < R; ++r) {
       const __m256 scale = _mm256_mul_ps(scales, _mm256_set1_ps(xs[r * subs + s]));
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), scale, acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * out_stride, acc[r]);
+  LEGO_UNROLL for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * out_stride, acc[r]);
 }
 
 // One panel against the m rows of activations, 4 at a time.

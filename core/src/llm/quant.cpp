@@ -180,9 +180,7 @@ torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& weight,
   auto [rows, shape] = rows_of(x, n);
   auto y = torch::empty({m, n}, torch::kFloat32);
   const auto* w = reinterpret_cast<const uint16_t*>(weight.data_ptr());
-  in_chunks(rows, y, [&](const float* xr, int64_t mr, float* yr) {
-    kernels::matmul_bf16(w, n, k, xr, mr, yr, kernels::best_isa());
-  });
+  kernels::matmul_bf16(w, n, k, rows.data_ptr<float>(), m, y.data_ptr<float>(), kernels::best_isa());
   // Rounded once to the activations' dtype, as libtorch's bf16 product rounds its float accumulator.
   auto out = y.to(x.scalar_type());
   if (bias.defined()) out = out + bias;

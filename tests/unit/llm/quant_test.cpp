@@ -31,19 +31,23 @@ double worst_relative(const torch::Tensor& got, const torch::Tensor& want, const
 TEST(CpuKernels, Bf16ProductEqualsFloat64Reference) {
   torch::manual_seed(1);
   for (const auto isa : isas()) {
-    for (const int64_t k : {16, 48, 4096}) {
-      for (const int64_t m : {1, 2, 3, 5}) {
-        const int64_t n = 37;  // odd: the two-row tiles leave one row
-        auto w = torch::randn({n, k}).to(torch::kBFloat16);
-        auto x = torch::randn({m, k});
-        auto y = torch::empty({m, n});
-        kernels::matmul_bf16(reinterpret_cast<const uint16_t*>(w.data_ptr()), n, k, x.data_ptr<float>(), m,
-                             y.data_ptr<float>(), isa);
-        const auto w64 = w.to(torch::kFloat64);
-        const auto x64 = x.to(torch::kFloat64);
-        const auto want = torch::matmul(x64, w64.t());
-        const auto scale = torch::matmul(x64.abs(), w64.abs().t());
-        EXPECT_LT(worst_relative(y, want, scale), 1e-5) << kernels::isa_name(isa) << " k=" << k << " m=" << m;
+    // k = 272: a last panel of 16 columns; m >= 16: the panel product (m = 23: a group of 5 rows); n = 40:
+    // 16-row panels and an 8-row one; n = 37: odd, the two-row tiles leave one row.
+    for (const int64_t k : {16, 48, 272, 4096}) {
+      for (const int64_t m : {1, 2, 3, 5, 16, 23}) {
+        for (const int64_t n : {37, 40}) {
+          auto w = torch::randn({n, k}).to(torch::kBFloat16);
+          auto x = torch::randn({m, k});
+          auto y = torch::empty({m, n});
+          kernels::matmul_bf16(reinterpret_cast<const uint16_t*>(w.data_ptr()), n, k, x.data_ptr<float>(), m,
+                               y.data_ptr<float>(), isa);
+          const auto w64 = w.to(torch::kFloat64);
+          const auto x64 = x.to(torch::kFloat64);
+          const auto want = torch::matmul(x64, w64.t());
+          const auto scale = torch::matmul(x64.abs(), w64.abs().t());
+          EXPECT_LT(worst_relative(y, want, scale), 1e-5)
+              << kernels::isa_name(isa) << " k=" << k << " m=" << m << " n=" << n;
+        }
       }
     }
   }
