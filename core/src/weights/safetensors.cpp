@@ -298,4 +298,19 @@ void write_safetensors(const std::filesystem::path& file,
   write_safetensors_streamed(file, specs, [&](size_t i) { return tensors[i].second.detach().to(at::kCPU); }, metadata);
 }
 
+bool populate(const at::Tensor& tensor) {
+#ifdef MADV_POPULATE_READ
+  if (!tensor.defined() || !tensor.is_cpu() || tensor.nbytes() == 0) return false;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto data = reinterpret_cast<uintptr_t>(tensor.data_ptr());
+  const auto begin = data / page * page;
+  const auto end = (data + tensor.nbytes() + page - 1) / page * page;
+  // An error (an older kernel) leaves the pages to fault when they are first read.
+  return ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ) == 0;
+#else
+  (void)tensor;
+  return false;
+#endif
+}
+
 }  // namespace lego::weights

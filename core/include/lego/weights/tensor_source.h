@@ -35,6 +35,12 @@ std::unique_ptr<TensorSource> open_safetensors(const std::filesystem::path& file
 // Opens one PyTorch zip checkpoint (`torch.save` of a state dict).
 std::unique_ptr<TensorSource> open_torch_bin(const std::filesystem::path& file);
 
+// Maps the pages under a CPU tensor's bytes now, for reading (madvise MADV_POPULATE_READ; nothing where the
+// kernel lacks it): a model mapped from its files then takes its page faults while it loads, not within its
+// first prompt, and its pages stay shared with the page cache. False where the kernel mapped nothing (older
+// than Linux 5.14, an undefined, empty or non-CPU tensor).
+bool populate(const at::Tensor& tensor);
+
 // safetensors dtype string ("F32", "BF16", ...) <-> torch dtype; unknown names throw Unsupported.
 at::ScalarType dtype_from_safetensors(const std::string& name);
 std::string dtype_to_safetensors(at::ScalarType dtype);
