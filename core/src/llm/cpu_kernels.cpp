@@ -805,7 +805,7 @@ void matmul_quant(const uint8_t* w, const QuantFormat& format, int64_t n, int64_
 }
 
 bool panels_apply(const QuantFormat& format, int64_t n, int64_t k, Isa isa) {
-  return isa == Isa::Avx2 && n > 0 && n % kPanelRows == 0 && k > 0 && k % format.group == 0;
+  return isa >= Isa::Avx2 && n > 0 && n % kPanelRows == 0 && k > 0 && k % format.group == 0;
 }
 
 int64_t panels_bytes(const QuantFormat& format, int64_t n, int64_t k) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <unistd.h>
 
 #include "lego/sdk/error.h"
 #include "lego/weights/tensor_source.h"
@@ -113,11 +114,20 @@ LanguageModel LanguageModel::load(const std::filesystem::path& dir, const LoadOp
   net->to(options.device);
   net->eval();
   // The weights' pages are mapped now, and quantised matrices take the layout this CPU's kernels read (from
-  // those pages, which it then hands back): neither within the first prompt's time. (bench/llm_decode_7b.py's
-  // 1.1B bf16 model took 57 000 page faults in a 32-token prefill.)
+  // those pages, which it then hands back): neither within the first prompt's time. (Without this,
+  // `lego generate` on bench/llm_decode_7b.py's 1.1B bf16 model took 25 000 to 57 000 page faults in all,
+  // most in its first prompt, which took 1.1-1.35 s against 0.85-0.95 s with it.)
+  // A model larger than three quarters of the RAM is left to fault page by page: reading all of it now
+  // would push its own first pages back out before they are used.
   if (options.device.is_cpu()) {
-    for (const auto& t : net->parameters()) weights::populate(t);
-    for (const auto& t : net->buffers()) weights::populate(t);
+    int64_t bytes = 0;
+    for (const auto& t : net->parameters()) bytes += static_cast<int64_t>(t.nbytes());
+    for (const auto& t : net->buffers()) bytes += static_cast<int64_t>(t.nbytes());
+    const auto ram = static_cast<int64_t>(::sysconf(_SC_PHYS_PAGES)) * static_cast<int64_t>(::sysconf(_SC_PAGESIZE));
+    if (ram <= 0 || bytes <= ram / 4 * 3) {
+      for (const auto& t : net->parameters()) weights::populate(t);
+      for (const auto& t : net->buffers()) weights::populate(t);
+    }
   }
   for (const auto& module : net->modules()) {
     if (auto* layer = dynamic_cast<llm::QuantLinearImpl*>(module.get())) layer->panels();

@@ -204,10 +204,10 @@ TEST(CpuKernels, PanelsGiveTheRowLayoutsProduct) {
   const QuantFormat int4{WeightFormat::Int4, 32}, int8{WeightFormat::Int8, 64};
   EXPECT_FALSE(kernels::panels_apply(int4, 20, 64, Isa::Avx2));  // rows not a multiple of 8
   EXPECT_FALSE(kernels::panels_apply(int8, 24, 96, Isa::Avx2));  // not whole groups
-  EXPECT_FALSE(kernels::panels_apply(int4, 24, 64, Isa::Avx512));  // VNNI reads the row layout
   EXPECT_FALSE(kernels::panels_apply(int4, 24, 64, Isa::Portable));
   EXPECT_TRUE(kernels::panels_apply(int4, 24, 64, Isa::Avx2));
   EXPECT_TRUE(kernels::panels_apply(int8, 24, 128, Isa::Avx2));
+  EXPECT_TRUE(kernels::panels_apply(int4, 24, 64, Isa::Avx512));  // the AVX2 panels outrun VNNI's rows
   EXPECT_EQ(kernels::panels_bytes(int4, 24, 64), 3 * 2 * (16 + 8 * 16));
   EXPECT_EQ(kernels::panels_bytes(int8, 24, 128), 3 * 4 * (16 + 8 * 32));
   auto q = torch::zeros({20, int4.row_bytes(64)}, torch::kUInt8);
@@ -228,7 +228,7 @@ TEST(QuantLinear, RemakesItsPanelsWhenTheWeightsAreReplaced) {
       const auto want = torch::matmul(x, dequantize_rows(q, format, 64).t());
       EXPECT_LT(((layer->forward(x) - want).pow(2).mean() / want.pow(2).mean()).sqrt().item<double>(), 1e-2)
           << weight_format_name(f) << " round " << round;
-      EXPECT_EQ(layer->panels().defined(), kernels::best_isa() == Isa::Avx2);
+      EXPECT_EQ(layer->panels().defined(), kernels::best_isa() >= Isa::Avx2);
     }
   }
 }
