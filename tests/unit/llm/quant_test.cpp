@@ -3,12 +3,15 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <fstream>
 #include <map>
+#include <string>
 
 #include "lego/llm/decode_step.h"
 #include "lego/llm/quant.h"
 #include "lego/sdk/error.h"
 #include "lego/sdk/nn/linear.h"
+#include "proc_maps.h"
 
 namespace lego::llm {
 namespace {
@@ -214,6 +217,26 @@ TEST(CpuKernels, PanelsGiveTheRowLayoutsProduct) {
   auto out = torch::empty({kernels::panels_bytes(int4, 24, 64)}, torch::kUInt8);
   EXPECT_THROW(kernels::pack_panels(q.data_ptr<uint8_t>(), int4, 20, 64, out.data_ptr<uint8_t>()), Error);
   EXPECT_THROW(kernels::pack_panels(q.data_ptr<uint8_t>(), int8, 24, 96, out.data_ptr<uint8_t>()), Error);
+}
+
+// Panels are read front to back once per token: they sit on 2 MiB-aligned memory advised for huge pages
+// (smaps' THPeligible), wherever the kernel's transparent huge pages are not off.
+TEST(QuantLinear, PanelsAskForHugePages) {
+  torch::NoGradGuard no_grad;
+  std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string mode;
+  std::getline(thp, mode);
+  const QuantFormat format{WeightFormat::Int4, 32};
+  QuantLinear layer(2048, 2048, false, format);  // 2.25 MiB of panels
+  layer->qweight.set_data(quantize_rows(torch::randn({2048, 2048}), format));
+  const auto panels = layer->panels();
+  if (!panels.defined()) GTEST_SKIP() << "this CPU's kernels read the row layout";
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(panels.data_ptr()) % (uintptr_t{2} << 20), 0u);
+  if (mode.empty() || mode.find("[never]") != std::string::npos) GTEST_SKIP() << "transparent huge pages are off";
+  EXPECT_EQ(lego::testing::mapping_field(panels.data_ptr(), "THPeligible"), 1) << mode;
+  const auto x = torch::randn({3, 2048});
+  const auto want = torch::matmul(x, dequantize_rows(layer->qweight, format, 2048).t());
+  EXPECT_LT(((layer->forward(x) - want).pow(2).mean() / want.pow(2).mean()).sqrt().item<double>(), 1e-2);
 }
 
 TEST(QuantLinear, RemakesItsPanelsWhenTheWeightsAreReplaced) {

@@ -9,12 +9,14 @@
 #include <utility>
 
 #include "lego/weights/tensor_source.h"
+#include "proc_maps.h"
 #include "test_files.h"
 
 namespace lego::weights {
 namespace {
 
 using lego::testing::expect_error;
+using lego::testing::mapping_field;
 using lego::testing::read_file_bytes;
 using lego::testing::TempDir;
 using lego::testing::write_bytes;
@@ -102,27 +104,6 @@ TEST(Safetensors, TensorsStayValidAfterTheSourceIsGone) {
   EXPECT_EQ(w.sum().item<float>(), 4.0f);
 }
 
-// Rss and Anonymous (kB) of this process's mapping that holds `p`, from /proc/self/smaps.
-std::pair<long, long> mapping_kb(const void* p) {
-  std::ifstream smaps("/proc/self/smaps");
-  const auto at = reinterpret_cast<uintptr_t>(p);
-  std::string line;
-  bool inside = false;
-  long rss = -1, anonymous = -1;
-  while (std::getline(smaps, line)) {
-    unsigned long begin = 0, end = 0;
-    if (std::sscanf(line.c_str(), "%lx-%lx ", &begin, &end) == 2 && line.find(':') > line.find(' ')) {
-      if (inside) break;
-      inside = at >= begin && at < end;
-    } else if (inside && line.rfind("Rss:", 0) == 0) {
-      rss = std::stol(line.substr(4));
-    } else if (inside && line.rfind("Anonymous:", 0) == 0) {
-      anonymous = std::stol(line.substr(10));
-    }
-  }
-  return {rss, anonymous};
-}
-
 // populate maps a mapped tensor's pages from the page cache, for reading: all of them resident, none copied
 // into the private mapping's own memory.
 TEST(Safetensors, PopulateMapsTheFilesPagesWithoutCopyingThem) {
@@ -131,13 +112,12 @@ TEST(Safetensors, PopulateMapsTheFilesPagesWithoutCopyingThem) {
   write_safetensors(dir / "m.safetensors", {{"w", big}});
   auto src = open_safetensors(dir / "m.safetensors");
   const auto w = src->get("w");
-  const auto before = mapping_kb(w.data_ptr());
-  ASSERT_GE(before.first, 0) << "no mapping holds the tensor";
-  EXPECT_LT(before.first, 1024) << "pages mapped before populate";
+  const long before = mapping_field(w.data_ptr(), "Rss");
+  ASSERT_GE(before, 0) << "no mapping holds the tensor";
+  EXPECT_LT(before, 1024) << "pages mapped before populate";
   if (!populate(w)) GTEST_SKIP() << "this kernel has no MADV_POPULATE_READ";
-  const auto after = mapping_kb(w.data_ptr());
-  EXPECT_GE(after.first, 4096);
-  EXPECT_EQ(after.second, 0) << "populate copied pages of the private mapping";
+  EXPECT_GE(mapping_field(w.data_ptr(), "Rss"), 4096);
+  EXPECT_EQ(mapping_field(w.data_ptr(), "Anonymous"), 0) << "populate copied pages of the private mapping";
   EXPECT_TRUE(at::equal(w, big));
   EXPECT_FALSE(populate(at::Tensor()));
   EXPECT_FALSE(populate(at::empty({0})));
