@@ -169,8 +169,8 @@ torch::Tensor huge_page_buffer(int64_t bytes) {
   const size_t size = (static_cast<size_t>(bytes) + kHuge - 1) / kHuge * kHuge;
   void* raw = ::mmap(nullptr, size + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED) {
-    throw Error(ErrorKind::Io, "quantised linear layer: cannot map " + std::to_string(bytes) +
-                                                  " bytes for its panels");
+    throw Error(ErrorKind::Io,
+                "quantised linear layer: cannot map " + std::to_string(bytes) + " bytes for its panels");
   }
   const auto base = reinterpret_cast<uintptr_t>(raw);
   auto* data = reinterpret_cast<void*>((base + kHuge - 1) / kHuge * kHuge);

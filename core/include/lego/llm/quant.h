@@ -129,8 +129,9 @@ class QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> {
   // qweight as panels where this CPU's kernels use them (kernels::panels_apply), in anonymous memory
   // advised for 2 MiB pages (MADV_HUGEPAGE: a stream read once per token misses the TLB every 4 KiB
   // otherwise), made on first use (LanguageModel::load asks at load) and again when qweight is replaced
-  // (not when it is written in place); undefined elsewhere. Once they are made, the pages of a mapped qweight are handed back to the kernel (MADV_PAGEOUT: read again
-  // from the file if a long prompt dequantises it), so the resident size stays one copy.
+  // (not when it is written in place); undefined elsewhere. Once they are made, the pages of a mapped
+  // qweight are handed back to the kernel (MADV_PAGEOUT: read again from the file if a long prompt
+  // dequantises it), so the resident size stays one copy.
   torch::Tensor panels();
 
  private:
