@@ -33,15 +33,16 @@ PyPI for the first `pip download`. The run stops with a message at the first thi
 Time, disk and memory on 2 cores (first run; later runs skip the build, the checkpoints and the conversions):
   * llama.cpp build: ~20 min, once for both shapes (~0.3 GB under ~/.cache/lego/llama.cpp-<version>).
   * --quick (1.1B): ~30 min, ~10 GB under --work (HF 2.2 + GGUF 2.2 / 1.2 / 0.7 + lego 2.2 / 1.2 / 0.8), ~3 GB RAM.
-  * default (7B): on a 2-core AVX2 EPYC the models took ~50 min (Q4_K_M 20 of them); on 2 Zen 4 cores, models 14 min (HF checkpoint 3 min, then
-    `--prepare-only`: convert 1.5, import 0.5, Q8_0 0.7, Q4_K_M 6, lego int8 2.8, int4 2.5) and the timings with
-    the accuracy 16 min; ~50 GB under --work at the peak (HF 13.5 + GGUF BF16 13.5 + lego bf16 13.5, then
+  * default (7B): on a 2-core AVX2 EPYC the models took ~50 min (Q4_K_M 20 of them); on 2 Zen 4 cores the
+    models took 14 min (HF checkpoint 3 min, then `--prepare-only`: convert 1.5, import 0.5, Q8_0 0.7, Q4_K_M 6,
+    lego int8 2.8, int4 2.5) and the timings with the accuracy 16 min; ~50 GB under --work at the peak (HF 13.5 + GGUF BF16 13.5 + lego bf16 13.5, then
     Q8_0 7 + Q4_K_M 4 + lego int8 8 + int4 5 with the HF directory deleted when space runs short; remove the
     --quick cache first if the disk has less than ~55 GB free); ~16 GB of RAM (nothing holds the model in fp32).
 The lego bf16 rows of the accuracy table and the HF row take the longest (7B: 256 greedy tokens, then 287 one-token
 steps per lego model; HF bf16 without AVX512-BF16 decodes at seconds per token).
 """
 import argparse
+import functools
 import json
 import os
 import platform
@@ -360,16 +361,16 @@ def lego_bin(path: Path):
     fail(f"no lego binary at {path} (set --lego or LEGO_BIN)")
 
 
-_SOURCE_REV = {}
+@functools.lru_cache(maxsize=None)
+def source_rev():
+    """The source revision, read once: an edit of the work tree during the run is not a rebuild."""
+    return subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                          text=True).stdout.strip() or "?"
 
 
 def lego_info(lego: Path):
-    """The source revision (read once, at the first call: an edit of the work tree during the run is not a
-    rebuild) and the build time of the lego binary (and of its newest library)."""
-    if "rev" not in _SOURCE_REV:
-        _SOURCE_REV["rev"] = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                                            capture_output=True, text=True).stdout.strip() or "?"
-    rev = _SOURCE_REV["rev"]
+    """The source revision (source_rev) and the build time of the lego binary (and of its newest library)."""
+    rev = source_rev()
     libs = [lego] + sorted((lego.parent.parent / "lib").glob("liblego*.so"))
     built = max(p.stat().st_mtime for p in libs if p.exists())
     return f"lego {rev}, built {time.strftime('%Y-%m-%d %H:%M', time.localtime(built))}"
