@@ -34,9 +34,10 @@ double worst_relative(const torch::Tensor& got, const torch::Tensor& want, const
 TEST(CpuKernels, Bf16ProductEqualsFloat64Reference) {
   torch::manual_seed(1);
   for (const auto isa : isas()) {
-    // k = 272: a last panel of 16 columns; m >= 16: the panel product (m = 23: a group of 5 rows); n = 40:
-    // 16-row panels and an 8-row one; n = 37: odd, the two-row tiles leave one row.
-    for (const int64_t k : {16, 48, 272, 4096}) {
+    // k = 272: a last panel of 16 columns; k = 96 and 160: AVX-512's one-row kernel (128 columns per step)
+    // with only its 32-column steps, and with one of each; m >= 16: the panel product (m = 23: a group of 5
+    // rows); n = 40: 16-row panels and an 8-row one; n = 37: odd, the two-row tiles leave one row.
+    for (const int64_t k : {16, 48, 96, 160, 272, 4096}) {
       for (const int64_t m : {1, 2, 3, 5, 16, 23}) {
         for (const int64_t n : {37, 40}) {
           auto w = torch::randn({n, k}).to(torch::kBFloat16);
