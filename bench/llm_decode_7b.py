@@ -9,7 +9,8 @@ MLP 11008, 32 layers, 32 heads, 32 kv heads; `--quick`: a ~1.1B shape with 22 la
 
   * lego bf16 / int8 / int4: `lego generate --dtype bf16 --json` (median of --runs): decode ms/token
     (decode_ms / (generated_tokens - 1)), prefill ms, peak RSS;
-  * llama.cpp BF16 / Q8_0 / Q4_K_M: `llama-bench -p 32 -n N -r RUNS -o json`;
+  * llama.cpp BF16 / Q8_0 / Q4_K_M: `llama-bench -p 32 -n N -r 1 -o json`, --runs times (median), each run
+    right after one of lego's on the same format, so that both sample the same spells of a shared machine;
   * HF transformers `generate` in bf16 (greedy, ms/token = (t(N) - t(1)) / (N - 1), N = --hf-new-tokens).
 
 Accuracy against bf16 (same weights): lego bf16 greedily continues a 32-token prompt for 256 tokens (the
@@ -658,17 +659,27 @@ def main():
 
     lego_t, llama_t = {}, {}
 
-    def time_lego(v):
-        dec, pre, rss = [], [], []
+    def time_pair(v):
+        """--runs runs of lego and of llama-bench (one repetition each), alternating: the VM's memory has fast
+        and slow spells of minutes, and runs taken in two blocks compared one spell with another."""
+        dec, pre, rss, l_dec, l_pre = [], [], [], [], []
+        q = GGUF_VARIANTS[v]
         for _ in range(args.runs):
             r = lego_generate(lego, lego_dir[v], prompt, args.new_tokens, threads)["timings"]
             dec.append(r["decode_ms"] / (r["generated_tokens"] - 1))
             pre.append(r["prefill_ms"])
             rss.append(r["peak_rss_bytes"])
+            b = llama_bench(bindir, gguf[v], args.new_tokens, threads, 1)
+            l_dec.append(b["ms_per_token"])
+            l_pre.append(b["prefill_ms"])
         lego_t[v] = {"ms_per_token": statistics.median(dec), "prefill_ms": statistics.median(pre),
                      "peak_rss_bytes": max(rss), "runs_ms_per_token": dec}
+        llama_t[v] = {**b, "ms_per_token": statistics.median(l_dec), "prefill_ms": statistics.median(l_pre),
+                      "runs_ms_per_token": l_dec}
         log(f"  lego {v}: {lego_t[v]['ms_per_token']:.1f} ms/token, prefill {lego_t[v]['prefill_ms']:.0f} ms, "
-            f"peak RSS {max(rss) / 2**30:.2f} GiB")
+            f"peak RSS {max(rss) / 2**30:.2f} GiB (runs: {' '.join(f'{x:.1f}' for x in dec)})")
+        log(f"  llama.cpp {q}: {llama_t[v]['ms_per_token']:.1f} ms/token, prefill {llama_t[v]['prefill_ms']:.0f} ms "
+            f"(runs: {' '.join(f'{x:.1f}' for x in l_dec)})")
 
     lego_version = lego_info(lego_bin(lego))
     if lego_version != lego_at_start:
@@ -677,12 +688,10 @@ def main():
     if load > 0.5:
         log(f"  NOTE: load average {load:.2f} before the timings; other work on the CPUs skews them (llama.cpp's"
             f" spinning threads suffer most when a core is taken)")
-    with Phase(f"lego bf16 timing ({args.new_tokens} tokens x {args.runs})"):
-        time_lego("bf16")
     for v, q in GGUF_VARIANTS.items():
-        with Phase(f"llama-bench {q} ({args.new_tokens} tokens x {args.runs})"):
-            llama_t[v] = llama_bench(bindir, gguf[v], args.new_tokens, threads, args.runs)
-        log(f"  llama.cpp {q}: {llama_t[v]['ms_per_token']:.1f} ms/token, prefill {llama_t[v]['prefill_ms']:.0f} ms")
+        with Phase(f"lego {v} and llama-bench {q}, alternating ({args.new_tokens} tokens x {args.runs} each)"):
+            time_pair(v)
+    lego_after_timing = lego_info(lego_bin(lego))
 
     # Accuracy, part 1: the reference continuation and llama.cpp's teacher-forced logits.
     acc_dir = work / "accuracy"
@@ -697,13 +706,6 @@ def main():
     for v, q in GGUF_VARIANTS.items():
         with Phase(f"llama_cpp logits {q} ({len(forced)} positions)"):
             llama_logits[v] = llama_cpp_logits(src, bindir, gguf[v], forced, first, threads, acc_dir / f"llama-{q}.npy")
-
-    # lego int8 / int4: time (quantized above).
-    for v in ("int8", "int4"):
-        with Phase(f"lego {v} timing ({args.new_tokens} tokens x {args.runs})"):
-            time_lego(v)
-
-    lego_after_timing = lego_info(lego_bin(lego))
 
     # Accuracy, part 2: lego's teacher-forced logits.
     lego_logits = {}

@@ -642,10 +642,11 @@ uint16_t float_to_bf16(float f) {
 // not wait on each other's result.
 //
 // A thread reads its rows one after another, with no software prefetch: one sequential stream, which the
-// hardware prefetchers follow on their own. On Zen 4 (2 threads over a 7B model's mapped weights) this
-// read 53 GB/s where the 4-row tiles, each prefetching the next tile's rows, read 42, and a prefetch 1 or 4
-// KiB ahead within the stream cost 5 to 10 %; `lego generate` on the 7B bf16 model went from 370-440 to
-// 309-390 ms/token (6 alternating runs each). The AVX2 tiles keep their prefetch: it paid on an AVX2 CPU.
+// hardware prefetchers follow on their own. On 2 Zen 4 cores this read a 7B layer at 50-51 GB/s where the
+// 4-row tiles, each prefetching the next tile's rows, read 39-42 (bench/cpu_kernels --rows 1), and a
+// prefetch 1 or 4 KiB ahead within the stream read less; `lego generate` on a 7B bf16 model went from
+// 370-442 to 309-389 ms/token (6 alternating runs each). The AVX2 tiles keep their prefetch: it paid on an
+// AVX2 CPU.
 template <bool Lo>
 LEGO_AVX512 void bf16_row_512(const uint16_t* w, int64_t k, const uint16_t* hi, const uint16_t* lo, float* out) {
   constexpr int U = 4;

@@ -71,7 +71,8 @@ const char* isa_name(Isa isa);  // "portable", "avx2", "avx512"
 // multiples of 32 (others fall back to the next). On AVX2, 16 or more rows of x with n a multiple of 8 are
 // multiplied against float32 panels of 16 weight rows, so each weight is read once for all the rows; fewer
 // rows take dot-product tiles of 1-2 rows. The AVX-512 path multiplies the activations as two bf16 parts
-// (x = hi + lo, each rounded to bf16), so its products keep about 16 bits of each activation.
+// (x = hi + lo, each rounded to bf16), so its products keep about 16 bits of each activation; with one row
+// of x (a decoding step) it reads w one row after another, without software prefetch.
 void matmul_bf16(const uint16_t* w, int64_t n, int64_t k, const float* x, int64_t m, float* y, Isa isa);
 // The same over a quantised w in the block layout above; `k` must be a multiple of the group (the caller
 // pads x with zero columns as the weights were padded).
