@@ -38,7 +38,9 @@ Time, disk and memory on 2 cores (first run; later runs skip the build, the chec
   * --quick (1.1B): ~30 min, ~10 GB under --work (HF 2.2 + GGUF 2.2 / 1.2 / 0.7 + lego 2.2 / 1.2 / 0.8), ~3 GB RAM.
   * default (7B): on a 2-core AVX2 EPYC the models took ~50 min (Q4_K_M 20 of them); on 2 Zen 4 cores the
     models took 14 min (HF checkpoint 3 min, then `--prepare-only`: convert 1.5, import 0.5, Q8_0 0.7, Q4_K_M 6,
-    lego int8 2.8, int4 2.5) and the timings with the accuracy 16 min; ~50 GB under --work at the peak (HF 13.5 + GGUF BF16 13.5 + lego bf16 13.5, then
+    lego int8 2.8, int4 2.5) and the timings with the accuracy 17 min (8.5 of them the alternating timings, which
+    read each model from the disk again per run; HF adds 1.5); ~50 GB under --work at the peak (HF 13.5 + GGUF
+    BF16 13.5 + lego bf16 13.5, then
     Q8_0 7 + Q4_K_M 4 + lego int8 8 + int4 5 with the HF directory deleted when space runs short; remove the
     --quick cache first if the disk has less than ~55 GB free); ~16 GB of RAM (nothing holds the model in fp32).
 The lego bf16 rows of the accuracy table and the HF row take the longest (7B: 256 greedy tokens, then 287 one-token
