@@ -510,9 +510,9 @@ void panels_portable(const uint8_t* packed, WeightFormat f, int64_t n, int64_t k
 //
 // Prefetch: each sub-block fetches the one 8 sub-blocks ahead. A decoding step (one row) leaves it out on
 // AVX-512 CPUs: on Zen 4 the hardware prefetchers follow the panels' one stream better alone (a 7B layer's
-// int8 products read 47 GB/s without it, 44 with it; int4 46-47 against 42-43; bench/cpu_kernels,
-// alternating runs). A prompt's 8 rows keep it there too: without it, the 7B prompt of 32 tokens took 25 %
-// longer in int8 and 12 % in int4.
+// int8 products read 49-52 GB/s without it, 34-47 with it; int4 47-49 against 33-40; bench/cpu_kernels
+// --rows 1, alternating runs). A prompt's 8 rows keep it there too: without it, the 7B prompt of 32 tokens
+// took 12-25 % longer.
 template <WeightFormat F, int R, bool Prefetch>
 LEGO_AVX2 void panel_tile(const uint8_t* panel, int64_t subs, const int8_t* xq, const float* xs,
                           const int32_t* offset, float* out, int64_t out_stride) {
