@@ -569,6 +569,8 @@ def main():
         args.skip_hf = True  # the HF timing is a timing: it belongs to the run that follows
     if args.new_tokens < 2 or args.hf_new_tokens < 2:
         ap.error("--new-tokens and --hf-new-tokens must be at least 2")
+    if args.runs < 1 or args.threads < 1:
+        ap.error("--runs and --threads must be at least 1")
 
     t_start = time.perf_counter()
     shape_name = "1b" if args.quick else "7b"
