@@ -3,13 +3,21 @@
 // down [4096, 11008]), cycled through enough layers that nothing stays in cache.
 //
 //   cpu_kernels [--threads 2] [--layers 4] [--reps 5] [--hidden 4096] [--intermediate 11008] [--rows 1]
+//               [--mapped DIR]
 //
 // Prints, per weight format, ms per layer and the bytes of weights read per second, beside a plain read of
 // the same bytes (the roofline a batch-1 decoding step can reach). --rows M multiplies M rows of
 // activations (a prompt of M tokens; the kernels take them 8 at a time) and adds GFLOPS and the SDK's
-// bf16 product (lego::nn::linear, float32 from up-cast copies on CPUs without native bf16).
+// bf16 product (lego::nn::linear, float32 from up-cast copies on CPUs without native bf16). --mapped DIR
+// writes the bf16 matrices to a scratch file in DIR (removed at once, kept open) and reads them from its
+// mapped page-cache pages, as `lego generate` reads a model's safetensors, instead of from anonymous memory:
+// the two can read at different speeds (the page cache may hold a file in large folios).
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -44,10 +52,12 @@ int main(int argc, char** argv) {
   int threads = 2, layers = 4, reps = 5;
   int64_t m_rows = 1;
   int64_t hidden = 4096, inter = 11008;
+  std::string mapped_dir;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const long long v = std::atoll(argv[i + 1]);
-    if (a == "--threads") threads = static_cast<int>(v);
+    if (a == "--mapped") mapped_dir = argv[i + 1];
+    else if (a == "--threads") threads = static_cast<int>(v);
     else if (a == "--layers") layers = static_cast<int>(v);
     else if (a == "--reps") reps = static_cast<int>(v);
     else if (a == "--hidden") hidden = v;
@@ -79,6 +89,48 @@ int main(int argc, char** argv) {
         (*panels)[l].push_back(torch::empty({lego::llm::kernels::panels_bytes(format, n, k)}, torch::kUInt8));
         lego::llm::kernels::pack_panels((int8 ? q8 : q4)[l].back().data_ptr<uint8_t>(), format, n, k,
                                         (*panels)[l].back().data_ptr<uint8_t>());
+      }
+    }
+  }
+  if (!mapped_dir.empty()) {
+    // The bf16 matrices one after another in a scratch file, then read back through a read-only mapping.
+    std::string path = mapped_dir + "/cpu_kernels-XXXXXX";
+    const int fd = ::mkstemp(path.data());
+    if (fd < 0) {
+      std::fprintf(stderr, "--mapped %s: cannot create a scratch file there\n", mapped_dir.c_str());
+      return 2;
+    }
+    ::unlink(path.c_str());
+    int64_t total = 0;
+    for (const auto& layer : bf16) {
+      for (const auto& t : layer) {
+        const auto* p = static_cast<const char*>(t.data_ptr());
+        for (int64_t done = 0, size = static_cast<int64_t>(t.nbytes()); done < size;) {
+          const ssize_t w = ::write(fd, p + done, static_cast<size_t>(size - done));
+          if (w <= 0) {
+            std::fprintf(stderr, "--mapped %s: writing the scratch file failed (disk full?)\n", mapped_dir.c_str());
+            return 2;
+          }
+          done += w;
+        }
+        total += static_cast<int64_t>(t.nbytes());
+      }
+    }
+    void* map = ::mmap(nullptr, static_cast<size_t>(total), PROT_READ, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) {
+      std::fprintf(stderr, "--mapped %s: mapping the scratch file failed\n", mapped_dir.c_str());
+      return 2;
+    }
+#ifdef MADV_POPULATE_READ
+    ::madvise(map, static_cast<size_t>(total), MADV_POPULATE_READ);
+#endif
+    int64_t offset = 0;
+    for (int l = 0; l < layers; ++l) {
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        const auto bytes = static_cast<int64_t>(bf16[l][i].nbytes());
+        bf16[l][i] = torch::from_blob(static_cast<char*>(map) + offset, {shapes[i].first, shapes[i].second},
+                                      torch::kBFloat16);
+        offset += bytes;
       }
     }
   }
@@ -179,7 +231,8 @@ int main(int argc, char** argv) {
               lego::llm::kernels::isa_name(isa));
   double layer_flops = 0;
   for (const auto& [n, k] : shapes) layer_flops += 2.0 * static_cast<double>(n * k * m_rows);
-  std::printf("%lld rows of activations\n", static_cast<long long>(m_rows));
+  std::printf("%lld rows of activations; bf16 weights in %s\n", static_cast<long long>(m_rows),
+              mapped_dir.empty() ? "anonymous memory" : "a mapped file's pages (--mapped)");
   std::printf("%-24s %12s %12s %10s %10s\n", "", "ms/layer", "MiB/layer", "GB/s", "GFLOPS");
   for (const auto& r : rows) {
     std::printf("%-24s %12.2f %12.1f %10.1f %10.1f\n", r.name, r.seconds * 1e3, r.bytes / (1 << 20),
