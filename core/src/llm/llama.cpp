@@ -610,10 +610,23 @@ torch::Tensor LlamaModelImpl::forward_fused_decode(const torch::Tensor& input_em
 namespace {
 
 // One decoder layer whose activations are recomputed in the backward pass instead of kept. The model,
-// context and layer inputs travel as addresses: autograd's saved data holds only IValues.
+// context and layer inputs travel as addresses: autograd's saved data holds only IValues. The layer's
+// trained parameters are inputs of the function, and their gradients its outputs, so that the autograd
+// graph shows which parameters a loss reaches (data parallel training starts a gradient bucket as soon as
+// every parameter it holds is done or unreachable) and each gradient arrives through the parameter's own
+// accumulator, as without checkpointing.
+std::vector<torch::Tensor> trained_parameters(LlamaModelImpl& model, int64_t layer) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : model.layers->ptr(static_cast<size_t>(layer))->parameters()) {
+    if (p.requires_grad()) out.push_back(p);
+  }
+  return out;
+}
+
 struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden, int64_t layer,
-                               int64_t model, int64_t attention, int64_t inputs) {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
+                               torch::TensorList /*params: reached through the model*/, int64_t layer, int64_t model,
+                               int64_t attention, int64_t inputs) {
     ctx->saved_data["layer"] = layer;
     ctx->saved_data["model"] = model;
     ctx->saved_data["attention"] = attention;
@@ -629,8 +642,12 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                   torch::autograd::variable_list grads) {
+    auto* model = reinterpret_cast<LlamaModelImpl*>(ctx->saved_data["model"].toInt());
+    const auto layer = ctx->saved_data["layer"].toInt();
     auto hidden = ctx->get_saved_variables()[0].detach().requires_grad_(true);
-    torch::Tensor out;
+    torch::autograd::variable_list wrt{hidden};
+    for (auto& p : trained_parameters(*model, layer)) wrt.push_back(p);
+    torch::autograd::variable_list out;
     {
       torch::AutoGradMode enable(true);
       const bool was_autocast = at::autocast::is_autocast_enabled(at::kCUDA);
@@ -640,13 +657,15 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
         bool on;
         ~Restore() { at::autocast::set_autocast_enabled(at::kCUDA, on); }
       } restore{was_autocast};
-      out = reinterpret_cast<LlamaModelImpl*>(ctx->saved_data["model"].toInt())
-                ->forward_layer(ctx->saved_data["layer"].toInt(), hidden,
-                                *reinterpret_cast<const AttentionContext*>(ctx->saved_data["attention"].toInt()),
-                                *reinterpret_cast<const LayerInputs*>(ctx->saved_data["inputs"].toInt()));
+      auto result = model->forward_layer(layer, hidden,
+                                         *reinterpret_cast<const AttentionContext*>(ctx->saved_data["attention"].toInt()),
+                                         *reinterpret_cast<const LayerInputs*>(ctx->saved_data["inputs"].toInt()));
+      out = torch::autograd::grad({result}, wrt, {grads[0]}, /*retain_graph=*/false, /*create_graph=*/false,
+                                  /*allow_unused=*/true);
     }
-    torch::autograd::backward({out}, {grads[0]});
-    return {hidden.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    // hidden, each parameter, then nothing for the four addresses.
+    out.insert(out.end(), 4, torch::Tensor());
+    return out;
   }
 };
 
@@ -659,8 +678,10 @@ torch::Tensor LlamaModelImpl::forward_checkpointed(const torch::Tensor& input_em
   // The function needs an input that requires grad, or autograd would not record it at all.
   if (!hidden.requires_grad()) hidden = hidden.detach().requires_grad_(true);
   for (int64_t layer = 0; layer < options_.num_layers(); ++layer) {
-    hidden = CheckpointedLayer::apply(hidden, layer, reinterpret_cast<int64_t>(this), reinterpret_cast<int64_t>(&ctx),
-                                      reinterpret_cast<int64_t>(&in));
+    // A TensorList, not a vector: autograd counts only tensors and tensor lists as the function's inputs.
+    const auto params = trained_parameters(*this, layer);
+    hidden = CheckpointedLayer::apply(hidden, torch::TensorList(params), layer, reinterpret_cast<int64_t>(this),
+                                      reinterpret_cast<int64_t>(&ctx), reinterpret_cast<int64_t>(&in));
   }
   return norm(hidden);
 }
