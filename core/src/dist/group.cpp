@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <mutex>
+#include <unordered_set>
 
 #ifdef LEGO_WITH_GLOO
 // The pip wheel's libtorch_cpu carries c10d's Gloo backend; its header is compiled with gloo's headers
@@ -257,18 +258,21 @@ struct GradientSync::Impl {
     std::vector<size_t> members;  // indices into params
     int64_t numel = 0;
     int owner = -1;               // -1: summed on every rank; else only on that rank
+    std::vector<size_t> sent;     // this pass: the members some rank has a gradient for
     torch::Tensor flat;
     Group::Pending pending;
     bool started = false;
   };
+  static constexpr char kUnreached = 2;  // ready[i]: this pass's graph does not reach parameter i
   // What the autograd hooks touch, shared with them so that a hook outliving us does nothing.
   struct State {
     std::mutex mutex;
     bool armed = false;
     bool alive = true;
-    std::vector<char> ready;           // per parameter, this pass
+    std::vector<char> ready;           // per parameter, this pass: 1 done, kUnreached, 0 waiting
     std::vector<int64_t> remaining;    // per bucket: parameters not yet ready
     size_t next = 0;                   // the next bucket to start (buckets start in order on every rank)
+    bool prepared = false;             // this pass's reach is being summed; buckets may start
   };
 
   Group& group;
@@ -278,14 +282,55 @@ struct GradientSync::Impl {
   std::vector<Bucket> buckets;
   std::shared_ptr<State> state = std::make_shared<State>();
   std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, uintptr_t>> hooks;
+  // Per parameter, how many ranks have a gradient for it in this pass (summed over the ranks before the
+  // first bucket starts). A parameter no rank has one for is not sent and keeps no gradient, as in one
+  // process, so that AdamW leaves it alone instead of decaying it.
+  torch::Tensor reach;
+  Group::Pending reach_sum;
+  bool reach_known = false;
 
   Impl(Group& g, std::vector<torch::Tensor> p) : group(g), params(std::move(p)) {}
 
+  // Called under state->mutex, once per sync pass, before any bucket starts: which parameters this rank's
+  // pass reaches (`reached`: the graph's accumulators; none for a rank without a loss) or has a gradient
+  // for already (earlier accumulation steps). The others are ready at once; their sum over the ranks starts.
+  void prepare(const std::unordered_set<const torch::autograd::Node*>* reached) {
+    auto& s = *state;
+    reach = torch::zeros({static_cast<int64_t>(params.size())}, torch::kFloat32);
+    auto* here = reach.data_ptr<float>();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const bool in_graph = reached != nullptr && reached->count(hooks[i].first.get()) > 0;
+      if (in_graph || params[i].grad().defined()) here[i] = 1.0F;
+      if (!in_graph && !s.ready[i]) {
+        s.ready[i] = kUnreached;
+        --s.remaining[bucket_of[i]];
+      }
+    }
+    reach_sum = group.all_reduce_sum_async(reach, "summing which parameters the ranks' batches reach");
+    reach_known = false;
+    s.prepared = true;
+    start_ready();
+  }
+
   void start(size_t b) {
     auto& bucket = buckets[b];
-    bucket.flat = torch::zeros({bucket.numel}, params[bucket.members.front()].options().requires_grad(false));
-    int64_t at = 0;
+    if (!reach_known) {
+      reach_sum.wait();
+      reach_known = true;
+    }
+    const auto* ranks_with = reach.data_ptr<float>();
+    bucket.sent.clear();
+    int64_t numel = 0;
     for (size_t i : bucket.members) {
+      if (ranks_with[i] <= 0) continue;
+      bucket.sent.push_back(i);
+      numel += params[i].numel();
+    }
+    bucket.started = true;
+    if (bucket.sent.empty()) return;  // no rank has a gradient for any of them: nothing to sum
+    bucket.flat = torch::zeros({numel}, params[bucket.members.front()].options().requires_grad(false));
+    int64_t at = 0;
+    for (size_t i : bucket.sent) {
       const auto n = params[i].numel();
       const auto& g = params[i].grad();
       if (g.defined()) bucket.flat.narrow(0, at, n).copy_(g.detach().reshape({-1}));
@@ -294,7 +339,6 @@ struct GradientSync::Impl {
     const auto what = "summing gradient bucket " + std::to_string(b);
     bucket.pending = bucket.owner < 0 ? group.all_reduce_sum_async(bucket.flat, what)
                                       : group.reduce_sum_async(bucket.flat, bucket.owner, what);
-    bucket.started = true;
     // Sent: a rank that does not own these parameters no longer needs their gradients.
     if (bucket.owner >= 0 && bucket.owner != group.rank()) {
       for (size_t i : bucket.members) params[i].mutable_grad() = torch::Tensor();
@@ -303,12 +347,18 @@ struct GradientSync::Impl {
 
   // Called under state->mutex: start every bucket whose turn has come and whose parameters are all ready.
   void start_ready() {
+    if (!state->prepared) return;
     while (state->next < buckets.size() && state->remaining[state->next] == 0) start(state->next++);
   }
 
   void on_ready(size_t i) {
     std::lock_guard<std::mutex> lock(state->mutex);
     if (!state->armed) return;
+    if (state->ready[i] == kUnreached) {
+      throw Error(ErrorKind::InvalidArgument, "data parallel: parameter " + std::to_string(i) +
+                                                  " got a gradient although the autograd graph did not reach it "
+                                                  "from the loss (a function that hides its parameters from autograd)");
+    }
     if (state->ready[i]) {
       throw Error(ErrorKind::InvalidArgument, "data parallel: a parameter's gradient was accumulated twice in one "
                                               "backward pass after its bucket was sent");
@@ -433,6 +483,7 @@ void GradientSync::begin_backward(bool sync) {
   s.armed = sync;
   if (!sync) return;
   std::fill(s.ready.begin(), s.ready.end(), 0);
+  s.prepared = false;
   for (size_t b = 0; b < impl_->buckets.size(); ++b) {
     s.remaining[b] = static_cast<int64_t>(impl_->buckets[b].members.size());
     impl_->buckets[b].started = false;
@@ -440,15 +491,44 @@ void GradientSync::begin_backward(bool sync) {
   s.next = 0;
 }
 
+void GradientSync::prepare_backward(const torch::Tensor& loss) {
+  // The accumulators the backward pass from `loss` will reach.
+  std::unordered_set<const torch::autograd::Node*> reached;
+  std::vector<torch::autograd::Node*> todo;
+  if (const auto& root = loss.grad_fn()) {
+    todo.push_back(root.get());
+  } else if (loss.requires_grad()) {
+    todo.push_back(torch::autograd::impl::grad_accumulator(loss).get());
+  }
+  for (auto* node : todo) reached.insert(node);
+  while (!todo.empty()) {
+    auto* node = todo.back();
+    todo.pop_back();
+    for (const auto& edge : node->next_edges()) {
+      if (edge.function && reached.insert(edge.function.get()).second) todo.push_back(edge.function.get());
+    }
+  }
+  auto& s = *impl_->state;
+  std::lock_guard<std::mutex> lock(s.mutex);
+  if (!s.armed) return;
+  if (s.prepared) {
+    throw Error(ErrorKind::InvalidArgument, "data parallel: prepare_backward called twice in one backward pass");
+  }
+  impl_->prepare(&reached);
+}
+
 void GradientSync::end_backward() {
   auto& s = *impl_->state;
   {
     std::lock_guard<std::mutex> lock(s.mutex);
     if (!s.armed) return;
+    // A rank without a loss in this pass says only which gradients it holds already.
+    if (!s.prepared) impl_->prepare(nullptr);
     // What this rank's backward did not reach counts as zero; the buckets still start in order.
     for (size_t b = s.next; b < impl_->buckets.size(); ++b) s.remaining[b] = 0;
     impl_->start_ready();
     s.armed = false;
+    s.prepared = false;
   }
   torch::NoGradGuard no_grad;
   for (auto& bucket : impl_->buckets) {
@@ -457,8 +537,13 @@ void GradientSync::end_backward() {
       bucket.flat = torch::Tensor();
       continue;
     }
-    int64_t at = 0;
+    // No rank has a gradient for the members not sent: they keep none.
+    const auto* ranks_with = impl_->reach.data_ptr<float>();
     for (size_t i : bucket.members) {
+      if (ranks_with[i] <= 0) impl_->params[i].mutable_grad() = torch::Tensor();
+    }
+    int64_t at = 0;
+    for (size_t i : bucket.sent) {
       auto& p = impl_->params[i];
       auto sum = bucket.flat.narrow(0, at, p.numel()).view_as(p);
       if (p.grad().defined()) {

@@ -566,7 +566,10 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
         double share = value;
         if (loss.defined() && group) {
           share = value * static_cast<double>(targets) / global_targets;
-          (loss * (static_cast<double>(targets) / global_targets / static_cast<double>(s.grad_accum))).backward();
+          auto weighted = loss * (static_cast<double>(targets) / global_targets / static_cast<double>(s.grad_accum));
+          // What this batch does not reach (an encoder whose media it lacks) is done before backward starts.
+          if (sync) sync->prepare_backward(weighted);
+          weighted.backward();
         } else if (loss.defined()) {
           (loss / static_cast<double>(s.grad_accum)).backward();
         }

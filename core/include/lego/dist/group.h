@@ -88,9 +88,18 @@ class GradientSync {
   // Before a backward pass: with `sync`, its buckets are summed over the ranks as they fill; without
   // (a gradient-accumulation micro-step), gradients only accumulate locally.
   void begin_backward(bool sync);
-  // After the sync pass: starts the buckets still waiting (parameters this rank's batch did not reach count
-  // as zero), waits for all of them and writes the sums into the parameters' .grad (with owners: into the
-  // owner's, and the other ranks' .grad of those parameters is undefined).
+  // Between the forward pass and a sync backward pass from `loss`, on every rank with a loss: parameters
+  // that the autograd graph of `loss` does not reach are done at once (their gradient is whatever this
+  // rank holds already, else zero), so that their buckets need not wait for end_backward, and the ranks
+  // start summing which parameters they reach: one that no rank reaches is not sent at all. A gradient
+  // that reaches such a parameter anyway (through a function that hides its parameters from autograd)
+  // fails the backward pass with an error.
+  void prepare_backward(const torch::Tensor& loss);
+
+  // After the sync pass (a rank without a loss calls only this): starts the buckets still waiting
+  // (parameters this rank's batch did not reach count as zero), waits for all of them and writes the sums
+  // into the parameters' .grad (with owners: into the owner's, and the other ranks' .grad of those
+  // parameters is undefined). A parameter that no rank has a gradient for keeps none, as in one process.
   void end_backward();
   int64_t buckets() const;
   // Each owner's parameters, from that owner to every rank (after a sharded optimizer step).
