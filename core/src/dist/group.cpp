@@ -287,6 +287,7 @@ struct GradientSync::Impl {
   Group& group;
   std::vector<torch::Tensor> params;
   std::vector<int> owners;
+  std::vector<std::string> names;  // for errors; may be empty
   std::vector<size_t> bucket_of;
   std::vector<Bucket> buckets;
   std::shared_ptr<State> state = std::make_shared<State>();
@@ -299,6 +300,8 @@ struct GradientSync::Impl {
   bool reach_known = false;
 
   Impl(Group& g, std::vector<torch::Tensor> p) : group(g), params(std::move(p)) {}
+
+  std::string name(size_t i) const { return names.empty() ? "parameter " + std::to_string(i) : names[i]; }
 
   // Called under state->mutex, once per sync pass, before any bucket starts: which parameters this rank's
   // pass reaches (`reached`: the graph's accumulators; none for a rank without a loss) or has a gradient
@@ -364,13 +367,13 @@ struct GradientSync::Impl {
     std::lock_guard<std::mutex> lock(state->mutex);
     if (!state->armed) return;
     if (state->ready[i] == kUnreached) {
-      throw Error(ErrorKind::InvalidArgument, "data parallel: parameter " + std::to_string(i) +
+      throw Error(ErrorKind::InvalidArgument, "data parallel: " + name(i) +
                                                   " got a gradient although the autograd graph did not reach it "
                                                   "from the loss (a function that hides its parameters from autograd)");
     }
     if (state->ready[i]) {
-      throw Error(ErrorKind::InvalidArgument, "data parallel: a parameter's gradient was accumulated twice in one "
-                                              "backward pass after its bucket was sent");
+      throw Error(ErrorKind::InvalidArgument, "data parallel: the gradient of " + name(i) + " was accumulated twice in "
+                                              "one backward pass after its bucket was sent");
     }
     state->ready[i] = 1;
     --state->remaining[bucket_of[i]];
@@ -378,7 +381,8 @@ struct GradientSync::Impl {
   }
 };
 
-GradientSync::GradientSync(Group& group, std::vector<torch::Tensor> params, int64_t bucket_bytes, std::vector<int> owners)
+GradientSync::GradientSync(Group& group, std::vector<torch::Tensor> params, int64_t bucket_bytes, std::vector<int> owners,
+                           std::vector<std::string> names)
     : impl_(std::make_unique<Impl>(group, std::move(params))) {
   auto& p = impl_->params;
   if (p.empty()) throw Error(ErrorKind::InvalidArgument, "data parallel: no trainable parameter");
@@ -386,6 +390,10 @@ GradientSync::GradientSync(Group& group, std::vector<torch::Tensor> params, int6
     throw Error(ErrorKind::InvalidArgument, "data parallel: one owner per parameter expected");
   }
   impl_->owners = owners;
+  if (!names.empty() && names.size() != p.size()) {
+    throw Error(ErrorKind::InvalidArgument, "data parallel: one name per parameter expected");
+  }
+  impl_->names = std::move(names);
   auto owner_of = [&](size_t i) { return owners.empty() ? -1 : owners[i]; };
   if (bucket_bytes < 1) throw Error(ErrorKind::InvalidArgument, "data parallel: bucket size must be positive");
   impl_->bucket_of.resize(p.size());
@@ -422,7 +430,7 @@ GradientSync::GradientSync(Group& group, std::vector<torch::Tensor> params, int6
   impl_->state->remaining.assign(impl_->buckets.size(), 0);
   for (size_t i = 0; i < p.size(); ++i) {
     if (!p[i].requires_grad() || !p[i].is_leaf()) {
-      throw Error(ErrorKind::InvalidArgument, "data parallel: parameter " + std::to_string(i) + " is not a trainable leaf");
+      throw Error(ErrorKind::InvalidArgument, "data parallel: " + impl_->name(i) + " is not a trainable leaf");
     }
     // The hook runs after the parameter's gradient is accumulated into .grad.
     auto acc = torch::autograd::impl::grad_accumulator(p[i]);

@@ -364,7 +364,9 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   if (lead) metrics.emplace(s.out / "metrics.jsonl", result.resumed ? state.step : 0);
   std::optional<dist::GradientSync> sync;
   if (group) {
-    sync.emplace(*group, parameters, s.bucket_bytes, s.zero_stage >= 2 ? owners : std::vector<int>());
+    std::vector<std::string> names;
+    for (const auto& [n, t] : trainable.params) names.push_back(n);
+    sync.emplace(*group, parameters, s.bucket_bytes, s.zero_stage >= 2 ? owners : std::vector<int>(), names);
     sync->broadcast_parameters();
     if (callbacks.notice && lead) {
       // What each rank holds of the trained tensors (fp32): the parameters whole, the gradients and AdamW's

@@ -77,8 +77,10 @@ class GradientSync {
   // `params`: the trainable parameters, the same list in the same order on every rank. Buckets hold about
   // `bucket_bytes` of gradients each, filled in reverse order of `params` (the order backward reaches them).
   // With `owners` (one rank per parameter: ZeRO stage 2), a bucket holds one owner's parameters and its
-  // sum goes to that owner only; every other rank drops those gradients once they are sent.
-  GradientSync(Group& group, std::vector<torch::Tensor> params, int64_t bucket_bytes, std::vector<int> owners = {});
+  // sum goes to that owner only; every other rank drops those gradients once they are sent. `names` (one
+  // per parameter, or none) name them in errors.
+  GradientSync(Group& group, std::vector<torch::Tensor> params, int64_t bucket_bytes, std::vector<int> owners = {},
+               std::vector<std::string> names = {});
   ~GradientSync();
   GradientSync(const GradientSync&) = delete;
   GradientSync& operator=(const GradientSync&) = delete;
