@@ -509,6 +509,11 @@ void GradientSync::begin_backward(bool sync) {
 }
 
 void GradientSync::prepare_backward(const torch::Tensor& loss) {
+  auto& s = *impl_->state;
+  {
+    std::lock_guard<std::mutex> lock(s.mutex);
+    if (!s.armed) return;  // an accumulation micro-step: nothing is sent
+  }
   // The accumulators the backward pass from `loss` will reach.
   std::unordered_set<const torch::autograd::Node*> reached;
   std::vector<torch::autograd::Node*> todo;
@@ -525,9 +530,7 @@ void GradientSync::prepare_backward(const torch::Tensor& loss) {
       if (edge.function && reached.insert(edge.function.get()).second) todo.push_back(edge.function.get());
     }
   }
-  auto& s = *impl_->state;
   std::lock_guard<std::mutex> lock(s.mutex);
-  if (!s.armed) return;
   if (s.prepared) {
     throw Error(ErrorKind::InvalidArgument, "data parallel: prepare_backward called twice in one backward pass");
   }
