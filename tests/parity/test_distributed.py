@@ -96,20 +96,28 @@ def test_small_buckets_and_activation_checkpointing_change_nothing(tiny, referen
     assert worst_difference(tiny / "dp-one" / "model", tiny / "dp-buckets" / "model") <= 1e-5
 
 
-def test_parameters_no_rank_reaches_stay_as_one_process_leaves_them(tiny):
+@pytest.fixture(scope="module")
+def unreached_one(tiny):
+    keys = {"train.batch_size": 8, "train.max_steps": 4, "train.save_every": 100, "optim.weight_decay": 0.1}
+    run_lego("train", "--config", stage_config(tiny, "unreached-one", **keys))
+    return keys
+
+
+@pytest.mark.parametrize("zero", [0, 2])
+def test_parameters_no_rank_reaches_stay_as_one_process_leaves_them(tiny, unreached_one, zero):
     # REC rows only: the video and sound branches get no gradient on any rank. One process leaves them
     # alone (AdamW skips a tensor without a gradient, weight decay included); so must two ranks, whose
-    # gradient sums would otherwise hand them zeros to decay.
-    keys = {"train.batch_size": 4, "train.max_steps": 4, "train.save_every": 100, "optim.weight_decay": 0.1}
-    run_lego("train", "--config", stage_config(tiny, "unreached-one", **dict(keys, **{"train.batch_size": 8})))
-    train_nproc(stage_config(tiny, "unreached-two", **keys))
-    start, one, two = params(tiny / "init"), params(tiny / "unreached-one" / "model"), params(tiny / "unreached-two" / "model")
+    # gradient sums would otherwise hand them zeros to decay (ZeRO 2: each owner its own).
+    keys = dict(unreached_one, **{"train.batch_size": 4, "train.zero_stage": zero})
+    train_nproc(stage_config(tiny, f"unreached-two-{zero}", **keys))
+    start, one = params(tiny / "init"), params(tiny / "unreached-one" / "model")
+    two = params(tiny / f"unreached-two-{zero}" / "model")
     untouched = [k for k in start if np.array_equal(start[k], one[k])]
     trained = [k for k in start if not np.array_equal(start[k], one[k])]
     assert len(untouched) >= 20 and len(trained) >= 20, (len(untouched), len(trained))
     moved = [k for k in untouched if not np.array_equal(start[k], two[k])]
     assert not moved, f"{len(moved)} tensors that no rank's batch reaches changed, e.g. {moved[:3]}"
-    assert worst_difference(tiny / "unreached-one" / "model", tiny / "unreached-two" / "model") <= 1e-3
+    assert worst_difference(tiny / "unreached-one" / "model", tiny / f"unreached-two-{zero}" / "model") <= 1e-3
 
 
 def kill_nproc_at_checkpoint(cfg, out, step):
