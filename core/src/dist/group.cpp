@@ -340,21 +340,24 @@ struct GradientSync::Impl {
     }
     bucket.started = true;
     if (bucket.sent.empty()) return;  // no rank has a gradient for any of them: nothing to sum
-    bucket.flat = torch::zeros({numel}, params[bucket.members.front()].options().requires_grad(false));
+    bucket.flat = torch::empty({numel}, params[bucket.members.front()].options().requires_grad(false));
     int64_t at = 0;
     for (size_t i : bucket.sent) {
       const auto n = params[i].numel();
-      const auto& g = params[i].grad();
-      if (g.defined()) bucket.flat.narrow(0, at, n).copy_(g.detach().reshape({-1}));
+      auto part = bucket.flat.narrow(0, at, n);
+      // The bucket holds the gradient from here on: the parameter's own is let go (end_backward makes it
+      // a view of the sum), so that a rank never holds two copies of its gradients.
+      if (auto& g = params[i].mutable_grad(); g.defined()) {
+        part.copy_(g.detach().reshape({-1}));
+        g = torch::Tensor();
+      } else {
+        part.zero_();
+      }
       at += n;
     }
     const auto what = "summing gradient bucket " + std::to_string(b);
     bucket.pending = bucket.owner < 0 ? group.all_reduce_sum_async(bucket.flat, what)
                                       : group.reduce_sum_async(bucket.flat, bucket.owner, what);
-    // Sent: a rank that does not own these parameters no longer needs their gradients.
-    if (bucket.owner >= 0 && bucket.owner != group.rank()) {
-      for (size_t i : bucket.members) params[i].mutable_grad() = torch::Tensor();
-    }
   }
 
   // Called under state->mutex: start every bucket whose turn has come and whose parameters are all ready.
@@ -557,20 +560,12 @@ void GradientSync::end_backward() {
       bucket.flat = torch::Tensor();
       continue;
     }
-    // No rank has a gradient for the members not sent: they keep none.
-    const auto* ranks_with = impl_->reach.data_ptr<float>();
-    for (size_t i : bucket.members) {
-      if (ranks_with[i] <= 0) impl_->params[i].mutable_grad() = torch::Tensor();
-    }
+    // Each sent parameter's gradient is its part of the sum, a view that keeps the bucket alive until the
+    // gradients are let go; the members not sent (no rank has a gradient for them) keep none.
     int64_t at = 0;
     for (size_t i : bucket.sent) {
       auto& p = impl_->params[i];
-      auto sum = bucket.flat.narrow(0, at, p.numel()).view_as(p);
-      if (p.grad().defined()) {
-        p.mutable_grad().copy_(sum);
-      } else {
-        p.mutable_grad() = sum.clone();
-      }
+      p.mutable_grad() = bucket.flat.narrow(0, at, p.numel()).view_as(p);
       at += p.numel();
     }
     bucket.flat = torch::Tensor();

@@ -99,9 +99,11 @@ class GradientSync {
   void prepare_backward(const torch::Tensor& loss);
 
   // After the sync pass (a rank without a loss calls only this): starts the buckets still waiting
-  // (parameters this rank's batch did not reach count as zero), waits for all of them and writes the sums
-  // into the parameters' .grad (with owners: into the owner's, and the other ranks' .grad of those
-  // parameters is undefined). A parameter that no rank has a gradient for keeps none, as in one process.
+  // (parameters this rank's batch did not reach count as zero), waits for all of them and makes each
+  // parameter's .grad a view of its part of the sum (with owners: on the owner; the other ranks' .grad of
+  // those parameters is undefined). A bucket holds its parameters' gradients from the moment it starts,
+  // so a rank never holds two copies. A parameter that no rank has a gradient for keeps none, as in one
+  // process.
   void end_backward();
   int64_t buckets() const;
   // Each owner's parameters, from that owner to every rank (after a sharded optimizer step).
