@@ -4,7 +4,9 @@
 #include <torch/csrc/autograd/variable.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <deque>
 #include <mutex>
 #include <thread>
 #include <unordered_set>
@@ -273,6 +275,7 @@ struct GradientSync::Impl {
     bool started = false;
   };
   static constexpr char kUnreached = 2;  // ready[i]: this pass's graph does not reach parameter i
+  static constexpr size_t kUnownedInFlight = 2;
   // What the autograd hooks touch, shared with them so that a hook outliving us does nothing.
   struct State {
     std::mutex mutex;
@@ -298,6 +301,13 @@ struct GradientSync::Impl {
   torch::Tensor reach;
   Group::Pending reach_sum;
   bool reach_known = false;
+  std::deque<size_t> unowned_in_flight;  // this pass: buckets summed on another rank, oldest first
+  int64_t held = 0, peak = 0;            // bytes of buckets held now, and at most, in this pass
+
+  void hold(const torch::Tensor& flat, int sign) {
+    held += sign * static_cast<int64_t>(flat.nbytes());
+    peak = std::max(peak, held);
+  }
 
   Impl(Group& g, std::vector<torch::Tensor> p) : group(g), params(std::move(p)) {}
 
@@ -340,7 +350,19 @@ struct GradientSync::Impl {
     }
     bucket.started = true;
     if (bucket.sent.empty()) return;  // no rank has a gradient for any of them: nothing to sum
+    // ZeRO 2: a bucket summed on another rank is let go once sent. At most kUnownedInFlight of them are in
+    // flight (the oldest is waited for before another is made), so that a rank never holds more gradients
+    // than its own share and that many buckets.
+    const bool unowned = bucket.owner >= 0 && bucket.owner != group.rank();
+    while (unowned && unowned_in_flight.size() >= kUnownedInFlight) {
+      auto& sent = buckets[unowned_in_flight.front()];
+      sent.pending.wait();
+      hold(sent.flat, -1);
+      sent.flat = torch::Tensor();
+      unowned_in_flight.pop_front();
+    }
     bucket.flat = torch::empty({numel}, params[bucket.members.front()].options().requires_grad(false));
+    hold(bucket.flat, 1);
     int64_t at = 0;
     for (size_t i : bucket.sent) {
       const auto n = params[i].numel();
@@ -358,6 +380,7 @@ struct GradientSync::Impl {
     const auto what = "summing gradient bucket " + std::to_string(b);
     bucket.pending = bucket.owner < 0 ? group.all_reduce_sum_async(bucket.flat, what)
                                       : group.reduce_sum_async(bucket.flat, bucket.owner, what);
+    if (unowned) unowned_in_flight.push_back(b);
   }
 
   // Called under state->mutex: start every bucket whose turn has come and whose parameters are all ready.
@@ -458,6 +481,11 @@ GradientSync::~GradientSync() {
 
 int64_t GradientSync::buckets() const { return static_cast<int64_t>(impl_->buckets.size()); }
 
+int64_t GradientSync::peak_bucket_bytes() const {
+  std::lock_guard<std::mutex> lock(impl_->state->mutex);
+  return impl_->peak;
+}
+
 void GradientSync::broadcast_parameters() {
   torch::NoGradGuard no_grad;
   for (size_t b = 0; b < impl_->buckets.size(); ++b) {
@@ -504,6 +532,8 @@ void GradientSync::begin_backward(bool sync) {
   if (!sync) return;
   std::fill(s.ready.begin(), s.ready.end(), 0);
   s.prepared = false;
+  impl_->unowned_in_flight.clear();
+  impl_->held = impl_->peak = 0;
   for (size_t b = 0; b < impl_->buckets.size(); ++b) {
     s.remaining[b] = static_cast<int64_t>(impl_->buckets[b].members.size());
     impl_->buckets[b].started = false;
@@ -552,6 +582,7 @@ void GradientSync::end_backward() {
     impl_->start_ready();
     s.armed = false;
     s.prepared = false;
+    impl_->unowned_in_flight.clear();
   }
   torch::NoGradGuard no_grad;
   for (auto& bucket : impl_->buckets) {

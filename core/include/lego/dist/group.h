@@ -106,6 +106,9 @@ class GradientSync {
   // process.
   void end_backward();
   int64_t buckets() const;
+  // The most bytes of gradient buckets this rank held at once in the last sync pass: its own gradients
+  // and, with owners, at most two buckets of other ranks' in flight.
+  int64_t peak_bucket_bytes() const;
   // Each owner's parameters, from that owner to every rank (after a sharded optimizer step).
   void broadcast_from_owners(const std::vector<int>& owners);
 
