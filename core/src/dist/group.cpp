@@ -275,7 +275,6 @@ struct GradientSync::Impl {
     bool started = false;
   };
   static constexpr char kUnreached = 2;  // ready[i]: this pass's graph does not reach parameter i
-  static constexpr size_t kUnownedInFlight = 2;
   // What the autograd hooks touch, shared with them so that a hook outliving us does nothing.
   struct State {
     std::mutex mutex;
@@ -354,7 +353,7 @@ struct GradientSync::Impl {
     // flight (the oldest is waited for before another is made), so that a rank never holds more gradients
     // than its own share and that many buckets.
     const bool unowned = bucket.owner >= 0 && bucket.owner != group.rank();
-    while (unowned && unowned_in_flight.size() >= kUnownedInFlight) {
+    while (unowned && unowned_in_flight.size() >= GradientSync::kUnownedInFlight) {
       auto& sent = buckets[unowned_in_flight.front()];
       sent.pending.wait();
       hold(sent.flat, -1);

@@ -378,9 +378,14 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
         if (owned(i)) own_bytes += b;
       }
       auto mb = [](int64_t b) { return std::to_string((b + (1 << 19)) >> 20) + " MB"; };
+      // ZeRO 2: its own gradients, and while they are summed at most kUnownedInFlight buckets of the others'.
+      const bool own_gradients = s.zero_stage >= 2 && sharding.sharded();
+      const auto in_flight = std::min(all_bytes - own_bytes,
+                                      static_cast<int64_t>(dist::GradientSync::kUnownedInFlight) * s.bucket_bytes);
       callbacks.notice("per rank: trained parameters " + mb(all_bytes) + ", gradients " +
-                       mb(s.zero_stage >= 2 && sharding.sharded() ? own_bytes : all_bytes) + ", optimizer state " +
-                       mb(2 * own_bytes));
+                       (own_gradients ? mb(own_bytes) + " (+ up to " + mb(in_flight) + " of other ranks' in flight)"
+                                      : mb(all_bytes)) +
+                       ", optimizer state " + mb(2 * own_bytes));
       callbacks.notice("data parallel over " + std::to_string(ranks) + " ranks (" + world.launcher + "), Gloo, " +
                        std::to_string(sync->buckets()) + " gradient bucket(s); global batch " +
                        std::to_string(global_batch * s.grad_accum) +

@@ -74,6 +74,8 @@ bool has_nccl();
 
 class GradientSync {
  public:
+  // With owners (ZeRO stage 2): how many buckets of other ranks' gradients a rank keeps in flight at most.
+  static constexpr size_t kUnownedInFlight = 2;
   // `params`: the trainable parameters, the same list in the same order on every rank. Buckets hold about
   // `bucket_bytes` of gradients each, filled in reverse order of `params` (the order backward reaches them).
   // With `owners` (one rank per parameter: ZeRO stage 2), a bucket holds one owner's parameters and its
