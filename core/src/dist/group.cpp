@@ -548,18 +548,18 @@ void GradientSync::prepare_backward(const torch::Tensor& loss) {
   }
   // The accumulators the backward pass from `loss` will reach.
   std::unordered_set<const torch::autograd::Node*> reached;
-  std::vector<torch::autograd::Node*> todo;
+  std::vector<torch::autograd::Node*> frontier;
   if (const auto& root = loss.grad_fn()) {
-    todo.push_back(root.get());
+    frontier.push_back(root.get());
   } else if (loss.requires_grad()) {
-    todo.push_back(torch::autograd::impl::grad_accumulator(loss).get());
+    frontier.push_back(torch::autograd::impl::grad_accumulator(loss).get());
   }
-  for (auto* node : todo) reached.insert(node);
-  while (!todo.empty()) {
-    auto* node = todo.back();
-    todo.pop_back();
+  for (auto* node : frontier) reached.insert(node);
+  while (!frontier.empty()) {
+    auto* node = frontier.back();
+    frontier.pop_back();
     for (const auto& edge : node->next_edges()) {
-      if (edge.function && reached.insert(edge.function.get()).second) todo.push_back(edge.function.get());
+      if (edge.function && reached.insert(edge.function.get()).second) frontier.push_back(edge.function.get());
     }
   }
   std::lock_guard<std::mutex> lock(s.mutex);

@@ -332,7 +332,11 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   if (!no_decay.empty()) groups.emplace_back(no_decay, options(0.0));
   torch::optim::AdamW optimizer(groups, torch::optim::AdamWOptions(s.lr));
   std::vector<torch::Tensor> parameters;
-  for (auto& [n, t] : trainable.params) parameters.push_back(t);
+  std::vector<std::string> parameter_names;
+  for (auto& [n, t] : trainable.params) {
+    parameters.push_back(t);
+    parameter_names.push_back(n);
+  }
 
   const auto pool0 = epoch_pool(s, data, 0);
   std::vector<int64_t> lengths(data.examples.size());
@@ -364,9 +368,7 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   if (lead) metrics.emplace(s.out / "metrics.jsonl", result.resumed ? state.step : 0);
   std::optional<dist::GradientSync> sync;
   if (group) {
-    std::vector<std::string> names;
-    for (const auto& [n, t] : trainable.params) names.push_back(n);
-    sync.emplace(*group, parameters, s.bucket_bytes, s.zero_stage >= 2 ? owners : std::vector<int>(), names);
+    sync.emplace(*group, parameters, s.bucket_bytes, s.zero_stage >= 2 ? owners : std::vector<int>(), parameter_names);
     sync->broadcast_parameters();
     if (callbacks.notice && lead) {
       // What each rank holds of the trained tensors (fp32): the parameters whole, the gradients and AdamW's
