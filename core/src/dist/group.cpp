@@ -267,12 +267,10 @@ Group::Pending& Group::Pending::operator=(Pending&&) noexcept = default;
 struct GradientSync::Impl {
   struct Bucket {
     std::vector<size_t> members;  // indices into params
-    int64_t numel = 0;
     int owner = -1;               // -1: summed on every rank; else only on that rank
     std::vector<size_t> sent;     // this pass: the members some rank has a gradient for
     torch::Tensor flat;
     Group::Pending pending;
-    bool started = false;
   };
   static constexpr char kUnreached = 2;  // ready[i]: this pass's graph does not reach parameter i
   // What the autograd hooks touch, shared with them so that a hook outliving us does nothing.
@@ -347,7 +345,6 @@ struct GradientSync::Impl {
       bucket.sent.push_back(i);
       numel += params[i].numel();
     }
-    bucket.started = true;
     if (bucket.sent.empty()) return;  // no rank has a gradient for any of them: nothing to sum
     // ZeRO 2: a bucket summed on another rank is let go once sent. At most kUnownedInFlight of them are in
     // flight (the oldest is waited for before another is made), so that a rank never holds more gradients
@@ -443,7 +440,6 @@ GradientSync::GradientSync(Group& group, std::vector<torch::Tensor> params, int6
       }
       current.members.push_back(k);
       current.owner = g;
-      current.numel += p[k].numel();
       bytes += size;
     }
     if (!current.members.empty()) impl_->buckets.push_back(std::move(current));
@@ -533,10 +529,7 @@ void GradientSync::begin_backward(bool sync) {
   s.prepared = false;
   impl_->unowned_in_flight.clear();
   impl_->held = impl_->peak = 0;
-  for (size_t b = 0; b < impl_->buckets.size(); ++b) {
-    s.remaining[b] = static_cast<int64_t>(impl_->buckets[b].members.size());
-    impl_->buckets[b].started = false;
-  }
+  for (size_t b = 0; b < impl_->buckets.size(); ++b) s.remaining[b] = static_cast<int64_t>(impl_->buckets[b].members.size());
   s.next = 0;
 }
 
