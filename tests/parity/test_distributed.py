@@ -13,10 +13,12 @@ import time
 
 import numpy as np
 import pytest
+import safetensors.torch
+import torch
 from safetensors.numpy import load_file
 
 from conftest import lego_bin
-from test_training import run_lego, stage_config, tiny  # noqa: F401  (tiny is a fixture)
+from test_training import exact_params, run_lego, stage_config, tiny  # noqa: F401  (tiny is a fixture)
 
 ALL_TASKS = "{d}/synth/train-rec.json {d}/synth/train-caption.json {d}/synth/train-temporal.json " \
             "{d}/synth/train-sound_localization.json"
@@ -295,3 +297,47 @@ def test_consolidate_names_what_is_missing(tiny):
     proc = run_lego("consolidate", "--config", cfg, "--checkpoint", half, "--out", tiny / "nt-model", check=False)
     assert proc.returncode != 0 and "not a complete checkpoint" in proc.stderr
     assert not (tiny / "nt-model").exists()
+
+
+def test_bf16_over_two_ranks_sums_like_one_process_shards_and_resumes_exactly(tiny):
+    # train.precision = bf16: bf16 gradients summed in bf16, fp32 masters stepped by their owners (ZeRO 2),
+    # which send the rounded bf16 tensors to the others; a checkpoint gathers the owners' masters.
+    keys = {"train.batch_size": 4, "train.max_steps": 20, "train.save_every": 5, "train.keep_checkpoints": 5,
+            "train.log_every": 5, "train.precision": "bf16", "optim.lr": 2e-4}
+    run_lego("train", "--config", stage_config(tiny, "bf16-one", **dict(keys, **{
+        "train.batch_size": 8, "train.dump_gradients": tiny / "bf16-one.safetensors"})))
+    train_nproc(stage_config(tiny, "bf16-dp", **dict(keys, **{"train.dump_gradients": tiny / "bf16-dp.safetensors"})))
+    z2 = dict(keys, **{"train.zero_stage": 2})
+    proc = train_nproc(stage_config(tiny, "bf16-z2", **z2))
+    assert "fp32 master weights" in proc.stderr, proc.stderr
+
+    # The first step's gradient: the two ranks' bf16 halves summed in bf16 against one process's backward
+    # pass over the whole batch, as the relative L2 distance over all tensors: bf16's rounding (measured
+    # 5e-3; a tensor whose gradient is a cancelling sum, as a norm's bias, differs by more on its own),
+    # where a rank that kept its own half would be 0.5 off.
+    g1, g2 = (safetensors.torch.load_file(str(tiny / f"bf16-{n}.safetensors")) for n in ("one", "dp"))
+    grads = [k for k in g1 if k.startswith("grad.")]
+    assert grads and set(grads) == {k for k in g2 if k.startswith("grad.")}
+    assert all(g2[k].dtype == torch.bfloat16 for k in grads)
+    rel = (sum((g2[k].double() - g1[k].double()).pow(2).sum() for k in grads).sqrt() /
+           sum(g1[k].double().pow(2).sum() for k in grads).sqrt()).item()
+    loss_rel = abs(g2["loss"].item() - g1["loss"].item()) / g1["loss"].item()
+    one, dp, zero2 = (exact_params(tiny / n / "model") for n in ("bf16-one", "bf16-dp", "bf16-z2"))
+
+    def worst(a, b):
+        return max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"bf16 first step, 2 ranks vs one process: gradients {rel:.2e} (relative L2), loss {loss_rel:.1e}; "
+          f"after 20 steps, max abs difference: 2 ranks vs one process {worst(one, dp):.2e}, "
+          f"ZeRO 2 vs plain {worst(dp, zero2):.2e}")
+    assert rel <= 2e-2 and loss_rel <= 1e-3
+    # Adam turns rounding-sized differences of a gradient into steps of about lr either way, so after 20
+    # steps the parameters agree to a few lr (20 lr bounds it; opposite steps throughout would be 40 lr).
+    assert worst(one, dp) <= 20 * keys["optim.lr"]
+    assert worst(dp, zero2) <= 20 * keys["optim.lr"]
+
+    cfg = stage_config(tiny, "bf16-z2-killed", **z2)
+    kill_nproc_at_checkpoint(cfg, tiny / "bf16-z2-killed", 10)
+    ckpt = tiny / "bf16-z2-killed" / "checkpoints" / "step-00000010" / "trainable.safetensors"
+    assert {v.dtype for v in safetensors.torch.load_file(str(ckpt)).values()} == {torch.float32}
+    assert "resuming from" in train_nproc(cfg, 2, "--resume").stderr
+    assert worst(zero2, exact_params(tiny / "bf16-z2-killed" / "model")) == 0

@@ -133,10 +133,12 @@ def lego_step(ours, data, tmp_path, tags, extra):
     return load_file(str(tmp_path / "step.safetensors"))
 
 
-def python_step(ref, batch, inputs, train_llm, detach_text):
+def python_step(ref, batch, inputs, train_llm, detach_text, dtype=torch.float32):
     """The same step in PyTorch: features of each medium, spliced between its start and end tokens, HF LLaMA,
-    shifted cross-entropy, backward. Returns the loss and the gradients by reference parameter name."""
-    ref = copy.deepcopy(ref).eval()  # no dropout anywhere; fresh gradients
+    shifted cross-entropy, backward. Returns the loss and the gradients by reference parameter name. With
+    `dtype` bf16 every module and input is converted first, as DeepSpeed's bf16 mode converts the model."""
+    ref = copy.deepcopy(ref).eval().to(dtype)  # no dropout anywhere; fresh gradients
+    inputs = {k: v.to(dtype) for k, v in inputs.items()}
     ref.requires_grad_(False)
     for part in (ref.projector, ref.audio_pe, ref.audio_qformer, ref.audio_proj):
         part.requires_grad_(True)
@@ -146,7 +148,7 @@ def python_step(ref, batch, inputs, train_llm, detach_text):
         ref.llama.requires_grad_(True)
     else:  # stage 1: only the added tokens' rows learn
         embed.requires_grad_(True)
-        mask = torch.zeros(embed.shape[0], 1)
+        mask = torch.zeros(embed.shape[0], 1, dtype=dtype)
         mask[512:] = 1
         embed.register_hook(lambda g: g * mask)
 
@@ -185,7 +187,7 @@ def python_step(ref, batch, inputs, train_llm, detach_text):
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
                            ignore_index=-100)
     loss.backward()
-    grads = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.float() for n, p in ref.named_parameters() if p.grad is not None}
     return loss.item(), grads
 
 
@@ -253,3 +255,68 @@ def test_one_training_step_matches_pytorch(train_model, train_data, tmp_path, ta
     assert loss_rel <= TOLERANCE
     for group, (a, rl, n) in worst.items():
         assert rl <= TOLERANCE, f"{group}: {n} differs by {rl:.2e} relative"
+
+
+def test_a_bf16_step_is_as_close_to_the_exact_one_as_pytorchs_and_adamw_steps_fp32_masters(train_model, train_data, tmp_path):
+    """train.precision = bf16, DeepSpeed's bf16 mode: the model in bf16, AdamW on fp32 master copies. Its
+    loss and gradients are as close to the exact (fp32) step as the same step composed in PyTorch from the
+    reference modules converted to bf16; the master weights after the step are torch's AdamW applied to the
+    bf16 starting weights in fp32 with those gradients; and the checkpoint and the model keep the masters."""
+    ref, names, ours = train_model
+    data, inputs = train_data
+    lr = 1e-3
+    dump = lego_step(ours, data, tmp_path, "adapter llm",
+                     ["train.precision = bf16", f"optim.lr = {lr}", "optim.warmup_ratio = 0"])
+    got = {k[len("grad."):]: v for k, v in dump.items() if k.startswith("grad.")}
+    assert got and all(g.dtype == torch.bfloat16 for g in got.values()), "the model's gradients should be bf16"
+    exact_loss, exact = python_step(ref, dump, inputs, train_llm=True, detach_text=False)
+    half_loss, half = python_step(ref, dump, inputs, train_llm=True, detach_text=False, dtype=torch.bfloat16)
+    assert set(got) == {n for n, (group, r) in names.items() if r in exact}
+
+    # Each group's largest difference from the exact gradients, over the group's largest exact gradient
+    # (a gradient that is 0 up to rounding, as the Q-Former's key biases have, is held to its group's scale).
+    def worst(grads):
+        out = {}
+        for n, g in grads.items():
+            group, r = names[n]
+            out[group] = max(out.get(group, 0.0), (g.float() - exact[r]).abs().max().item() / scale[group])
+        return out
+    scale = {}
+    for n in got:
+        group, r = names[n]
+        scale[group] = max(scale.get(group, 0.0), exact[r].abs().max().item())
+    ours_err = worst(got)
+    theirs_err = worst({n: half[names[n][1]] for n in got})
+    loss_err = abs(dump["loss"].item() - exact_loss) / abs(exact_loss)
+    half_loss_err = abs(half_loss - exact_loss) / abs(exact_loss)
+    print(f"loss: lego bf16 {loss_err:.2e}, pytorch bf16 {half_loss_err:.2e} from fp32")
+    for group in sorted(ours_err):
+        print(f"{group}: lego bf16 {ours_err[group]:.2e}, pytorch bf16 {theirs_err[group]:.2e} from fp32")
+    assert {"projector", "qformer", "llm"} <= set(ours_err)
+    # bf16 keeps 8 significant bits (a relative step of 2^-8 = 3.9e-3): differences of that order are its
+    # rounding; a wrong computation is off by the gradient's own size.
+    assert loss_err <= max(2 * half_loss_err, 4e-3)
+    for group in ours_err:
+        assert ours_err[group] <= max(2 * theirs_err[group], 4e-3), group
+
+    # AdamW's first step on the fp32 masters, which start from the bf16 weights.
+    start = load_file(str(ours / "model.safetensors"))
+    masters = {n: start[n].to(torch.bfloat16).float().clone().requires_grad_(True) for n in got}
+    decay = [masters[n] for n in got if masters[n].dim() >= 2]
+    no_decay = [masters[n] for n in got if masters[n].dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    for n, m in masters.items():
+        m.grad = got[n].float()
+    opt.step()
+    ckpt = load_file(str(tmp_path / "run" / "checkpoints" / "step-00000001" / "trainable.safetensors"))
+    model = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    moved = 0
+    for n, m in masters.items():
+        assert ckpt[n].dtype == torch.float32 and model[n].dtype == torch.float32, n
+        assert torch.equal(ckpt[n], model[n]), n
+        assert (ckpt[n] - m.detach()).abs().max().item() <= 1e-6, n
+        moved += int(not torch.equal(ckpt[n], start[n].to(torch.bfloat16).float()))
+    assert moved >= 0.9 * len(masters), f"only {moved} of {len(masters)} trained tensors moved"
+    # What did not train is written as the run held it: in bf16.
+    frozen = [n for n in model if n not in masters]
+    assert frozen and all(model[n].dtype == torch.bfloat16 for n in frozen)

@@ -110,10 +110,20 @@ StageSettings read_stage_settings(const config::Config& c) {
   s.dist_timeout_s = c.get_int("train.dist_timeout_s", 1800, 1, 7 * 24 * 3600);
   s.zero_stage = static_cast<int>(c.get_int("train.zero_stage", 0, 0, 2));
   const auto precision = c.get_string("train.precision", "fp32");
-  if (precision != "fp32" && precision != "bf16") {
-    throw Error(ErrorKind::Format, c.source().string() + ": train.precision is '" + precision + "' (fp32 or bf16)");
+  if (precision == "fp32") {
+    s.precision = StageSettings::Precision::Fp32;
+  } else if (precision == "bf16") {
+    s.precision = StageSettings::Precision::Bf16;
+  } else if (precision == "bf16-autocast") {
+    s.precision = StageSettings::Precision::Bf16Autocast;
+  } else {
+    throw Error(ErrorKind::Format, c.source().string() + ": train.precision is '" + precision +
+                                       "' (fp32, bf16 or bf16-autocast)");
   }
-  s.bf16 = precision == "bf16";
+  if (s.precision == StageSettings::Precision::Bf16Autocast && !s.device.is_cuda()) {
+    throw Error(ErrorKind::Unsupported, c.source().string() + ": train.precision = bf16-autocast runs on CUDA only (model.device is " +
+                                            s.device.str() + "); bf16 runs on any device");
+  }
   if (c.has("train.dump_gradients")) s.dump_gradients = path("train.dump_gradients");
 
   s.lr = c.get_double("optim.lr", 2e-5, 0, 10);

@@ -50,7 +50,10 @@ struct StageSettings {
   // ZeRO over several ranks: 1 shards the optimizer state, 2 the gradients too (each summed only on the
   // rank that owns its parameter); 0 keeps both whole on every rank.
   int zero_stage = 0;
-  bool bf16 = false;
+  // train.precision: fp32; bf16 (DeepSpeed's bf16 mode: the model in bf16, fp32 master weights in the
+  // optimizer); or bf16 autocast over fp32 weights (CUDA only).
+  enum class Precision { Fp32, Bf16, Bf16Autocast };
+  Precision precision = Precision::Fp32;
   // Where to write the loss and the gradients of the first optimizer step (before clipping), for
   // gradient-parity checks against a reference implementation; empty: nowhere.
   std::filesystem::path dump_gradients;

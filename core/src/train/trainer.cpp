@@ -22,6 +22,7 @@
 #include "lego/host/plugin_host.h"
 #include "lego/pipeline/pipeline.h"
 #include "lego/sdk/error.h"
+#include "lego/train/master_weights.h"
 #include "lego/weights/tensor_source.h"
 #include "stage_settings.h"
 
@@ -32,7 +33,7 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// bf16 autocast on CUDA for the forward pass; nothing elsewhere.
+// bf16 autocast on CUDA for the forward pass (train.precision = bf16-autocast).
 class AutocastScope {
  public:
   AutocastScope(bool on, torch::Device device) : on_(on && device.is_cuda()) {
@@ -61,6 +62,12 @@ double schedule_factor(const StageSettings& s, int64_t step, int64_t total) {
       static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup));
   if (s.schedule == "linear") return std::max(0.0, 1.0 - progress);
   return std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * progress)));
+}
+
+// The dtype the stage holds the model in: bf16 for train.precision = bf16 (the whole model, as DeepSpeed's
+// bf16 mode converts it; the trained tensors get fp32 master copies beside it), else fp32.
+torch::ScalarType model_dtype(const StageSettings& s) {
+  return s.precision == StageSettings::Precision::Bf16 ? torch::kBFloat16 : torch::kFloat32;
 }
 
 // Everything a stage reads: rows turned into examples, per source, with what was left out.
@@ -234,7 +241,10 @@ std::vector<std::pair<std::string, torch::Tensor>> all_tensors(Pipeline& p) {
   return out;
 }
 
-void write_model_dir(Pipeline& p, const std::filesystem::path& target, const std::string& stage) {
+// `trained`: the trained tensors' values by name where the model holds them rounded (bf16 training keeps
+// them in fp32 beside it); every other tensor is written as the model holds it.
+void write_model_dir(Pipeline& p, const std::filesystem::path& target, const std::string& stage,
+                     const std::vector<std::pair<std::string, torch::Tensor>>& trained = {}) {
   fs::StagedDirectory staged(target);
   const auto& src = p.llm().dir;
   // The model learnt the training form's whitespace: it is asked the same way (Pipeline::prompt).
@@ -244,7 +254,11 @@ void write_model_dir(Pipeline& p, const std::filesystem::path& target, const std
   const auto tokenizer = p.llm().config.get_string("tokenizer.file", "tokenizer.model");
   std::filesystem::copy_file(src / tokenizer, staged.path() / tokenizer);
   auto tensors = all_tensors(p);
-  for (auto& [n, t] : tensors) t = t.to(torch::kCPU).contiguous();
+  const std::map<std::string, torch::Tensor> exact(trained.begin(), trained.end());
+  for (auto& [n, t] : tensors) {
+    if (auto it = exact.find(n); it != exact.end()) t = it->second;
+    t = t.to(torch::kCPU).contiguous();
+  }
   weights::write_safetensors(staged.path() / "model.safetensors", tensors,
                              {{"format", "pt"}, {"producer", "lego train"}, {"stage", stage}});
   staged.commit();
@@ -272,7 +286,7 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   }
   LoadOptions load;
   load.device = s.device;
-  load.dtype = torch::kFloat32;  // master weights; bf16 is autocast's, on CUDA
+  load.dtype = model_dtype(s);  // bf16-autocast keeps fp32 weights and casts in the forward pass
   load.overrides = s.model_overrides;
   auto pipeline = Pipeline::load(s.model_dir, load, host);
   if (pipeline->llm().options.quantized()) {
@@ -315,14 +329,20 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   }
   auto owned = [&](size_t i) { return owners.empty() || owners[i] == world.rank; };
 
-  // AdamW with two groups: decay for matrices, none for norms and biases (1-D parameters).
-  std::vector<torch::Tensor> decay, no_decay, owned_params;
-  for (size_t i = 0; i < trainable.params.size(); ++i) {
-    if (!owned(i)) continue;
-    const auto& t = trainable.params[i].second;
-    (t.dim() >= 2 ? decay : no_decay).push_back(t);
-    owned_params.push_back(t);
+  // What AdamW steps: the owned trained tensors themselves, or (bf16) their fp32 master copies.
+  std::vector<bool> keep(trainable.params.size());
+  for (size_t i = 0; i < keep.size(); ++i) keep[i] = owned(i);
+  std::vector<torch::Tensor> parameters;
+  std::vector<std::string> parameter_names;
+  for (auto& [n, t] : trainable.params) {
+    parameters.push_back(t);
+    parameter_names.push_back(n);
   }
+  MasterWeights masters(parameters, keep);
+  // AdamW with two groups: decay for matrices, none for norms and biases (1-D parameters).
+  std::vector<torch::Tensor> decay, no_decay;
+  const auto& owned_params = masters.stepped();
+  for (const auto& t : owned_params) (t.dim() >= 2 ? decay : no_decay).push_back(t);
   auto options = [&](double wd) {
     return std::make_unique<torch::optim::AdamWOptions>(
         torch::optim::AdamWOptions(s.lr).betas({s.beta1, s.beta2}).eps(s.eps).weight_decay(wd));
@@ -331,12 +351,34 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   if (!decay.empty()) groups.emplace_back(decay, options(s.weight_decay));
   if (!no_decay.empty()) groups.emplace_back(no_decay, options(0.0));
   torch::optim::AdamW optimizer(groups, torch::optim::AdamWOptions(s.lr));
-  std::vector<torch::Tensor> parameters;
-  std::vector<std::string> parameter_names;
-  for (auto& [n, t] : trainable.params) {
-    parameters.push_back(t);
-    parameter_names.push_back(n);
-  }
+  // The trained tensors at full precision by name (each rank's share under ZeRO, gathered to rank 0 for a
+  // checkpoint or the model; ranks other than 0 get an empty list).
+  auto exact_tensors = [&]() {
+    std::vector<std::pair<std::string, torch::Tensor>> out;
+    for (size_t i = 0; i < trainable.params.size(); ++i) {
+      const auto& [n, t] = trainable.params[i];
+      torch::Tensor v = masters.master_of(i);
+      if (sharding.sharded() && masters.copies()) {
+        // The owner's copy to every rank, one tensor at a time (rank 0 keeps it on the CPU).
+        auto buffer = owned(i) ? v.detach().contiguous() : torch::empty(t.sizes(), t.options().dtype(torch::kFloat32));
+        group->broadcast(buffer, owners[i], "gathering the master weight of " + n);
+        v = buffer;
+      } else if (!v.defined()) {
+        v = t;
+      }
+      if (lead) out.emplace_back(n, v.detach().to(torch::kCPU));
+    }
+    return out;
+  };
+  // Fills the trained tensors from a checkpoint's full-precision values, and the model from them.
+  auto restore_tensors = [&]() {
+    std::vector<std::pair<std::string, torch::Tensor>> out;
+    for (size_t i = 0; i < trainable.params.size(); ++i) {
+      const auto m = masters.master_of(i);
+      out.emplace_back(trainable.params[i].first, m.defined() ? m : trainable.params[i].second);
+    }
+    return out;
+  };
 
   const auto pool0 = epoch_pool(s, data, 0);
   std::vector<int64_t> lengths(data.examples.size());
@@ -359,7 +401,8 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   const auto checkpoints = s.out / "checkpoints";
   if (resume) {
     if (auto latest = latest_checkpoint(checkpoints)) {
-      state = load_checkpoint(*latest, trainable.params, optimizer, sharding);
+      state = load_checkpoint(*latest, restore_tensors(), optimizer, sharding);
+      masters.write_back();
       result.resumed = true;
       if (lead && callbacks.notice) callbacks.notice("resuming from " + latest->string() + " (step " + std::to_string(state.step) + ")");
     }
@@ -371,13 +414,18 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
     sync.emplace(*group, parameters, s.bucket_bytes, s.zero_stage >= 2 ? owners : std::vector<int>(), parameter_names);
     sync->broadcast_parameters();
     if (callbacks.notice && lead) {
-      // What each rank holds of the trained tensors (fp32): the parameters whole, the gradients and AdamW's
-      // two moments whole or (ZeRO) its own share; rank 0's share is shown.
-      int64_t all_bytes = 0, own_bytes = 0;
+      // What each rank holds of the trained tensors: the parameters whole (fp32, or bf16), the gradients
+      // (their dtype) whole or (ZeRO 2) its own share, the fp32 master copies (bf16) and AdamW's two fp32
+      // moments of its own share (ZeRO) or of all; rank 0's share is shown.
+      int64_t all_bytes = 0, own_bytes = 0, own_fp32 = 0;
       for (size_t i = 0; i < trainable.params.size(); ++i) {
-        const auto b = trainable.params[i].second.numel() * static_cast<int64_t>(trainable.params[i].second.element_size());
+        const auto& t = trainable.params[i].second;
+        const auto b = t.numel() * static_cast<int64_t>(t.element_size());
         all_bytes += b;
-        if (owned(i)) own_bytes += b;
+        if (owned(i)) {
+          own_bytes += b;
+          own_fp32 += t.numel() * 4;
+        }
       }
       auto mb = [](int64_t b) { return std::to_string((b + (1 << 19)) >> 20) + " MB"; };
       // ZeRO 2: its own gradients, and while they are summed at most kUnownedInFlight buckets of the others'.
@@ -387,8 +435,10 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
       callbacks.notice("per rank: trained parameters " + mb(all_bytes) + ", gradients " +
                        (own_gradients ? mb(own_bytes) + " (+ up to " + mb(in_flight) + " of other ranks' in flight)"
                                       : mb(all_bytes)) +
-                       ", optimizer state " + mb(2 * own_bytes));
-      callbacks.notice("data parallel over " + std::to_string(ranks) + " ranks (" + world.launcher + "), Gloo, " +
+                       (masters.copies() ? ", fp32 master weights " + mb(masters.copy_bytes()) : std::string()) +
+                       ", optimizer state " + mb(2 * own_fp32));
+      callbacks.notice("data parallel over " + std::to_string(ranks) + " ranks (" + world.launcher + "), " +
+                       (s.device.is_cuda() ? "NCCL, " : "Gloo, ") +
                        std::to_string(sync->buckets()) + " gradient bucket(s); global batch " +
                        std::to_string(global_batch * s.grad_accum) +
                        (sharding.sharded() ? "; ZeRO stage " + std::to_string(s.zero_stage) : std::string()));
@@ -509,7 +559,7 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
               media.push_back(std::move(loaded.media[m]));
             }
           }
-          AutocastScope autocast(s.bf16, s.device);
+          AutocastScope autocast(s.precision == StageSettings::Precision::Bf16Autocast, s.device);
           pipeline->encode_loaded(media);
           std::vector<std::vector<int64_t>> ids;
           std::vector<std::vector<const EncodedMedia*>> ptrs;
@@ -537,7 +587,8 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
           // Under bf16 autocast the rotary tables are bf16 too: q and k leave their (autocast) products in
           // bf16, and rotating them against fp32 tables would promote both to fp32 before attention casts
           // them back. This is also what training in bf16 outright (DeepSpeed's bf16 mode) computes.
-          const auto table_dtype = s.bf16 && s.device.is_cuda() ? torch::kBFloat16 : spliced.embeds.scalar_type();
+          const auto table_dtype = s.precision == StageSettings::Precision::Bf16Autocast ? torch::kBFloat16
+                                                                                          : spliced.embeds.scalar_type();
           inputs.emplace(model.prepare(ctx, longest, table_dtype));
           if (s.activation_checkpointing) {
             hidden = model.forward_checkpointed(spliced.embeds, ctx, *inputs);
@@ -604,28 +655,33 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
         }
         weights::write_safetensors(s.dump_gradients, grads);
       }
+      // bf16: the gradients into fp32 beside the master copies, which clipping and AdamW work on.
+      masters.take_gradients();
       const double factor = schedule_factor(s, state.step, total_steps);
       for (auto& g : optimizer.param_groups()) g.options().set_lr(s.lr * factor);
       double norm = 0;
-      if (s.max_grad_norm > 0 && sharding.sharded() && s.zero_stage >= 2) {
-        // Each rank holds its own parameters' gradients only: the norm is summed over the ranks.
-        double squares = 0;
-        for (auto& p : owned_params) {
-          if (p.grad().defined()) squares += std::pow(p.grad().norm().item<double>(), 2);
+      if (s.max_grad_norm > 0 && sharding.sharded()) {
+        // Each rank steps its own tensors only (and under ZeRO 2 holds only their gradients): the squared
+        // norms of its own are summed over the ranks. One read of the device for all of them.
+        std::vector<torch::Tensor> norms;
+        for (const auto& p : owned_params) {
+          if (p.grad().defined()) norms.push_back(p.grad().norm().to(torch::kFloat64));
         }
-        auto total = torch::tensor({squares}, torch::kFloat64);
+        auto total = norms.empty() ? torch::zeros({1}, torch::kFloat64)
+                                   : torch::stack(norms).pow(2).sum().reshape({1}).to(torch::kCPU);
         group->all_reduce_sum(total, "summing the gradient norm");
         norm = std::sqrt(total.item<double>());
         const double coef = s.max_grad_norm / (norm + 1e-6);
         if (coef < 1) {
-          for (auto& p : owned_params) {
+          for (const auto& p : owned_params) {
             if (p.grad().defined()) p.mutable_grad().mul_(coef);
           }
         }
       } else if (s.max_grad_norm > 0) {
-        norm = torch::nn::utils::clip_grad_norm_(parameters, s.max_grad_norm);
+        norm = torch::nn::utils::clip_grad_norm_(owned_params, s.max_grad_norm);
       }
       optimizer.step();
+      masters.write_back();
       if (sharding.sharded()) sync->broadcast_from_owners(owners);
       ++state.step;
       state.epoch = epoch;
@@ -680,7 +736,8 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
           group->barrier("writing the optimizer shards of step " + std::to_string(state.step));
           for (int r = 0; r < ranks; ++r) shards.push_back(shard(r));
         }
-        if (lead) save_checkpoint(checkpoints, state, trainable.params, optimizer, s.keep_checkpoints, sharding, shards);
+        const auto exact = exact_tensors();
+        if (lead) save_checkpoint(checkpoints, state, exact, optimizer, s.keep_checkpoints, sharding, shards);
       }
     }
     if (state.step < total_steps) {
@@ -694,7 +751,8 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
     pipeline->modality(name).train(false);
     pipeline->modality(name).set_encoder_trainable(false);
   }
-  if (lead) write_model_dir(*pipeline, result.model_dir, s.name);
+  const auto exact = exact_tensors();
+  if (lead) write_model_dir(*pipeline, result.model_dir, s.name, exact);
   // Every rank returns once the model is written.
   if (group) group->barrier("waiting for rank 0 to write the model");
   if (group) result.skipped_rows = skipped_all;
@@ -716,14 +774,25 @@ std::filesystem::path consolidate(const config::Config& config, std::shared_ptr<
   }
   LoadOptions load;
   load.overrides = s.model_overrides;
+  load.dtype = model_dtype(s);  // the model the stage writes: its frozen tensors as the run held them
   auto pipeline = Pipeline::load(s.model_dir, load, host);
   auto trainable = select_trainable(s, *pipeline);
-  load_checkpoint_parameters(chosen, trainable.params);
+  // The checkpoint's values at their full precision: into the model where it holds fp32, else beside it.
+  std::vector<std::pair<std::string, torch::Tensor>> targets, exact;
+  for (const auto& [n, t] : trainable.params) {
+    if (t.scalar_type() == torch::kFloat32) {
+      targets.emplace_back(n, t);
+    } else {
+      exact.emplace_back(n, torch::empty(t.sizes(), torch::kFloat32));
+      targets.push_back(exact.back());
+    }
+  }
+  load_checkpoint_parameters(chosen, targets);
   for (const auto& name : pipeline->media_order()) {
     pipeline->modality(name).train(false);
     pipeline->modality(name).set_encoder_trainable(false);
   }
-  write_model_dir(*pipeline, out, s.name);
+  write_model_dir(*pipeline, out, s.name, exact);
   return chosen;
 }
 
