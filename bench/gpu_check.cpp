@@ -4,8 +4,9 @@
 // - bandwidth: device copy bandwidth, the denominator of the decode roofline;
 // - decode: tokens/s of a 7B-shaped LLaMA (random bf16 weights, batch 1, 256 new tokens), with and without
 //   CUDA graphs, as % of the roofline (weight bytes per token / copy bandwidth);
-// - train: one training step of a 1.3B-shaped LLaMA (fp32 master weights, bf16 autocast, activation
-//   checkpointing, AdamW) and its model FLOPs utilisation.
+// - train: one training step of a 1.3B-shaped LLaMA (activation checkpointing, AdamW) and its model FLOPs
+//   utilisation, in both of lego train's bf16 precisions: bf16 weights with fp32 master copies (DeepSpeed's
+//   bf16 mode, train.precision = bf16) and bf16 autocast over fp32 weights (bf16-autocast).
 // `--quick` runs every section on tiny shapes, so that the script can be exercised on a CPU machine.
 //
 // Usage: gpu_check --device cuda|cpu --out results.json [--quick]
@@ -30,6 +31,7 @@
 #include "lego/sdk/nn/linear.h"
 #include "lego/sdk/nn/projector.h"
 #include "lego/sdk/nn/qformer.h"
+#include "lego/train/master_weights.h"
 
 #ifdef LEGO_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -406,7 +408,9 @@ double datasheet_peak(const std::string& name) {
   return 0;
 }
 
-json train(const Settings& s, const std::string& gpu_name, double measured_peak) {
+// `bf16_weights`: the model in bf16 and AdamW on fp32 master copies (lego::train::MasterWeights, as lego
+// train's bf16); otherwise fp32 weights under bf16 autocast (on CUDA; plain fp32 on a CPU).
+json train(const Settings& s, const std::string& gpu_name, double measured_peak, bool bf16_weights) {
   // A 1.3B-shaped LLaMA (2048 wide, 24 layers); the quick run's is tiny.
   auto options = s.quick ? LlamaOptions(1000, 128, 344, 2, 4).max_position(512)
                          : LlamaOptions(32000, 2048, 5504, 24, 16).max_position(2048);
@@ -415,15 +419,20 @@ json train(const Settings& s, const std::string& gpu_name, double measured_peak)
   const int warmup = s.quick ? 1 : 2;
   const int timed = s.quick ? 2 : 5;
   LlamaForCausalLM m(options);
-  randomize_on(*m, torch::TensorOptions().dtype(torch::kFloat32).device(s.device), 0.02);
+  const auto weight_dtype = bf16_weights ? torch::kBFloat16 : torch::kFloat32;
+  randomize_on(*m, torch::TensorOptions().dtype(weight_dtype).device(s.device), 0.02);
   m->train();
-  torch::optim::AdamW optimizer(m->parameters(), torch::optim::AdamWOptions(1e-5).weight_decay(0.0));
-  const double params = options.parameter_count();
+  const auto params = m->parameters();
+  lego::train::MasterWeights masters(params, std::vector<bool>(params.size(), true));
+  torch::optim::AdamW optimizer(masters.stepped(), torch::optim::AdamWOptions(1e-5).weight_decay(0.0));
+  const bool autocast = !bf16_weights && s.device.is_cuda();
+  const auto compute_dtype = bf16_weights || autocast ? torch::kBFloat16 : torch::kFloat32;
+  const double parameter_count = options.parameter_count();
   const double embedding = static_cast<double>(options.vocab_size() * options.hidden_size());
   // PaLM's count (its appendix B): 6 N per token for the matrices (N without the input embedding table) plus
   // 12 L H T for attention. The recomputation of checkpointing is not counted: it is not model work.
   const double tokens = static_cast<double>(batch * seq);
-  const double flops = tokens * (6.0 * (params - embedding) + 12.0 * static_cast<double>(options.num_layers()) *
+  const double flops = tokens * (6.0 * (parameter_count - embedding) + 12.0 * static_cast<double>(options.num_layers()) *
                                                                    static_cast<double>(options.hidden_size()) *
                                                                    static_cast<double>(seq));
   auto ids = torch::randint(0, options.vocab_size(), {batch, seq}, torch::TensorOptions().dtype(torch::kInt64).device(s.device));
@@ -440,12 +449,13 @@ json train(const Settings& s, const std::string& gpu_name, double measured_peak)
   auto step = [&] {
     auto t = Clock::now();
     optimizer.zero_grad();
+    for (auto p : params) p.mutable_grad() = torch::Tensor();
     torch::Tensor loss;
     {
       at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-      at::autocast::set_autocast_enabled(at::kCUDA, s.device.is_cuda());
+      at::autocast::set_autocast_enabled(at::kCUDA, autocast);
       auto embeds = m->model->embed(ids);
-      const auto in = m->model->prepare(ctx, seq, s.device.is_cuda() ? torch::kBFloat16 : torch::kFloat32);
+      const auto in = m->model->prepare(ctx, seq, compute_dtype);
       auto hidden = m->model->forward_checkpointed(embeds, ctx, in);
       if (timing_phases) mark("layers_forward_s", t);
       auto logits = m->logits(hidden).to(torch::kFloat32);
@@ -457,9 +467,11 @@ json train(const Settings& s, const std::string& gpu_name, double measured_peak)
       loss.backward();
       if (timing_phases) mark("backward_with_recompute_s", t);
     }
-    torch::nn::utils::clip_grad_norm_(m->parameters(), 1.0);
+    masters.take_gradients();
+    torch::nn::utils::clip_grad_norm_(masters.stepped(), 1.0);
     if (timing_phases) mark("clip_s", t);
     optimizer.step();
+    masters.write_back();
     if (timing_phases) mark("optimizer_s", t);
     return loss;
   };
@@ -474,8 +486,11 @@ json train(const Settings& s, const std::string& gpu_name, double measured_peak)
   (void)step();
   json j = {{"shape", {{"hidden", options.hidden_size()}, {"layers", options.num_layers()},
                        {"intermediate", options.intermediate_size()}, {"vocab", options.vocab_size()},
-                       {"parameters", params}}},
-            {"batch", batch}, {"seq", seq}, {"precision", s.device.is_cuda() ? "bf16 autocast, fp32 master" : "fp32"},
+                       {"parameters", parameter_count}}},
+            {"batch", batch}, {"seq", seq},
+            {"precision", bf16_weights ? "bf16 weights and gradients, fp32 master copies (train.precision = bf16)"
+                          : autocast   ? "bf16 autocast over fp32 weights (train.precision = bf16-autocast)"
+                                       : "fp32"},
             {"activation_checkpointing", true}, {"optimizer", "AdamW"}, {"step_s", secs},
             {"tokens_per_s", tokens / secs}, {"model_flops_per_step", flops}, {"loss", loss.item<double>()}};
   const double achieved = flops / secs;
@@ -566,11 +581,15 @@ int main(int argc, char** argv) {
   section(results, "decode", [&] { return decode(s, results["bandwidth"].value("gb_per_s", 1.0)); });
   section(results, "train", [&] {
     return train(s, results["device"].value("name", std::string()),
-                 results["matmul"].value("tflop_per_s", 1.0) * 1e12);
+                 results["matmul"].value("tflop_per_s", 1.0) * 1e12, true);
+  });
+  section(results, "train_autocast", [&] {
+    return train(s, results["device"].value("name", std::string()),
+                 results["matmul"].value("tflop_per_s", 1.0) * 1e12, false);
   });
   write_atomically(out_path, results.dump(2) + "\n");
   bool ok = results["parity"].value("all_pass", false);
-  for (const char* name : {"device", "bandwidth", "matmul", "parity", "decode", "train"}) {
+  for (const char* name : {"device", "bandwidth", "matmul", "parity", "decode", "train", "train_autocast"}) {
     ok = ok && !results[name].contains("error");
   }
   std::cerr << "gpu_check: wrote " << out_path.string() << (ok ? "" : " (with failures)") << std::endl;

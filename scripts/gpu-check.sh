@@ -2,7 +2,8 @@
 # The GPU check: builds the model maths (liblego_sdk, liblego_llm and bench/gpu_check, LEGO_LLM_ONLY) with
 # this machine's own torch and CUDA toolkit, runs it on the GPU, and writes one JSON of results:
 # parity of the model maths on CUDA, device copy bandwidth, decode tokens/s of a 7B-shaped LLaMA with and
-# without CUDA graphs as % of the bandwidth roofline, and one training step's MFU for a 1.3B-shaped model.
+# without CUDA graphs as % of the bandwidth roofline, and one training step's MFU for a 1.3B-shaped model
+# in each of lego train's bf16 precisions (bf16 weights with fp32 masters; bf16 autocast).
 # docs/gpu.md explains each number.
 #
 #   scripts/gpu-check.sh [--out FILE] [--build-dir DIR]   on a GPU machine
@@ -85,7 +86,6 @@ with open(tmp, "w") as f:
 os.replace(tmp, dst)
 os.remove(src)
 d = r.get("decode", {})
-t = r.get("train", {})
 def pct(x):
     return f"{x:.1f} %" if isinstance(x, (int, float)) else str(x)
 print(f"gpu-check: parity all pass: {r.get('parity', {}).get('all_pass')}")
@@ -93,8 +93,10 @@ for mode in ("eager", "cuda_graph"):
     m = d.get(mode)
     if isinstance(m, dict):
         print(f"gpu-check: decode {mode}: {m['tokens_per_s']:.1f} tokens/s, {pct(m['roofline_percent'])} of the roofline")
-if "mfu_percent" in t:
-    print(f"gpu-check: training step {t['step_s']:.3f} s, MFU {pct(t['mfu_percent'])}")
+for key in ("train", "train_autocast"):
+    t = r.get(key, {})
+    if "mfu_percent" in t:
+        print(f"gpu-check: training step ({t['precision']}) {t['step_s']:.3f} s, MFU {pct(t['mfu_percent'])}")
 print(f"gpu-check: {total_s} s in all; results in {dst}")
 EOF
 exit $status
