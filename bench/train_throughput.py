@@ -5,18 +5,21 @@ Two grounding models (LLaMA + CLIP-style image tower + MLP projector), random we
 the demo's configs/models/tiny-ground.ini and bench/train-100m.ini (the same with a ~100M-parameter LLaMA).
 The data is an image REC set made here with PIL: every row asks for the box of the red ball in its own
 PNG file (all drawn alike) with the same words, so that every batch has the same tokens. lego trains the
-encoder, the projector and the LLM (fp32, CPU, AdamW, constant lr, clipping at 1.0) and writes tokens/s per
+encoder, the projector and the LLM (CPU, AdamW, constant lr, clipping at 1.0) and writes tokens/s per
 logged interval to metrics.jsonl; the first interval is warm-up and is left out. Its first batch
 (`train.dump_gradients`) is replayed in Python: HF CLIPVisionModel (its layers up to the feature layer) +
 the projector + HF LlamaForCausalLM, loaded from the same model.safetensors, whose first-step loss and
 gradients are checked against lego's before the same number of steps is timed (forward, backward, clipping,
-torch.optim.AdamW). --runs alternates lego and Python runs and keeps the best of each, so that other load
+torch.optim.AdamW). Each precision is timed on both sides: fp32, and bf16 as `train.precision = bf16` runs
+it (DeepSpeed's bf16 mode: the modules in bf16, AdamW on fp32 master copies, which the Python loop keeps
+as a training script would: the gradients copied into fp32 beside them, clipped there, and each copy
+rounded back into its module after the step). --runs alternates lego and Python runs and keeps the best of each, so that other load
 on the machine hits both sides alike. Both use the same thread count (`lego train --threads`, and
 OMP_NUM_THREADS for a lego whose train has no --threads). Tokens are those of the batch's attention mask,
 media included, as lego counts them.
 
     python bench/train_throughput.py [--threads 2] [--runs 2] [--quick] [--models tiny 100m]
-                                     [--lego build/bin/lego]
+                                     [--precisions fp32 bf16] [--lego build/bin/lego]
 """
 import argparse
 import configparser
@@ -62,7 +65,8 @@ def make_data(dst: Path, rows: int) -> Path:
     return path
 
 
-def write_stage(path: Path, model_dir: Path, data: Path, out: Path, batch: int, warmup: int, steps: int):
+def write_stage(path: Path, model_dir: Path, data: Path, out: Path, batch: int, warmup: int, steps: int,
+                precision: str):
     path.write_text(f"""[model]
 dir = {model_dir}
 
@@ -77,6 +81,7 @@ max_steps = {warmup + steps}
 log_every = {warmup}
 save_every = 0
 keep_checkpoints = 1
+precision = {precision}
 dump_gradients = {out.parent / "first-step.safetensors"}
 
 [optim]
@@ -91,14 +96,14 @@ train = encoder adapter llm
 """)
 
 
-def prepare(lego: Path, work: Path, config: Path, batch: int, warmup: int, steps: int):
+def prepare(lego: Path, work: Path, config: Path, batch: int, warmup: int, steps: int, precision: str):
     """init-model and the data; returns (model dir, the stage config)."""
     model_dir = work / "model"
     subprocess.run([str(lego), "init-model", "--config", str(config), "--out", str(model_dir), "--seed", "1"],
                    check=True, capture_output=True)
     data = make_data(work / "data", batch * (warmup + steps))
     stage = work / "stage.ini"
-    write_stage(stage, model_dir, data, work / "run", batch, warmup, steps)
+    write_stage(stage, model_dir, data, work / "run", batch, warmup, steps, precision)
     return model_dir, stage
 
 
@@ -173,8 +178,9 @@ def build_python_model(model_dir: Path):
 class PythonStep:
     """One optimizer step of the composed model in plain PyTorch, as a training script would write it."""
 
-    def __init__(self, llama, clip, projector, patch_id, dump, pixels):
-        self.llama, self.clip, self.projector = llama.train(), clip.train(), projector.train()
+    def __init__(self, llama, clip, projector, patch_id, dump, pixels, dtype):
+        self.llama, self.clip, self.projector = (m.to(dtype).train() for m in (llama, clip, projector))
+        pixels = pixels.to(dtype)
         self.ids_in = dump["batch.ids"]
         self.ids, self.labels, self.valid = dump["batch.ids"], dump["batch.labels"], dump["batch.valid"].long()
         self.media = self.ids == patch_id
@@ -186,8 +192,10 @@ class PythonStep:
         post = {id(p) for p in clip.vision_model.post_layernorm.parameters()}
         params = [p for p in [*llama.parameters(), *clip.parameters(), *projector.parameters()] if id(p) not in post]
         self.params = params
-        self.optim = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.0},
-                                        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+        # bf16: AdamW steps fp32 copies; fp32: the parameters themselves.
+        self.masters = [p if p.dtype == torch.float32 else p.detach().float().clone() for p in params]
+        self.optim = torch.optim.AdamW([{"params": [p for p in self.masters if p.dim() >= 2], "weight_decay": 0.0},
+                                        {"params": [p for p in self.masters if p.dim() < 2], "weight_decay": 0.0}],
                                        lr=LR, betas=(0.9, 0.999), eps=1e-8)
 
     def loss(self):
@@ -195,36 +203,52 @@ class PythonStep:
         embeds = self.llama.model.embed_tokens(self.ids)
         embeds = embeds.masked_scatter(self.media.unsqueeze(-1), feats.to(embeds.dtype))
         logits = self.llama(inputs_embeds=embeds, attention_mask=self.valid).logits
-        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                                                  self.labels[:, 1:].reshape(-1), ignore_index=-100)
 
+    def zero_grad(self):
+        for p in (*self.params, *self.masters):
+            p.grad = None
+
     def step(self):
-        self.optim.zero_grad(set_to_none=True)
+        self.zero_grad()
         loss = self.loss()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        with torch.no_grad():
+            for p, m in zip(self.params, self.masters):
+                if m is not p and p.grad is not None:
+                    m.grad, p.grad = p.grad.float(), None
+        torch.nn.utils.clip_grad_norm_(self.masters, 1.0)
         self.optim.step()
+        with torch.no_grad():
+            for p, m in zip(self.params, self.masters):
+                if m is not p:
+                    p.copy_(m)
         return loss.item()
 
 
 def check_first_step(step: PythonStep, dump, named):
     """The first step's loss and gradients (before clipping) against lego's dump: the same model and batch."""
-    step.optim.zero_grad(set_to_none=True)
+    step.zero_grad()
     loss = step.loss()
     loss.backward()
-    worst = 0.0
+    worst, diff_squares, squares = 0.0, 0.0, 0.0
     for name, p in named:
         ref = dump.get("grad." + name)
         if ref is None or p.grad is None:
             raise SystemExit(f"gradient of {name}: missing on the {'lego' if ref is None else 'Python'} side")
         # Relative to the tensor's largest gradient; below 1e-6 a gradient counts as zero (a CLIP key bias's
         # is zero up to rounding: softmax ignores it).
-        worst = max(worst, float((p.grad - ref).abs().max() / ref.abs().max().clamp_min(1e-6)))
-    step.optim.zero_grad(set_to_none=True)
-    return abs(loss.item() - float(dump["loss"])), worst
+        worst = max(worst, float((p.grad.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-6)))
+        # Over all tensors at once: in bf16 a gradient that is a cancelling sum (a norm's bias) differs
+        # between any two bf16 computations by much of its own size, but little against the whole.
+        diff_squares += float((p.grad.double() - ref.double()).pow(2).sum())
+        squares += float(ref.double().pow(2).sum())
+    step.zero_grad()
+    return abs(loss.item() - float(dump["loss"])), worst, (diff_squares / squares) ** 0.5
 
 
-def python_side(model_dir: Path, dump, lego: Path, image: Path, threads: int):
+def python_side(model_dir: Path, dump, lego: Path, image: Path, threads: int, dtype):
     """The composed model on lego's first batch, checked against lego's first step."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -233,7 +257,7 @@ def python_side(model_dir: Path, dump, lego: Path, image: Path, threads: int):
         subprocess.run([str(lego), "encode", "--model", str(model_dir), "--modality", "image", "--in", str(image),
                         "--out", f"{tmp}/enc.safetensors"], check=True, capture_output=True)
         pixels = load_file(f"{tmp}/enc.safetensors")["input"]
-    step = PythonStep(llama, clip, projector, patch_id, dump, pixels)
+    step = PythonStep(llama, clip, projector, patch_id, dump, pixels, dtype)
     named = [*llama.named_parameters()]
     named += [(CLIP_PREFIX + n, p) for n, p in clip.named_parameters() if "post_layernorm" not in n]
     named += [(PROJECTOR_PREFIX + n, p) for n, p in projector.named_parameters()]
@@ -253,6 +277,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["tiny", "100m"])
+    ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     ap.add_argument("--runs", type=int, help="lego and Python runs, alternated; the best of each is shown "
                                              "(default 2, with --quick 1)")
     ap.add_argument("--quick", action="store_true", help="a few steps, one run (a smoke run, noisy numbers)")
@@ -266,37 +291,42 @@ def main():
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="lego-bench-train-") as tmp:
-        for name in args.models:
+        for name, precision in [(n, p) for n in args.models for p in args.precisions]:
             config, batch = MODELS[name]
             warmup, steps = plan[name]
-            work = Path(tmp) / name
+            work = Path(tmp) / f"{name}-{precision}"
             work.mkdir()
-            model_dir, stage = prepare(args.lego, work, config, batch, warmup, steps)
+            model_dir, stage = prepare(args.lego, work, config, batch, warmup, steps, precision)
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
             lego_tps, py_tps, step, check = [], [], None, None
             for _ in range(args.runs):  # alternated, so that a change in the machine's load hits both sides
                 dump, tps = run_lego(args.lego, work, stage, warmup, steps, args.threads)
                 lego_tps.append(tps)
                 if step is None:
-                    step, check = python_side(model_dir, dump, args.lego, work / "data/images/0000.png", args.threads)
+                    step, check = python_side(model_dir, dump, args.lego, work / "data/images/0000.png", args.threads,
+                                              dtype)
                 elif not torch.equal(dump["batch.ids"], step.ids_in):
                     raise SystemExit("lego's first batch changed between runs")
                 py_tps.append(time_python(step, warmup, steps))
             n_params = sum(p.numel() for p in step.params)
-            rows.append((name, n_params, batch, dump["batch.ids"].shape[1], args.threads, steps, max(lego_tps),
-                         max(py_tps), *check))
+            rows.append((name, precision, n_params, batch, dump["batch.ids"].shape[1], args.threads, steps,
+                         max(lego_tps), max(py_tps), *check))
             del step
 
     load = os.getloadavg()
-    print(f"fp32 CPU training, encoder + projector + LLM trained, AdamW lr {LR} constant, clip 1.0; torch "
+    print(f"CPU training, encoder + projector + LLM trained, AdamW lr {LR} constant, clip 1.0; torch "
           f"{torch.__version__}; best of {args.runs} alternated run(s) per side; "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"{'model':<6} {'params':>7} {'batch':>5} {'seq':>4} {'threads':>7} {'steps':>5} {'lego tok/s':>10} "
-          f"{'PyTorch tok/s':>13} {'ratio':>6}  first step vs lego: |loss diff|, worst |grad diff| / max |grad|")
+    print(f"{'model':<6} {'prec':<4} {'params':>7} {'batch':>5} {'seq':>4} {'threads':>7} {'steps':>5} {'lego tok/s':>10} "
+          f"{'PyTorch tok/s':>13} {'ratio':>6}  first step vs lego: |loss diff|, worst |grad diff| / max |grad|, "
+          f"|grad diff| / |grad| over all")
     goals = {"tiny": 1.2, "100m": 1.0}
-    for name, n, batch, seq, threads, steps, lego_tps, py_tps, loss_diff, grad_diff in rows:
-        print(f"{name:<6} {n / 1e6:6.1f}M {batch:>5} {seq:>4} {threads:>7} {steps:>5} {lego_tps:>10.0f} "
-              f"{py_tps:>13.0f} {lego_tps / py_tps:>6.2f}  {loss_diff:.1e}, {grad_diff:.1e}   "
-              f"(goal >= {goals[name]})")
+    fp32_lego = {row[0]: row[7] for row in rows if row[1] == "fp32"}  # lego's fp32 tokens/s per model
+    for name, precision, n, batch, seq, threads, steps, lego_tps, py_tps, loss_diff, grad_diff, grad_l2 in rows:
+        versus = f", {lego_tps / fp32_lego[name]:.2f}x lego fp32" if precision != "fp32" and name in fp32_lego else ""
+        print(f"{name:<6} {precision:<4} {n / 1e6:6.1f}M {batch:>5} {seq:>4} {threads:>7} {steps:>5} {lego_tps:>10.0f} "
+              f"{py_tps:>13.0f} {lego_tps / py_tps:>6.2f}  {loss_diff:.1e}, {grad_diff:.1e}, {grad_l2:.1e}   "
+              f"(goal >= {goals[name]}{versus})")
     return 0
 
 
