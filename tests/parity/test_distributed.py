@@ -341,3 +341,9 @@ def test_bf16_over_two_ranks_sums_like_one_process_shards_and_resumes_exactly(ti
     assert {v.dtype for v in safetensors.torch.load_file(str(ckpt)).values()} == {torch.float32}
     assert "resuming from" in train_nproc(cfg, 2, "--resume").stderr
     assert worst(zero2, exact_params(tiny / "bf16-z2-killed" / "model")) == 0
+    # A model made of the checkpoint is the one the run wrote (its trained tensors: the fp32 masters).
+    run_lego("consolidate", "--config", tiny / "bf16-z2.ini", "--out", tiny / "bf16-z2-consolidated")
+    written = safetensors.torch.load_file(str(tiny / "bf16-z2" / "model" / "model.safetensors"))
+    made = safetensors.torch.load_file(str(tiny / "bf16-z2-consolidated" / "model.safetensors"))
+    assert {k: v.dtype for k, v in made.items()} == {k: v.dtype for k, v in written.items()}
+    assert all(torch.equal(made[k], written[k]) for k in written)

@@ -317,6 +317,10 @@ def test_a_bf16_step_is_as_close_to_the_exact_one_as_pytorchs_and_adamw_steps_fp
         assert (ckpt[n] - m.detach()).abs().max().item() <= 1e-6, n
         moved += int(not torch.equal(ckpt[n], start[n].to(torch.bfloat16).float()))
     assert moved >= 0.9 * len(masters), f"only {moved} of {len(masters)} trained tensors moved"
-    # What did not train is written as the run held it: in bf16.
+    # What did not train is written as the run held it: in bf16. A model made of the checkpoint is the same.
     frozen = [n for n in model if n not in masters]
     assert frozen and all(model[n].dtype == torch.bfloat16 for n in frozen)
+    run_lego("consolidate", "--config", tmp_path / "stage.ini", "--out", tmp_path / "made")
+    made = load_file(str(tmp_path / "made" / "model.safetensors"))
+    assert made.keys() == model.keys()
+    assert all(made[n].dtype == model[n].dtype and torch.equal(made[n], model[n]) for n in model)
