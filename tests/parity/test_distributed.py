@@ -258,6 +258,7 @@ def test_sharded_optimizer_state_and_gradients_equal_plain_data_parallel(tiny, r
     keys = dict(reference, **{"train.batch_size": 4, "train.zero_stage": zero})
     proc = train_nproc(stage_config(tiny, f"zero{zero}", **keys))
     assert f"ZeRO stage {zero}" in proc.stderr
+    assert "ZeRO: each rank owns whole tensors, " in proc.stderr, proc.stderr
     # The memory line: ZeRO 2 holds its own gradients and at most two of the others' buckets in flight.
     assert ("of other ranks' in flight" in proc.stderr) == (zero == 2), proc.stderr
     worst = worst_difference(tiny / "dp-one" / "model", tiny / f"zero{zero}" / "model")

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <numeric>
 #include <optional>
@@ -308,6 +309,7 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
   // its optimizer state, steps it and sends it to the others.
   const Sharding sharding{world.rank, static_cast<int>(ranks), group ? s.zero_stage : 0};
   std::vector<int> owners;
+  std::vector<int64_t> shares;  // parameters owned, per rank
   if (sharding.sharded()) {
     if (trainable.params.size() < static_cast<size_t>(ranks)) {
       throw Error(ErrorKind::InvalidArgument, "train.zero_stage " + std::to_string(s.zero_stage) + ": " +
@@ -320,11 +322,11 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
       return trainable.params[a].second.numel() > trainable.params[b].second.numel();
     });
     owners.assign(trainable.params.size(), 0);
-    std::vector<int64_t> load(static_cast<size_t>(ranks), 0);
+    shares.assign(static_cast<size_t>(ranks), 0);
     for (size_t i : order) {
-      const auto r = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+      const auto r = static_cast<size_t>(std::min_element(shares.begin(), shares.end()) - shares.begin());
       owners[i] = static_cast<int>(r);
-      load[r] += trainable.params[i].second.numel();
+      shares[r] += trainable.params[i].second.numel();
     }
   }
   auto owned = [&](size_t i) { return owners.empty() || owners[i] == world.rank; };
@@ -437,6 +439,17 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
                                       : mb(all_bytes)) +
                        (masters.copies() ? ", fp32 master weights " + mb(masters.copy_bytes()) : std::string()) +
                        ", optimizer state " + mb(2 * own_fp32));
+      if (!shares.empty()) {
+        // Whole tensors are owned, so the shares differ by up to the largest tensor.
+        const auto [least, most] = std::minmax_element(shares.begin(), shares.end());
+        auto millions = [](int64_t n) {
+          char b[32];
+          std::snprintf(b, sizeof(b), "%.1fM", static_cast<double>(n) / 1e6);
+          return std::string(b);
+        };
+        callbacks.notice("ZeRO: each rank owns whole tensors, " + millions(*least) + " to " + millions(*most) +
+                         " parameters per rank (" + millions(shares[0]) + " on rank 0)");
+      }
       callbacks.notice("data parallel over " + std::to_string(ranks) + " ranks (" + world.launcher + "), " +
                        (s.device.is_cuda() ? "NCCL, " : "Gloo, ") +
                        std::to_string(sync->buckets()) + " gradient bucket(s); global batch " +
