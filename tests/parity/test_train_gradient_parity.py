@@ -273,31 +273,40 @@ def test_a_bf16_step_is_as_close_to_the_exact_one_as_pytorchs_and_adamw_steps_fp
     half_loss, half = python_step(ref, dump, inputs, train_llm=True, detach_text=False, dtype=torch.bfloat16)
     assert set(got) == {n for n, (group, r) in names.items() if r in exact}
 
-    # Each group's largest difference from the exact gradients, over the group's largest exact gradient
-    # (a gradient that is 0 up to rounding, as the Q-Former's key biases have, is held to its group's scale).
-    def worst(grads):
-        out = {}
-        for n, g in grads.items():
-            group, r = names[n]
-            out[group] = max(out.get(group, 0.0), (g.float() - exact[r]).abs().max().item() / scale[group])
-        return out
+    # Per group of tensors: the relative L2 distance from the exact gradients, and the largest difference
+    # over the group's largest exact gradient (a gradient that is 0 up to rounding, as the Q-Former's key
+    # biases have, is held to its group's scale).
     scale = {}
     for n in got:
         group, r = names[n]
         scale[group] = max(scale.get(group, 0.0), exact[r].abs().max().item())
-    ours_err = worst(got)
-    theirs_err = worst({n: half[names[n][1]] for n in got})
+
+    def distance(grads):
+        num, den, top = {}, {}, {}
+        for n, g in grads.items():
+            group, r = names[n]
+            diff = g.double() - exact[r].double()
+            num[group] = num.get(group, 0.0) + diff.pow(2).sum().item()
+            den[group] = den.get(group, 0.0) + exact[r].double().pow(2).sum().item()
+            top[group] = max(top.get(group, (0.0, "")), (diff.abs().max().item() / scale[group], n))
+        return {k: ((num[k] / den[k]) ** 0.5, top[k]) for k in num}
+    lego_d = distance(got)
+    torch_d = distance({n: half[names[n][1]] for n in got})
     loss_err = abs(dump["loss"].item() - exact_loss) / abs(exact_loss)
     half_loss_err = abs(half_loss - exact_loss) / abs(exact_loss)
     print(f"loss: lego bf16 {loss_err:.2e}, pytorch bf16 {half_loss_err:.2e} from fp32")
-    for group in sorted(ours_err):
-        print(f"{group}: lego bf16 {ours_err[group]:.2e}, pytorch bf16 {theirs_err[group]:.2e} from fp32")
-    assert {"projector", "qformer", "llm"} <= set(ours_err)
+    for group in sorted(lego_d):
+        (l2, (top, n)), (l2_py, (top_py, n_py)) = lego_d[group], torch_d[group]
+        print(f"{group}: relative L2 from fp32 lego bf16 {l2:.2e}, pytorch bf16 {l2_py:.2e}; largest difference "
+              f"lego {top:.2e} ({n}), pytorch {top_py:.2e} ({n_py})")
+    assert {"projector", "qformer", "llm"} <= set(lego_d)
     # bf16 keeps 8 significant bits (a relative step of 2^-8 = 3.9e-3): differences of that order are its
-    # rounding; a wrong computation is off by the gradient's own size.
+    # rounding, which two bf16 computations make differently; a wrong computation is off by the gradient's
+    # own size. Measured: lego's L2 distances within 0.8-1.1x of PyTorch's, its largest differences 0.9-1.8x.
     assert loss_err <= max(2 * half_loss_err, 4e-3)
-    for group in ours_err:
-        assert ours_err[group] <= max(2 * theirs_err[group], 4e-3), group
+    for group in lego_d:
+        assert lego_d[group][0] <= max(1.5 * torch_d[group][0], 4e-3), group
+        assert lego_d[group][1][0] <= max(3 * torch_d[group][1][0], 4e-3), group
 
     # AdamW's first step on the fp32 masters, which start from the bf16 weights.
     start = load_file(str(ours / "model.safetensors"))

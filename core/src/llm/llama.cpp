@@ -11,6 +11,7 @@
 
 #include "lego/sdk/error.h"
 #include "lego/sdk/files.h"
+#include "lego/sdk/nn/attention.h"
 
 #ifdef LEGO_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -349,9 +350,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, int64_t layer,
     std::tie(k, v) = ctx.slot.defined() ? ctx.cache->write(layer, k, v, ctx.slot) : ctx.cache->append(layer, k, v);
   }
   const bool gqa = options_.kv_heads() != options_.num_heads();
-  auto out = at::scaled_dot_product_attention(q, k, v, in.mask.defined() ? std::optional<at::Tensor>(in.mask)
-                                                                         : std::nullopt,
-                                              /*dropout_p=*/0.0, in.causal, /*scale=*/std::nullopt, gqa);
+  // In training (is_training(): forward and recomputation alike) half precision on a CPU runs in float32.
+  auto out = nn::attention(q, k, v, in.mask.defined() ? std::optional<at::Tensor>(in.mask) : std::nullopt, in.causal,
+                           gqa, is_training());
   out = out.transpose(1, 2).reshape({batch, steps, options_.num_heads() * d});
   if (options_.quantized()) return o_proj_quant->forward(out);
   return project(o_proj, out);

@@ -295,6 +295,9 @@ StageResult run_stage(const config::Config& config, std::shared_ptr<const host::
                                             " weights are for inference; train the dense model it was quantised from");
   }
   check_folders(s, *pipeline, config);
+  // Training mode for the LLM, trained or not: gradients pass through it to the adapters either way
+  // (nn::attention computes half-precision CPU attention in float32 for it).
+  pipeline->llm().net->train(true);
   torch::manual_seed(s.seed);
 
   if (lead) {

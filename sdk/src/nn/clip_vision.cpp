@@ -6,6 +6,7 @@
 #include <string>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/nn/attention.h"
 #include "lego/sdk/nn/linear.h"
 #include "lego/sdk/weights.h"
 
@@ -55,7 +56,7 @@ void ClipAttentionImpl::reset() {
 torch::Tensor ClipAttentionImpl::forward(const torch::Tensor& x) {
   const int64_t b = x.size(0), t = x.size(1), h = options_.heads(), d = options_.width() / h;
   auto split = [&](const torch::Tensor& y) { return y.view({b, t, h, d}).transpose(1, 2); };
-  auto out = at::scaled_dot_product_attention(split(q_proj(x)), split(k_proj(x)), split(v_proj(x)));
+  auto out = nn::attention(split(q_proj(x)), split(k_proj(x)), split(v_proj(x)));
   return out_proj(out.transpose(1, 2).reshape({b, t, options_.width()}));
 }
 

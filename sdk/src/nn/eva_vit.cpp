@@ -7,6 +7,7 @@
 #include <string>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/nn/attention.h"
 #include "lego/sdk/nn/linear.h"
 #include "lego/sdk/nn/nest.h"
 #include "lego/sdk/weights.h"
@@ -47,7 +48,7 @@ torch::Tensor EvaBlockImpl::forward(const torch::Tensor& x) {
   // k has no bias: the qkv bias is [q_bias, 0, v_bias].
   auto bias = torch::cat({q_bias, torch::zeros_like(q_bias), v_bias});
   auto qkv = nn::linear(y, qkv_weight, bias).view({b, t, 3, h, d}).permute({2, 0, 3, 1, 4});
-  auto out = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]);
+  auto out = nn::attention(qkv[0], qkv[1], qkv[2]);
   auto h1 = x + proj(out.transpose(1, 2).reshape({b, t, options_.width()}));
   return h1 + fc2(torch::gelu(fc1(norm2(h1))));
 }

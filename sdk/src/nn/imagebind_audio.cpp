@@ -9,6 +9,7 @@
 #include <string>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/nn/attention.h"
 #include "lego/sdk/nn/linear.h"
 #include "lego/sdk/nn/nest.h"
 #include "lego/sdk/weights.h"
@@ -51,7 +52,7 @@ torch::Tensor ImageBindBlockImpl::forward(const torch::Tensor& x) {
   auto k = torch::cat({qkv[1], bias_k.expand({b, 1, -1})}, 1);
   auto v = torch::cat({qkv[2], bias_v.expand({b, 1, -1})}, 1);
   auto split = [&](const torch::Tensor& z) { return z.view({b, z.size(1), h, d}).transpose(1, 2); };
-  auto out = at::scaled_dot_product_attention(split(qkv[0]), split(k), split(v));
+  auto out = nn::attention(split(qkv[0]), split(k), split(v));
   auto h1 = x + out_proj(out.transpose(1, 2).reshape({b, t, options_.width()}));
   return h1 + fc2(torch::gelu(fc1(norm_2(h1))));
 }

@@ -84,13 +84,17 @@ bool cpu_has_native(torch::ScalarType dtype) {
 
 }  // namespace
 
-bool half_product_in_float(const torch::Tensor& x, const torch::Tensor& weight) {
-  static const bool forced_native = [] {
+bool cpu_half_forced_native() {
+  static const bool forced = [] {
     const char* v = std::getenv("LEGO_CPU_HALF");
     return v != nullptr && std::strcmp(v, "native") == 0;
   }();
+  return forced;
+}
+
+bool half_product_in_float(const torch::Tensor& x, const torch::Tensor& weight) {
   const auto dtype = x.scalar_type();
-  if (forced_native || (dtype != torch::kBFloat16 && dtype != torch::kHalf) || weight.scalar_type() != dtype ||
+  if (cpu_half_forced_native() || (dtype != torch::kBFloat16 && dtype != torch::kHalf) || weight.scalar_type() != dtype ||
       !x.is_cpu() || !weight.is_cpu() || torch::GradMode::is_enabled() || x.dim() == 0 || x.size(-1) == 0) {
     return false;
   }

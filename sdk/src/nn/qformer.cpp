@@ -6,6 +6,7 @@
 #include <string>
 
 #include "lego/sdk/error.h"
+#include "lego/sdk/nn/attention.h"
 #include "lego/sdk/nn/nest.h"
 
 namespace lego::nn {
@@ -38,7 +39,7 @@ void BertAttentionImpl::reset() {
 torch::Tensor BertAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
   const int64_t b = x.size(0), heads = options_.heads(), d = options_.hidden() / heads;
   auto split = [&](const torch::Tensor& y) { return y.view({b, y.size(1), heads, d}).transpose(1, 2); };
-  auto out = at::scaled_dot_product_attention(split(query(x)), split(key(context)), split(value(context)));
+  auto out = nn::attention(split(query(x)), split(key(context)), split(value(context)));
   out = out.transpose(1, 2).reshape({b, x.size(1), options_.hidden()});
   return layer_norm(dense(out) + x);
 }

@@ -1,9 +1,12 @@
 // nn::linear and nn::conv2d: half-precision products that run in float32 on CPUs without native bf16/fp16
 // dot products give libtorch's result within one rounding of the output (both accumulate in float and
 // round once), keep shapes and dtypes, and leave autograd and small products to libtorch unchanged.
+// nn::attention: half-precision attention on a CPU runs in float32 wherever gradients will be computed
+// (training), and as libtorch's own kernels elsewhere.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "lego/sdk/nn/attention.h"
 #include "lego/sdk/nn/linear.h"
 
 namespace lego {
@@ -72,6 +75,40 @@ TEST(HalfProducts, PatchConvolutionsGiveLibtorchsResultWithinOneRounding) {
     if (conv->bias.defined()) scale = scale + conv->bias.to(f).abs().view({1, -1, 1, 1});
     ASSERT_NO_FATAL_FAILURE(expect_within_rounding(nn::conv2d(conv, x), conv->forward(x), scale, 1.0 / 256));
   }
+}
+
+TEST(HalfAttention, TrainingRunsInFloatAndInferenceKeepsLibtorchsKernels) {
+  torch::manual_seed(5);
+  const auto dtype = torch::kBFloat16;
+  const auto q = torch::randn({2, 4, 9, 16}).to(dtype), k = torch::randn({2, 2, 9, 16}).to(dtype),
+             v = torch::randn({2, 2, 9, 16}).to(dtype);
+  const auto f = torch::kFloat32;
+  const auto in_float = at::scaled_dot_product_attention(q.to(f), k.to(f), v.to(f), std::nullopt, 0.0, true,
+                                                         std::nullopt, true).to(dtype);
+  const auto native = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, true, std::nullopt, true);
+  {
+    torch::NoGradGuard no_grad;  // inference, and a checkpointed layer's first pass (training says which)
+    EXPECT_FALSE(nn::half_attention_in_float(q, k, v, false));
+    EXPECT_TRUE(torch::equal(nn::attention(q, k, v, std::nullopt, true, true), native));
+    EXPECT_TRUE(nn::half_attention_in_float(q, k, v, true));
+    EXPECT_TRUE(torch::equal(nn::attention(q, k, v, std::nullopt, true, true, true), in_float));
+  }
+  // Grad mode with an input that requires gradients: float32, and the gradient comes back in bf16.
+  const auto qg = q.clone().requires_grad_(true);
+  EXPECT_TRUE(nn::half_attention_in_float(qg, k, v, false));
+  auto out = nn::attention(qg, k, v, std::nullopt, true, true);
+  EXPECT_EQ(out.scalar_type(), dtype);
+  EXPECT_TRUE(torch::equal(out.detach(), in_float));
+  out.sum().backward();
+  ASSERT_TRUE(qg.grad().defined());
+  EXPECT_EQ(qg.grad().scalar_type(), dtype);
+  // Float32 inputs, and a boolean mask, go to libtorch as they are.
+  const auto mask = torch::ones({2, 1, 9, 9}, torch::kBool).tril();
+  const auto qf = q.to(f).requires_grad_(true);
+  EXPECT_FALSE(nn::half_attention_in_float(qf, k.to(f), v.to(f), true));
+  EXPECT_TRUE(torch::equal(nn::attention(q, k, v, mask, false, true, true),
+                           at::scaled_dot_product_attention(q.to(f), k.to(f), v.to(f), mask, 0.0, false, std::nullopt, true)
+                               .to(dtype)));
 }
 
 }  // namespace

@@ -71,6 +71,8 @@ void check_sizes(at::IntArrayRef sizes, const std::string& what);
 // half-precision product does with its float accumulator; anything else goes to libtorch as it is.
 // LEGO_CPU_HALF=native keeps libtorch's half-precision path everywhere.
 bool half_product_in_float(const torch::Tensor& x, const torch::Tensor& weight);
+// Whether LEGO_CPU_HALF=native asks for libtorch's half-precision CPU kernels everywhere.
+bool cpu_half_forced_native();
 // y = x W^T + b, as torch::nn::functional::linear.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 // conv(x), as conv->forward(x) (zero padding only).
