@@ -20,7 +20,7 @@ MasterWeights::MasterWeights(std::vector<torch::Tensor> params, const std::vecto
       master_[i] = p;
     } else {
       // A leaf of its own: the optimizer's state and steps live on it, never in the model's graph.
-      master_[i] = p.detach().to(torch::kFloat32).clone().set_requires_grad(true);
+      master_[i] = p.detach().to(torch::kFloat32, /*non_blocking=*/false, /*copy=*/true).set_requires_grad(true);
       copies_ = true;
     }
     stepped_.push_back(master_[i]);
