@@ -30,14 +30,14 @@ MasterWeights::MasterWeights(std::vector<torch::Tensor> params, const std::vecto
 int64_t MasterWeights::copy_bytes() const {
   int64_t bytes = 0;
   for (size_t i = 0; i < params_.size(); ++i) {
-    if (master_[i].defined() && !master_[i].is_same(params_[i])) bytes += master_[i].numel() * 4;
+    if (has_copy(i)) bytes += master_[i].numel() * 4;
   }
   return bytes;
 }
 
 void MasterWeights::take_gradients() {
   for (size_t i = 0; i < params_.size(); ++i) {
-    if (!master_[i].defined() || master_[i].is_same(params_[i])) continue;
+    if (!has_copy(i)) continue;
     auto& g = params_[i].mutable_grad();
     master_[i].mutable_grad() = g.defined() ? g.to(torch::kFloat32) : torch::Tensor();
     g = torch::Tensor();
@@ -47,7 +47,7 @@ void MasterWeights::take_gradients() {
 void MasterWeights::write_back() {
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {
-    if (master_[i].defined() && !master_[i].is_same(params_[i])) params_[i].copy_(master_[i]);
+    if (has_copy(i)) params_[i].copy_(master_[i]);
   }
 }
 

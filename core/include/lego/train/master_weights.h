@@ -35,6 +35,8 @@ class MasterWeights {
   void write_back();
 
  private:
+  bool has_copy(size_t i) const { return master_[i].defined() && !master_[i].is_same(params_[i]); }
+
   std::vector<torch::Tensor> params_;
   std::vector<torch::Tensor> master_;   // per parameter: its fp32 copy, itself, or undefined (not kept)
   std::vector<torch::Tensor> stepped_;  // the defined ones of master_, in order
