@@ -11,7 +11,8 @@ Beside it, the machine's own ceiling: two independent 1-rank runs at the same ti
 all), their tokens/s added. On a machine whose two cores share memory bandwidth and caches this is below 2x,
 and no data parallel run can beat it.
 
-    python bench/dist_scaling.py [--runs 5] [--steps 60] [--batch 8] [--lego build/bin/lego]
+    python bench/dist_scaling.py [--runs 5] [--steps 60] [--batch 8] [--precision fp32]
+                                 [--set KEY=VALUE ...] [--lego build/bin/lego]
 """
 import argparse
 import json
@@ -28,9 +29,11 @@ from train_throughput import ROOT, prepare  # noqa: E402
 WARMUP = 5
 
 
-def start(lego: Path, stage: Path, ranks: int, out: Path):
+def start(lego: Path, stage: Path, ranks: int, out: Path, overrides=()):
     subprocess.run(["rm", "-rf", str(out)], check=True)
     cmd = [str(lego), "train", "--config", str(stage), "--threads", "1", "--set", f"train.out={out}"]
+    for kv in overrides:
+        cmd += ["--set", kv]
     if ranks > 1:
         cmd += ["--nproc", str(ranks)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -56,6 +59,9 @@ def main():
     ap.add_argument("--runs", type=int, default=5, help="rounds")
     ap.add_argument("--steps", type=int, default=60, help="timed steps (a multiple of 5), after 5 of warm-up")
     ap.add_argument("--batch", type=int, default=8, help="examples per rank per step")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="train.precision of both runs")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a stage setting for every run, passed to `lego train --set` (e.g. train.bucket_mb=4)")
     ap.add_argument("--lego", type=Path, default=Path(os.environ.get("LEGO_BIN", ROOT / "build/bin/lego")))
     args = ap.parse_args()
     if args.steps % WARMUP or args.steps <= 0 or args.runs < 1:
@@ -63,7 +69,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="lego-bench-dist-") as tmp:
         work = Path(tmp)
         # Data for the 2-rank run's global batch; the 1-rank run reads the same rows.
-        _, stage = prepare(args.lego, work, ROOT / "configs/models/tiny-ground.ini", args.batch * 2, WARMUP, args.steps)
+        _, stage = prepare(args.lego, work, ROOT / "configs/models/tiny-ground.ini", args.batch * 2, WARMUP, args.steps,
+                           args.precision)
         text = stage.read_text()
         per_rank = stage.with_name("per-rank.ini")
         per_rank.write_text(text.replace(f"batch_size = {args.batch * 2}", f"batch_size = {args.batch}")
@@ -71,9 +78,9 @@ def main():
         one, two, apart = [], [], []
         print("round   1 rank  2 ranks  scaling  apart (ceiling)")
         for r in range(args.runs):
-            one.append(tokens_per_s(start(args.lego, per_rank, 1, work / "one"), work / "one", args.steps))
-            two.append(tokens_per_s(start(args.lego, per_rank, 2, work / "two"), work / "two", args.steps))
-            a, b = start(args.lego, per_rank, 1, work / "a"), start(args.lego, per_rank, 1, work / "b")
+            one.append(tokens_per_s(start(args.lego, per_rank, 1, work / "one", args.set), work / "one", args.steps))
+            two.append(tokens_per_s(start(args.lego, per_rank, 2, work / "two", args.set), work / "two", args.steps))
+            a, b = start(args.lego, per_rank, 1, work / "a", args.set), start(args.lego, per_rank, 1, work / "b", args.set)
             apart.append(tokens_per_s(a, work / "a", args.steps) + tokens_per_s(b, work / "b", args.steps))
             print(f"{r + 1:5d} {one[-1]:8.0f} {two[-1]:8.0f} {two[-1] / one[-1]:7.2f}x {apart[-1]:6.0f} "
                   f"({apart[-1] / one[-1]:.2f}x)", flush=True)
@@ -81,7 +88,8 @@ def main():
     scaling = statistics.median(t / o for t, o in zip(two, one))
     ceiling = statistics.median(a / o for a, o in zip(apart, one))
     print(f"lego train, tiny model (configs/models/tiny-ground.ini), batch {args.batch} per rank, {args.steps} timed "
-          f"steps, 1 thread per rank, Gloo over loopback; {args.runs} round(s); load average "
+          f"steps, {args.precision}{''.join(' --set ' + kv for kv in args.set)}, 1 thread per rank, Gloo over loopback; "
+          f"{args.runs} round(s); load average "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"1 rank : {statistics.median(one):8.0f} tok/s (median)")
     print(f"2 ranks: {statistics.median(two):8.0f} tok/s (median)")
