@@ -137,17 +137,18 @@ json matmul_peak(const Settings& s) {
 // ---------------------------------------------------------------------------------------------------------
 LlamaOptions small_llama() { return LlamaOptions(512, 256, 688, 4, 8).num_kv_heads(4).max_position(512); }
 
-// Logits of a full forward and of prefill + 16 greedy steps in `mode`; returns the step logits [16, 1, V].
-torch::Tensor greedy_steps(LlamaForCausalLM& m, const torch::Tensor& prompt, DecodeMode mode, int64_t steps) {
+// Prefills `prompt` [1, T] into `cache` (empty) and decodes `steps` greedy tokens with `decoder`, which
+// steps over that cache, choosing each token on the host as the generator does; returns the step logits
+// [steps, 1, V] on the CPU in float32.
+torch::Tensor decode_greedy(LlamaForCausalLM& m, KvCache& cache, DecodeStep& decoder, const torch::Tensor& prompt,
+                            int64_t steps) {
   torch::NoGradGuard no_grad;
   const auto device = prompt.device();
   const int64_t len = prompt.size(1);
-  KvCache cache(m->options(), 1, len + steps, torch::TensorOptions().dtype(m->lm_head->weight.dtype()).device(device));
   AttentionContext ctx;
   ctx.positions = torch::arange(len, torch::TensorOptions().dtype(torch::kInt64).device(device)).unsqueeze(0);
   ctx.cache = &cache;
   auto logits = m->forward(m->model->embed(prompt), ctx).select(1, len - 1);
-  DecodeStep decoder(m, cache, torch::Tensor(), mode);
   std::vector<torch::Tensor> out;
   for (int64_t t = 0; t < steps; ++t) {
     auto next = logits.to(torch::kCPU, torch::kFloat32).argmax(1);
@@ -155,6 +156,16 @@ torch::Tensor greedy_steps(LlamaForCausalLM& m, const torch::Tensor& prompt, Dec
     out.push_back(logits.to(torch::kCPU, torch::kFloat32));
   }
   return torch::stack(out);
+}
+
+// The same over a new cache of `capacity` slots (0: just enough) and a new decoder in `mode`, made before the
+// prefill as the generator makes them.
+torch::Tensor greedy_steps(LlamaForCausalLM& m, const torch::Tensor& prompt, DecodeMode mode, int64_t steps,
+                           int64_t capacity = 0) {
+  KvCache cache(m->options(), 1, capacity > 0 ? capacity : prompt.size(1) + steps,
+                torch::TensorOptions().dtype(m->lm_head->weight.dtype()).device(prompt.device()));
+  DecodeStep decoder(m, cache, torch::Tensor(), mode);
+  return decode_greedy(m, cache, decoder, prompt, steps);
 }
 
 json parity(const Settings& s) {
@@ -210,6 +221,24 @@ json parity(const Settings& s) {
     j["decode_steps"] = {{"mode", mode == DecodeMode::Graph ? "cuda_graph" : "static"},
                          {"max_rel", steps}, {"same_greedy_tokens", same_tokens}, {"bar", kFp32Bar},
                          {"pass", steps <= kFp32Bar && same_tokens}};
+
+    // The generator's next call replays the graph of its last one: the cache cleared, another prompt
+    // prefilled into the same buffers, the same captured steps. They must give a fresh graph's logits.
+    {
+      const int64_t capacity = 48;
+      KvCache cache(fresh->options(), 1, capacity, torch::TensorOptions().dtype(torch::kFloat32).device(s.device));
+      DecodeStep decoder(fresh, cache, torch::Tensor(), mode);
+      (void)decode_greedy(fresh, cache, decoder, prompt.to(s.device), 16);
+      cache.clear();
+      auto other = torch::randint(0, 512, {1, 12}, torch::kInt64).to(s.device);
+      auto reused = decode_greedy(fresh, cache, decoder, other, 20);
+      auto first = greedy_steps(fresh, other, mode, 20, capacity);
+      const double diff = max_rel(reused, first);
+      const bool same = torch::equal(reused.argmax(2), first.argmax(2));
+      j["decode_graph_reused"] = {{"mode", mode == DecodeMode::Graph ? "cuda_graph" : "static"},
+                                  {"against", "a new graph over a new cache"}, {"max_rel", diff},
+                                  {"same_greedy_tokens", same}, {"bar", 1e-6}, {"pass", diff <= 1e-6 && same}};
+    }
 
     // bf16, what the decode benchmark runs: the graph's steps (fused kernels on CUDA) against the plain
     // eager steps, both on the device.

@@ -5,7 +5,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <limits>
+#include <optional>
 
 #include "lego/llm/decode_step.h"
 #include "lego/sdk/error.h"
@@ -64,10 +66,36 @@ torch::Tensor process_logits(const torch::Tensor& logits, const torch::Tensor& h
   return scores;
 }
 
+// A key/value cache, its padding mask and the decoding step captured over them: what a CUDA graph's replay
+// reads and writes, kept at fixed addresses from one call to the next.
+struct Generator::GraphDecoding {
+  llm::KvCache cache;
+  torch::Tensor key_valid;  // [batch, capacity] on the device; undefined when no row is padded
+  llm::DecodeStep step;
+
+  GraphDecoding(const llm::LlamaForCausalLM& model, int64_t batch, int64_t capacity, bool padded,
+                torch::TensorOptions options)
+      : cache(model->options(), batch, capacity, options),
+        key_valid(padded ? torch::ones({batch, capacity}, options.dtype(torch::kBool)) : torch::Tensor()),
+        step(model, cache, key_valid, llm::DecodeMode::Graph) {}
+
+  // Whether a call that needs `capacity` slots can replay this graph: same rows, padding, dtype and device,
+  // and a cache long enough but not so long that attending its unused slots costs more than a new capture.
+  bool serves(int64_t batch, int64_t capacity, bool padded, const torch::TensorOptions& options) const {
+    const auto& k = cache.layer_keys(0);
+    return cache.batch() == batch && key_valid.defined() == padded && k.dtype() == options.dtype() &&
+           k.device() == options.device() && cache.capacity() >= capacity && cache.capacity() <= 2 * capacity + 256;
+  }
+};
+
 Generator::Generator(llm::LlamaForCausalLM model, std::shared_ptr<const text::Tokenizer> tokenizer)
     : model_(std::move(model)), tokenizer_(std::move(tokenizer)) {
   if (!tokenizer_) throw Error(ErrorKind::InvalidArgument, "Generator: no tokenizer");
 }
+
+Generator::~Generator() = default;
+Generator::Generator(Generator&&) noexcept = default;
+Generator& Generator::operator=(Generator&&) noexcept = default;
 
 std::pair<torch::Tensor, torch::Tensor> Generator::pad_batch(const std::vector<std::vector<int64_t>>& prompts) const {
   if (prompts.empty()) throw Error(ErrorKind::InvalidArgument, "generate: no prompts");
@@ -144,14 +172,44 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
 
   auto valid = valid_in.to(torch::kBool).cpu();
   const bool padded = !valid.all().item<bool>();
-  const int64_t capacity = prompt_len + std::max<int64_t>(max_new, 1);
-  llm::KvCache cache(model_->options(), batch, capacity, torch::TensorOptions().dtype(embeds.dtype()).device(device));
+  const int64_t needed = prompt_len + std::max<int64_t>(max_new, 1);
+  const auto cache_options = torch::TensorOptions().dtype(embeds.dtype()).device(device);
+  // On CUDA each step replays one captured graph; elsewhere it is the plain forward over the filled slots.
+  const bool graphs = options.cuda_graphs && llm::DecodeStep::graphs_available(device);
+  std::optional<llm::KvCache> own_cache;
+  std::optional<llm::DecodeStep> own_step;
   torch::Tensor key_valid;
-  if (padded) {
-    key_valid = torch::ones({batch, capacity}, torch::kBool);
-    key_valid.narrow(1, 0, prompt_len).copy_(valid);
-    key_valid = key_valid.to(device);
+  if (graphs) {
+    if (graph_ && graph_->serves(batch, needed, padded, cache_options)) {
+      graph_->cache.clear();
+    } else {
+      graph_.reset();  // the old cache's memory first
+      // Rounded up, so that the next call's somewhat longer prompt or answer replays the same graph.
+      const int64_t capacity = std::max(needed, std::min((needed + 127) / 128 * 128, context));
+      graph_ = std::make_unique<GraphDecoding>(model_, batch, capacity, padded, cache_options);
+    }
+    key_valid = graph_->key_valid;
+    if (padded) {
+      key_valid.fill_(true);
+      key_valid.narrow(1, 0, prompt_len).copy_(valid);
+    }
+  } else {
+    own_cache.emplace(model_->options(), batch, needed, cache_options);
+    if (padded) {
+      key_valid = torch::ones({batch, needed}, torch::kBool);
+      key_valid.narrow(1, 0, prompt_len).copy_(valid);
+      key_valid = key_valid.to(device);
+    }
   }
+  auto& cache = graphs ? graph_->cache : *own_cache;
+  // A call that fails half-way leaves no graph behind for the next one (a failed capture would poison it).
+  struct DropOnFailure {
+    std::unique_ptr<GraphDecoding>& graph;
+    int uncaught = std::uncaught_exceptions();
+    ~DropOnFailure() {
+      if (std::uncaught_exceptions() > uncaught) graph.reset();
+    }
+  } drop_on_failure{graph_};
   auto next_pos = valid.to(torch::kInt64).sum(1);  // [B] position of the first generated token
 
   std::vector<detail::RowState> rows;
@@ -178,10 +236,8 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
   }
 
   auto t1 = Clock::now();
-  // On CUDA each step replays one captured graph; elsewhere it is the plain forward over the filled slots.
-  const auto mode = options.cuda_graphs && llm::DecodeStep::graphs_available(device) ? llm::DecodeMode::Graph
-                                                                                    : llm::DecodeMode::Dynamic;
-  llm::DecodeStep decoder(model_, cache, key_valid, mode);
+  if (!graphs) own_step.emplace(model_, cache, key_valid, llm::DecodeMode::Dynamic);
+  auto& decoder = graphs ? graph_->step : *own_step;
   int64_t steps = 0;
   if (timings != nullptr) timings->step_ms.clear();
   for (int64_t step = 0; step < max_new; ++step) {

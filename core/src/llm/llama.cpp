@@ -189,6 +189,12 @@ std::pair<torch::Tensor, torch::Tensor> KvCache::write(int64_t layer, const torc
   return {k, v};
 }
 
+void KvCache::clear() {
+  for (auto& k : keys_) k.zero_();
+  for (auto& v : values_) v.zero_();
+  length_ = 0;
+}
+
 void KvCache::advance(int64_t steps) {
   if (length_ + steps > capacity_) {
     throw Error(ErrorKind::InvalidArgument, "KvCache: " + std::to_string(length_ + steps) +

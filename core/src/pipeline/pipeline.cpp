@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <mutex>
+#include <optional>
 #include <set>
 
 #include "lego/model/released_defaults.h"
@@ -45,8 +47,16 @@ std::map<std::string, std::pair<std::string, ModalityConfig>> modality_sections(
   return out;
 }
 
+struct Pipeline::Decoding {
+  std::mutex mutex;
+  std::optional<generate::Generator> generator;
+  const void* net = nullptr;  // the module it was made for
+};
+
 Pipeline::Pipeline(LanguageModel llm, std::shared_ptr<const host::PluginHost> host)
-    : host_(std::move(host)), llm_(std::move(llm)) {}
+    : host_(std::move(host)), llm_(std::move(llm)), decoding_(std::make_unique<Decoding>()) {}
+
+Pipeline::~Pipeline() = default;
 
 const text::Tokenizer& Pipeline::tokenizer() const { return *llm_.tokenizer; }
 
@@ -548,9 +558,22 @@ Answer Pipeline::answer(const Request& request, const std::vector<EncodedMedia>&
                         const generate::StreamCallback& stream) {
   auto p = prepare(request, earlier);
   torch::NoGradGuard no_grad;
-  generate::Generator generator(llm_.net, llm_.tokenizer);
+  std::unique_lock<std::mutex> lock(decoding_->mutex, std::try_to_lock);
+  std::optional<generate::Generator> own;
+  generate::Generator* generator = nullptr;
+  if (lock.owns_lock()) {
+    auto& d = *decoding_;
+    if (!d.generator || d.net != llm_.net.get()) {
+      d.generator.reset();
+      d.generator.emplace(llm_.net, llm_.tokenizer);
+      d.net = llm_.net.get();
+    }
+    generator = &*d.generator;
+  } else {
+    generator = &own.emplace(llm_.net, llm_.tokenizer);
+  }
   generate::GenerationTimings timings;
-  auto output = generator.generate_from_embeddings(p.spliced.embeds, p.spliced.valid, p.spliced.padded_ids, p.sampling,
+  auto output = generator->generate_from_embeddings(p.spliced.embeds, p.spliced.valid, p.spliced.padded_ids, p.sampling,
                                                    stream, &timings).front();
   auto a = finish(std::move(p), std::move(output));
   a.timings = std::move(timings);

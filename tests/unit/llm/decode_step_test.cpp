@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+
 #include "lego/llm/decode_step.h"
 #include "lego/sdk/error.h"
 #include "lego/sdk/nn/linear.h"
@@ -58,6 +60,54 @@ TEST(DecodeStep, StaticFormEqualsThePlainDecoder) {
   EXPECT_FALSE(fixed.isnan().any().item<bool>());
   EXPECT_LT((dynamic - fixed).abs().max().item<double>(), 1e-5);
   EXPECT_TRUE(torch::equal(dynamic.argmax(2), fixed.argmax(2)));
+}
+
+// Prefills `ids` [1, T] into `cache` and decodes `steps` greedy tokens with `decoder`; the step logits.
+torch::Tensor continue_greedy(LlamaForCausalLM& m, KvCache& cache, DecodeStep& decoder, const torch::Tensor& ids,
+                              int64_t steps) {
+  torch::NoGradGuard ng;
+  const int64_t len = ids.size(1);
+  AttentionContext ctx;
+  ctx.positions = torch::arange(len).unsqueeze(0);
+  ctx.cache = &cache;
+  auto logits = m->forward(m->model->embed(ids), ctx).select(1, len - 1);
+  std::vector<torch::Tensor> out;
+  for (int64_t t = 0; t < steps; ++t) {
+    logits = decoder.step(logits.argmax(1), torch::full({1}, len + t, torch::kInt64)).clone();
+    out.push_back(logits);
+  }
+  return torch::stack(out);
+}
+
+// What the generator does between two calls on CUDA: one decoder, and its cache cleared for the next
+// sequence, keep every buffer a captured graph reads. Stale slots, even non-finite ones, must not leak.
+TEST(DecodeStep, ServesTheNextSequenceAfterItsCacheIsCleared) {
+  auto m = make_model();
+  torch::manual_seed(4);
+  const int64_t capacity = 24;
+  KvCache cache(m->options(), 1, capacity, torch::kFloat32);
+  DecodeStep decoder(m, cache, torch::Tensor(), DecodeMode::Static);
+  const auto keys = cache.layer_keys(0);
+  const auto* address = keys.data_ptr();
+  (void)continue_greedy(m, cache, decoder, torch::randint(3, 97, {1, 9}, torch::kInt64), 10);
+  for (int64_t l = 0; l < m->options().num_layers(); ++l) {
+    cache.layer_keys(l).narrow(2, 19, capacity - 19).fill_(std::nan(""));
+    cache.layer_values(l).narrow(2, 19, capacity - 19).fill_(std::nan(""));
+  }
+  cache.clear();
+  EXPECT_EQ(cache.length(), 0);
+  EXPECT_EQ(cache.layer_keys(0).data_ptr(), address);
+  for (int64_t l = 0; l < m->options().num_layers(); ++l) {
+    EXPECT_EQ(cache.layer_keys(l).count_nonzero().item<int64_t>(), 0) << "layer " << l;
+    EXPECT_EQ(cache.layer_values(l).count_nonzero().item<int64_t>(), 0) << "layer " << l;
+  }
+  const auto other = torch::randint(3, 97, {1, 5}, torch::kInt64);
+  auto reused = continue_greedy(m, cache, decoder, other, 12);
+  KvCache fresh_cache(m->options(), 1, capacity, torch::kFloat32);
+  DecodeStep fresh(m, fresh_cache, torch::Tensor(), DecodeMode::Static);
+  auto first = continue_greedy(m, fresh_cache, fresh, other, 12);
+  EXPECT_FALSE(reused.isnan().any().item<bool>());
+  EXPECT_TRUE(torch::equal(reused, first));
 }
 
 TEST(DecodeStep, RefusesAFullCacheAndAnIdOutsideTheVocabulary) {

@@ -61,11 +61,16 @@ struct GenerationTimings {
 // string or while it ends in an unfinished UTF-8 character.
 using StreamCallback = std::function<void(int64_t row, std::string_view text)>;
 
+// One call at a time: on a CUDA device a generator keeps the key/value cache and the captured decoding
+// graph of its last call for the next one (see generate_from_embeddings), so it is not thread-safe.
 class Generator {
  public:
   // Shares `tokenizer`, so the generator stays usable after its caller lets go of it; throws
   // InvalidArgument when it is null.
   Generator(llm::LlamaForCausalLM model, std::shared_ptr<const text::Tokenizer> tokenizer);
+  ~Generator();
+  Generator(Generator&&) noexcept;
+  Generator& operator=(Generator&&) noexcept;
 
   // Decodes a continuation of each prompt (token ids, BOS included when wanted).
   std::vector<GenerationOutput> generate(const std::vector<std::vector<int64_t>>& prompts,
@@ -74,6 +79,10 @@ class Generator {
 
   // Same, from prompt embeddings [B, T, hidden] that are left-padded; `valid` [B, T] bool marks real
   // positions, `prompt_ids` [B, T] the ids (for the repetition penalty; pad where features were spliced).
+  // With CUDA graphs (SamplingOptions::cuda_graphs on a CUDA device) the cache and the graph captured in
+  // one call serve the next call with the same batch size and padding whose prompt and answer fit the
+  // cache (a cache at most about twice as long as needed), so that only the first call pays for the
+  // graph's warm-up and capture (two eager steps); the cache is zeroed between calls.
   std::vector<GenerationOutput> generate_from_embeddings(const torch::Tensor& embeds, const torch::Tensor& valid,
                                                          const torch::Tensor& prompt_ids,
                                                          const SamplingOptions& options,
@@ -94,6 +103,8 @@ class Generator {
 
   llm::LlamaForCausalLM model_;
   std::shared_ptr<const text::Tokenizer> tokenizer_;
+  struct GraphDecoding;  // the last call's cache and decoding graph, on CUDA
+  std::unique_ptr<GraphDecoding> graph_;
 };
 
 // Applies repetition penalty, temperature, top-k and top-p to `logits` [B, V] (float32) in place of a copy

@@ -81,6 +81,9 @@ class KvCache {
   // Marks T more slots as filled; called once per forward after every layer appended.
   void advance(int64_t steps);
   void reset() { length_ = 0; }
+  // reset(), and every slot zeroed again as in a new cache, in place: the buffers keep their addresses, so
+  // that a captured decoding graph that reads them stays valid for the next sequence.
+  void clear();
   // The whole [B, kv_heads, capacity, D] buffers of one layer (the fused CUDA decoding step writes them).
   const torch::Tensor& layer_keys(int64_t layer) const { return keys_.at(layer); }
   const torch::Tensor& layer_values(int64_t layer) const { return values_.at(layer); }

@@ -101,6 +101,10 @@ class Pipeline {
   static std::unique_ptr<Pipeline> load(const std::filesystem::path& dir, const LoadOptions& options,
                                         std::shared_ptr<const host::PluginHost> host);
 
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
   LanguageModel& llm() { return llm_; }
   // The system prompt the model was trained with: model.ini `[model] system_prompt`, conv_lego's when absent.
   // Requests without their own, and training examples, use it.
@@ -189,6 +193,10 @@ class Pipeline {
   std::vector<std::string> order_;
   bool training_form_ = false;  // model.ini [model] prompt_format = training
   std::string system_prompt_ = text::kLegoSystemPrompt;
+  // The generator answer() decodes with, kept from one call to the next (on CUDA it keeps its captured
+  // decoding graph); a call that finds it in use decodes with one of its own.
+  struct Decoding;
+  std::unique_ptr<Decoding> decoding_;
 };
 
 // The modality sections of a model config: section name -> (plugin, ModalityConfig); `file` is named in
