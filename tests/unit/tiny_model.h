@@ -6,12 +6,13 @@
 #include "lego/config/config.h"
 #include "lego/host/plugin_host.h"
 #include "lego/model/init_model.h"
+#include "build_paths.h"
 #include "test_files.h"
 
 namespace lego::testing {
 
 inline config::Config tiny_config() {
-  return config::read_file(std::filesystem::path(LEGO_SOURCE_DIR) / "configs/models/tiny.ini");
+  return config::read_file(source_dir() / "configs/models/tiny.ini");
 }
 
 // Makes (once per process) and returns a tiny model directory.

@@ -8,6 +8,7 @@
 #include <set>
 #include <string>
 
+#include "build_paths.h"
 #include "lego/data/convert.h"
 #include "lego/data/templates.h"
 #include "test_files.h"
@@ -179,7 +180,7 @@ TEST_F(Convert, RefcocoSplitLimitAndMediaPrefix) {
 TEST_F(Convert, SeededPhrasingIsDeterministicAndDrawsFromTheTemplates) {
   write_refcoco();
   auto o = options("refcoco", {"refs(unc).p", "instances.json"});
-  o.templates_dir = std::filesystem::path(LEGO_SOURCE_DIR) / "configs/templates";
+  o.templates_dir = lego::testing::source_dir() / "configs/templates";
   o.split = "";
   o.min_words = 1;
   // Many phrases, so the draws of two seeds cannot all agree by chance.

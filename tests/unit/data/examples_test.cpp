@@ -235,7 +235,7 @@ TEST(Templates, FillSlotsAndRefuseBadFiles) {
             std::string::npos);
   // The shipped templates load and have at least 10 phrasings each.
   for (const auto* name : {"rec", "temporal", "sound_localization", "caption"}) {
-    const auto shipped = TemplateSet::load(std::filesystem::path(LEGO_SOURCE_DIR) / "configs/templates" / (std::string(name) + ".txt"));
+    const auto shipped = TemplateSet::load(lego::testing::source_dir() / "configs/templates" / (std::string(name) + ".txt"));
     EXPECT_GE(shipped.size(), 10u) << name;
   }
 }

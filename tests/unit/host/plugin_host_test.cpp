@@ -3,13 +3,14 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "build_paths.h"
 #include "lego/host/plugin_host.h"
 #include "test_files.h"
 
 namespace lego::host {
 namespace {
 
-const std::filesystem::path kTestPlugins = LEGO_TEST_PLUGIN_DIR;
+const std::filesystem::path kTestPlugins = lego::testing::test_plugin_dir();
 
 const PluginRecord& record_of(const PluginHost& host, const std::string& file_stem) {
   for (const auto& r : host.records()) {

@@ -23,7 +23,7 @@
 namespace lego {
 namespace {
 
-const std::filesystem::path kTestPlugins = LEGO_TEST_PLUGIN_DIR;
+const std::filesystem::path kTestPlugins = lego::testing::test_plugin_dir();
 
 // A tiny model with the image branch of tiny.ini and a points section.
 struct PointsModel {
