@@ -5,9 +5,11 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <limits>
 #include <optional>
+#include <string>
 
 #include "lego/llm/decode_step.h"
 #include "lego/sdk/error.h"
@@ -66,27 +68,51 @@ torch::Tensor process_logits(const torch::Tensor& logits, const torch::Tensor& h
   return scores;
 }
 
-// A key/value cache, its padding mask and the decoding step captured over them: what a CUDA graph's replay
-// reads and writes, kept at fixed addresses from one call to the next.
-struct Generator::GraphDecoding {
+// A key/value cache, its padding mask and the decoding step over them, kept from one call to the next at
+// fixed addresses: what a CUDA graph's replay reads and writes (DecodeMode::Graph), or the same static form
+// run eagerly (DecodeMode::Static, chosen with LEGO_DECODE_FORM=static).
+struct Generator::KeptDecoding {
   llm::KvCache cache;
   torch::Tensor key_valid;  // [batch, capacity] on the device; undefined when no row is padded
   llm::DecodeStep step;
 
-  GraphDecoding(const llm::LlamaForCausalLM& model, int64_t batch, int64_t capacity, bool padded,
-                torch::TensorOptions options)
+  KeptDecoding(const llm::LlamaForCausalLM& model, int64_t batch, int64_t capacity, bool padded,
+               torch::TensorOptions options, llm::DecodeMode mode)
       : cache(model->options(), batch, capacity, options),
         key_valid(padded ? torch::ones({batch, capacity}, options.dtype(torch::kBool)) : torch::Tensor()),
-        step(model, cache, key_valid, llm::DecodeMode::Graph) {}
+        step(model, cache, key_valid, mode) {}
 
-  // Whether a call that needs `capacity` slots can replay this graph: same rows, padding, dtype and device,
-  // and a cache long enough but not so long that attending its unused slots costs more than a new capture.
-  bool serves(int64_t batch, int64_t capacity, bool padded, const torch::TensorOptions& options) const {
+  // Whether a call that needs `capacity` slots can run on this cache and step: same mode, rows, padding,
+  // dtype and device, and a cache long enough but not so long that attending its unused slots costs more
+  // than a new capture.
+  bool serves(int64_t batch, int64_t capacity, bool padded, const torch::TensorOptions& options,
+              llm::DecodeMode mode) const {
     const auto& k = cache.layer_keys(0);
-    return cache.batch() == batch && key_valid.defined() == padded && k.dtype() == options.dtype() &&
-           k.device() == options.device() && cache.capacity() >= capacity && cache.capacity() <= 2 * capacity + 256;
+    return step.mode() == mode && cache.batch() == batch && key_valid.defined() == padded &&
+           k.dtype() == options.dtype() && k.device() == options.device() && cache.capacity() >= capacity &&
+           cache.capacity() <= 2 * capacity + 256;
   }
 };
+
+namespace {
+
+// The form a call decodes in when the generator keeps its cache between calls: a CUDA graph where one can
+// be captured, the static form run eagerly when LEGO_DECODE_FORM=static (on any device: the A/B of a graph
+// against the arithmetic it replays, and how the CPU-only tests run the kept cache), else none (the dynamic
+// form over a cache of the call's own).
+std::optional<llm::DecodeMode> kept_mode(const SamplingOptions& options, const torch::Device& device) {
+  if (const char* form = std::getenv("LEGO_DECODE_FORM"); form != nullptr && *form != '\0') {
+    const std::string value(form);
+    if (value == "static") return llm::DecodeMode::Static;
+    if (value != "auto") {
+      throw Error(ErrorKind::InvalidArgument, "LEGO_DECODE_FORM must be 'auto' or 'static', got '" + value + "'");
+    }
+  }
+  if (options.cuda_graphs && llm::DecodeStep::graphs_available(device)) return llm::DecodeMode::Graph;
+  return std::nullopt;
+}
+
+}  // namespace
 
 Generator::Generator(llm::LlamaForCausalLM model, std::shared_ptr<const text::Tokenizer> tokenizer)
     : model_(std::move(model)), tokenizer_(std::move(tokenizer)) {
@@ -174,21 +200,24 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
   const bool padded = !valid.all().item<bool>();
   const int64_t needed = prompt_len + std::max<int64_t>(max_new, 1);
   const auto cache_options = torch::TensorOptions().dtype(embeds.dtype()).device(device);
-  // On CUDA each step replays one captured graph; elsewhere it is the plain forward over the filled slots.
-  const bool graphs = options.cuda_graphs && llm::DecodeStep::graphs_available(device);
+  // On CUDA each step replays one captured graph, over a cache kept for the next call; elsewhere it is the
+  // plain forward over the filled slots of a cache of the call's own.
+  const auto mode = kept_mode(options, device);
   std::optional<llm::KvCache> own_cache;
   std::optional<llm::DecodeStep> own_step;
   torch::Tensor key_valid;
-  if (graphs) {
-    if (graph_ && graph_->serves(batch, needed, padded, cache_options)) {
-      graph_->cache.clear();
+  bool kept = false;
+  if (mode) {
+    if (kept_ && kept_->serves(batch, needed, padded, cache_options, *mode)) {
+      kept_->cache.clear();
+      kept = true;
     } else {
-      graph_.reset();  // the old cache's memory first
+      kept_.reset();  // the old cache's memory first
       // Rounded up, so that the next call's somewhat longer prompt or answer replays the same graph.
       const int64_t capacity = std::max(needed, std::min((needed + 127) / 128 * 128, context));
-      graph_ = std::make_unique<GraphDecoding>(model_, batch, capacity, padded, cache_options);
+      kept_ = std::make_unique<KeptDecoding>(model_, batch, capacity, padded, cache_options, *mode);
     }
-    key_valid = graph_->key_valid;
+    key_valid = kept_->key_valid;
     if (padded) {
       key_valid.fill_(true);
       key_valid.narrow(1, 0, prompt_len).copy_(valid);
@@ -201,15 +230,15 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
       key_valid = key_valid.to(device);
     }
   }
-  auto& cache = graphs ? graph_->cache : *own_cache;
-  // A call that fails half-way leaves no graph behind for the next one (a failed capture would poison it).
+  auto& cache = mode ? kept_->cache : *own_cache;
+  // A call that fails half-way leaves nothing kept for the next one (a failed capture would poison it).
   struct DropOnFailure {
-    std::unique_ptr<GraphDecoding>& graph;
+    std::unique_ptr<KeptDecoding>& kept;
     int uncaught = std::uncaught_exceptions();
     ~DropOnFailure() {
-      if (std::uncaught_exceptions() > uncaught) graph.reset();
+      if (std::uncaught_exceptions() > uncaught) kept.reset();
     }
-  } drop_on_failure{graph_};
+  } drop_on_failure{kept_};
   auto next_pos = valid.to(torch::kInt64).sum(1);  // [B] position of the first generated token
 
   std::vector<detail::RowState> rows;
@@ -231,13 +260,14 @@ std::vector<GenerationOutput> Generator::generate_from_embeddings(const torch::T
   auto hidden = model_->model->forward(embeds, ctx);
   auto logits = model_->logits(hidden.narrow(1, prompt_len - 1, 1)).squeeze(1);
   if (timings != nullptr) {
+    timings->kept_decoding = kept;
     timings->prompt_tokens = batch * prompt_len;
     timings->prefill_ms = ms_since(t0);
   }
 
   auto t1 = Clock::now();
-  if (!graphs) own_step.emplace(model_, cache, key_valid, llm::DecodeMode::Dynamic);
-  auto& decoder = graphs ? graph_->step : *own_step;
+  if (!mode) own_step.emplace(model_, cache, key_valid, llm::DecodeMode::Dynamic);
+  auto& decoder = mode ? kept_->step : *own_step;
   int64_t steps = 0;
   if (timings != nullptr) timings->step_ms.clear();
   for (int64_t step = 0; step < max_new; ++step) {

@@ -6,16 +6,20 @@
 #include <limits>
 #include <memory>
 #include <random>
+#include <stdexcept>
+#include <string>
 
 #include "lego/generate/generator.h"
 #include "lego/model/language_model.h"
 #include "lego/text/incremental_decoder.h"
+#include "scoped_env.h"
 #include "tiny_model.h"
 
 namespace lego::generate {
 namespace {
 
 using lego::testing::expect_error;
+using lego::testing::ScopedEnv;
 
 LanguageModel& tiny() {
   static LanguageModel m = LanguageModel::load(lego::testing::tiny_model_dir());
@@ -321,6 +325,126 @@ TEST(Generator, BadSamplingOptionsAreRefused) {
     o.top_p = bad;
     expect_error([&] { o.validate(); }, ErrorKind::InvalidArgument, {"top_p"});
   }
+}
+
+// One call of `g`: its outputs' ids, and whether it decoded over the cache kept from the call before.
+struct Call {
+  std::vector<std::vector<int64_t>> ids;
+  bool kept = false;
+};
+Call call(Generator& g, const std::vector<std::vector<int64_t>>& prompts, const SamplingOptions& o) {
+  GenerationTimings t;
+  Call c;
+  for (auto& out : g.generate(prompts, o, {}, &t)) c.ids.push_back(out.token_ids);
+  c.kept = t.kept_decoding;
+  return c;
+}
+
+// A prompt of exactly n ids: BOS, then the ids of a sentence over and over.
+std::vector<int64_t> prompt_of(const text::Tokenizer& tok, size_t n) {
+  const auto words = tok.encode("Where does the sound of the bell come from", /*add_bos=*/false);
+  std::vector<int64_t> ids{tok.bos_id()};
+  while (ids.size() < n) ids.push_back(words[(ids.size() - 1) % words.size()]);
+  return ids;
+}
+
+// What runs on CUDA as a kept graph, run here in the graph's static form (LEGO_DECODE_FORM=static): one
+// generator answers calls of other prompts, padding, batch sizes and sampling exactly as a new generator
+// that decodes in the plain dynamic form does, reusing its cache where the shapes allow.
+TEST(Generator, KeptCacheAnswersEachCallAsANewGeneratorDoes) {
+  auto& m = tiny();
+  const auto& tok = *m.tokenizer;
+  SamplingOptions greedy;
+  greedy.max_new_tokens = 12;
+  greedy.stop_at_eos = false;
+  SamplingOptions sampled = greedy;
+  sampled.temperature = 0.9;
+  sampled.top_k = 40;
+  sampled.repetition_penalty = 1.3;
+  sampled.seed = 7;
+  struct Case {
+    std::vector<std::vector<int64_t>> prompts;
+    SamplingOptions options;
+    bool kept;  // whether the call can reuse the cache of the one before
+  };
+  const std::vector<Case> cases = {
+      {{prompt_of(tok, 9)}, greedy, false},                        // the first call makes the cache
+      {{prompt_of(tok, 23)}, greedy, true},                        // another prompt, same rows
+      {{prompt_of(tok, 5)}, sampled, true},                        // sampled, shorter
+      {{prompt_of(tok, 6), prompt_of(tok, 17)}, greedy, false},    // two rows
+      {{prompt_of(tok, 21), prompt_of(tok, 4)}, sampled, true},    // other padding, longer
+      {{prompt_of(tok, 11), prompt_of(tok, 11)}, greedy, false},   // no row padded
+      {{prompt_of(tok, 30), prompt_of(tok, 30)}, sampled, true},
+  };
+  Generator dynamic_form(m.net, m.tokenizer);
+  std::vector<Call> expected;
+  for (const auto& c : cases) expected.push_back(call(dynamic_form, c.prompts, c.options));
+  ScopedEnv form("LEGO_DECODE_FORM", "static");
+  Generator g(m.net, m.tokenizer);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto got = call(g, cases[i].prompts, cases[i].options);
+    EXPECT_EQ(got.kept, cases[i].kept) << "call " << i;
+    EXPECT_EQ(got.ids, expected[i].ids) << "call " << i;
+  }
+  EXPECT_FALSE(expected[1].kept) << "the dynamic form keeps no cache";
+}
+
+// A new cache is rounded up to 128 slots; a call reuses it while its prompt and answer fit and the cache is
+// at most 2 x needed + 256 slots long.
+TEST(Generator, KeptCacheIsRemadeWhenTooShortOrTooLong) {
+  auto& m = tiny();
+  const auto& tok = *m.tokenizer;
+  ScopedEnv form("LEGO_DECODE_FORM", "static");
+  Generator g(m.net, m.tokenizer);
+  SamplingOptions o;
+  o.stop_at_eos = false;
+  // needed = prompt + max_new_tokens
+  auto run = [&](size_t prompt, int64_t new_tokens) {
+    o.max_new_tokens = new_tokens;
+    return call(g, {prompt_of(tok, prompt)}, o);
+  };
+  EXPECT_FALSE(run(20, 10).kept);   // 30: 128 slots
+  EXPECT_TRUE(run(120, 8).kept);    // 128 fits
+  EXPECT_FALSE(run(121, 8).kept);   // 129: 256 slots
+  EXPECT_FALSE(run(590, 10).kept);  // 600: 640 slots
+  EXPECT_TRUE(run(182, 10).kept);   // 192: 640 <= 2 x 192 + 256
+  const auto remade = run(181, 10);  // 191: 640 > 638, remade with 256 slots
+  EXPECT_FALSE(remade.kept);
+  EXPECT_TRUE(run(240, 16).kept);  // 256 fits
+  Generator fresh(m.net, m.tokenizer);
+  o.max_new_tokens = 10;
+  EXPECT_EQ(remade.ids, call(fresh, {prompt_of(tok, 181)}, o).ids);
+}
+
+// A call that throws half-way (here the caller's stream callback) leaves nothing kept: the next call makes
+// a new cache and answers as if the failed call had never run.
+TEST(Generator, ACallThatThrowsKeepsNothingForTheNext) {
+  auto& m = tiny();
+  ScopedEnv form("LEGO_DECODE_FORM", "static");
+  Generator g(m.net, m.tokenizer);
+  SamplingOptions o;
+  o.max_new_tokens = 12;
+  o.stop_at_eos = false;
+  const std::vector<std::vector<int64_t>> prompts = {m.tokenizer->encode("A dog barks at the bell")};
+  const auto first = call(g, prompts, o);
+  int pieces = 0;
+  auto failing = [&](int64_t, std::string_view) {
+    if (++pieces == 3) throw std::runtime_error("the client went away");
+  };
+  EXPECT_THROW(g.generate(prompts, o, failing), std::runtime_error);
+  EXPECT_EQ(pieces, 3);
+  const auto after = call(g, prompts, o);
+  EXPECT_FALSE(after.kept);
+  EXPECT_EQ(after.ids, first.ids);
+  EXPECT_TRUE(call(g, prompts, o).kept);
+}
+
+TEST(Generator, UnknownDecodeFormIsRefused) {
+  auto& m = tiny();
+  ScopedEnv form("LEGO_DECODE_FORM", "graphs");
+  Generator g(m.net, m.tokenizer);
+  expect_error([&] { g.generate({m.tokenizer->encode("A dog")}, SamplingOptions{}); }, ErrorKind::InvalidArgument,
+               {"LEGO_DECODE_FORM", "graphs"});
 }
 
 }  // namespace

@@ -5,8 +5,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cmath>
 #include <fstream>
+#include <future>
+#include <string_view>
 
 #include "lego/config/config.h"
 #include "lego/llm/llama.h"
@@ -17,6 +20,7 @@
 #include "lego/sdk/error.h"
 #include "lego/sdk/io/image_reader.h"
 #include "lego/weights/tensor_source.h"
+#include "scoped_env.h"
 #include "test_files.h"
 #include "tiny_model.h"
 
@@ -212,6 +216,60 @@ TEST(Pipeline, AnswersARequestEndToEnd) {
   EXPECT_LE(a.output.token_ids.size(), 4u);
   const auto& tok = m.pipeline->tokenizer();
   EXPECT_EQ(std::count(a.prompt_ids.begin(), a.prompt_ids.end(), tok.token_id("<pt_patch>")), 3);
+}
+
+// answer() decodes with one generator kept from call to call (LEGO_DECODE_FORM=static keeps its cache on the
+// CPU as a CUDA graph is kept on a GPU). A call that finds that generator busy decodes with one of its own
+// instead of waiting for it.
+TEST(Pipeline, AnswersWithOneKeptGeneratorAndDoesNotWaitForABusyOne) {
+  PointsModel m;
+  testing::ScopedEnv form("LEGO_DECODE_FORM", "static");
+  Request r;
+  r.message = "Where is the chair?";
+  r.media = {{"", m.cloud("c.xyz", {{0, 1, 2}, {3, 4, 5}})}};
+  r.sampling.max_new_tokens = 16;
+  r.sampling.stop_at_eos = false;
+  r.sampling.stop.clear();
+  r.raw = true;  // no template stop: every answer has all 16 tokens
+  const auto first = m.pipeline->answer(r);
+  EXPECT_FALSE(first.timings.kept_decoding);
+  ASSERT_EQ(first.output.token_ids.size(), 16u);
+  const auto second = m.pipeline->answer(r);
+  EXPECT_TRUE(second.timings.kept_decoding);
+  EXPECT_EQ(second.output.token_ids, first.output.token_ids);
+
+  // One call stops in its stream callback, holding the kept generator, while another answers.
+  std::promise<void> streaming;
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  bool signalled = false;
+  auto busy = std::async(std::launch::async, [&] {
+    return m.pipeline->answer(r, {}, [&](int64_t, std::string_view) {
+      if (signalled) return;
+      signalled = true;
+      streaming.set_value();
+      released.wait();
+    });
+  });
+  struct Release {  // the busy call must end even when an assertion below returns early
+    std::promise<void>& p;
+    ~Release() {
+      try {
+        p.set_value();
+      } catch (const std::future_error&) {
+      }
+    }
+  } release_on_exit{release};
+  ASSERT_EQ(streaming.get_future().wait_for(std::chrono::seconds(120)), std::future_status::ready)
+      << "the first call never streamed";
+  const auto meanwhile = m.pipeline->answer(r);
+  release.set_value();
+  const auto held = busy.get();
+  EXPECT_FALSE(meanwhile.timings.kept_decoding);
+  EXPECT_EQ(meanwhile.output.token_ids, first.output.token_ids);
+  EXPECT_TRUE(held.timings.kept_decoding);
+  EXPECT_EQ(held.output.token_ids, first.output.token_ids);
+  EXPECT_TRUE(m.pipeline->answer(r).timings.kept_decoding);
 }
 
 TEST(Pipeline, PreparesSeveralRequestsTogetherAsEachAloneAndIsolatesAFailure) {

@@ -52,6 +52,9 @@ struct GenerationTimings {
   int64_t generated_tokens = 0;  // decode steps x batch
   double prefill_ms = 0;
   double decode_ms = 0;
+  // Whether the call decoded over the cache and step (on CUDA, the captured graph) kept from the
+  // generator's previous call, instead of making new ones (see Generator::generate_from_embeddings).
+  bool kept_decoding = false;
   // Wall time of each decode step (sampling, text, the next token's forward pass), to see how the cost
   // of a step changes with the length of the answer.
   std::vector<double> step_ms;
@@ -82,7 +85,10 @@ class Generator {
   // With CUDA graphs (SamplingOptions::cuda_graphs on a CUDA device) the cache and the graph captured in
   // one call serve the next call with the same batch size and padding whose prompt and answer fit the
   // cache (a cache at most about twice as long as needed), so that only the first call pays for the
-  // graph's warm-up and capture (two eager steps); the cache is zeroed between calls.
+  // graph's warm-up and capture (two eager steps); the cache is zeroed between calls, and a call that
+  // throws keeps nothing. LEGO_DECODE_FORM=static keeps the cache the same way on any device and runs the
+  // graph's static form eagerly instead (LEGO_DECODE_FORM=auto or unset: the default; another value is
+  // InvalidArgument).
   std::vector<GenerationOutput> generate_from_embeddings(const torch::Tensor& embeds, const torch::Tensor& valid,
                                                          const torch::Tensor& prompt_ids,
                                                          const SamplingOptions& options,
@@ -103,8 +109,8 @@ class Generator {
 
   llm::LlamaForCausalLM model_;
   std::shared_ptr<const text::Tokenizer> tokenizer_;
-  struct GraphDecoding;  // the last call's cache and decoding graph, on CUDA
-  std::unique_ptr<GraphDecoding> graph_;
+  struct KeptDecoding;  // the last call's cache and decoding step (a graph on CUDA)
+  std::unique_ptr<KeptDecoding> kept_;
 };
 
 // Applies repetition penalty, temperature, top-k and top-p to `logits` [B, V] (float32) in place of a copy
