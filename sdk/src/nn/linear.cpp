@@ -1,6 +1,7 @@
 #include "lego/sdk/nn/linear.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/autograd.h>
 #include <torch/nn/functional/conv.h>
 #include <torch/nn/functional/linear.h>
 
@@ -8,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "lego/sdk/error.h"
@@ -92,17 +94,67 @@ bool cpu_half_forced_native() {
   return forced;
 }
 
-bool half_product_in_float(const torch::Tensor& x, const torch::Tensor& weight) {
+namespace {
+
+// Whether autograd will record a product of these tensors.
+bool records_grad(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  return torch::GradMode::is_enabled() &&
+         (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
+}
+
+// y = x W^T + b of half-precision tensors under autograd, in float32: the forward as the float32 route
+// outside autograd, and the backward's products in float32 from up-cast copies of the saved tensors, each
+// gradient rounded once to its tensor's dtype (what libtorch's half-precision backward does with its
+// float accumulator). Only the half-precision tensors are saved, so the pass keeps half precision's memory.
+class HalfLinearInFloat : public torch::autograd::Function<HalfLinearInFloat> {
+ public:
+  // No bias is nullopt: autograd takes an optional tensor, not an undefined one, for an input it may lack.
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, const std::optional<torch::Tensor>& bias) {
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["bias"] = bias.has_value();
+    const auto f = torch::kFloat32;
+    return torch::nn::functional::linear(x.to(f), weight.to(f), bias ? bias->to(f) : torch::Tensor()).to(x.scalar_type());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& weight = saved[1];
+    const auto f = torch::kFloat32;
+    const auto g = grads[0].to(f);
+    const auto g_rows = g.reshape({-1, g.size(-1)});
+    torch::Tensor gx, gw, gb;
+    if (ctx->needs_input_grad(0)) gx = g.matmul(weight.to(f)).to(x.scalar_type());
+    if (ctx->needs_input_grad(1)) gw = g_rows.t().mm(x.reshape({-1, x.size(-1)}).to(f)).to(weight.scalar_type());
+    if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) gb = g_rows.sum(0).to(weight.scalar_type());
+    return {gx, gw, gb};
+  }
+};
+
+bool half_in_float(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
   const auto dtype = x.scalar_type();
   if (cpu_half_forced_native() || (dtype != torch::kBFloat16 && dtype != torch::kHalf) || weight.scalar_type() != dtype ||
-      !x.is_cpu() || !weight.is_cpu() || torch::GradMode::is_enabled() || x.dim() == 0 || x.size(-1) == 0) {
+      (bias.defined() && bias.scalar_type() != dtype) || !x.is_cpu() || !weight.is_cpu() || x.dim() == 0 ||
+      x.size(-1) == 0 || cpu_has_native(dtype)) {
     return false;
   }
-  return x.numel() / x.size(-1) > 8 && !cpu_has_native(dtype);
+  // Up to 8 rows outside autograd is a decoding step: the LLM's own kernels or libtorch's serve it.
+  return records_grad(x, weight, bias) || x.numel() / x.size(-1) > 8;
+}
+
+}  // namespace
+
+bool half_product_in_float(const torch::Tensor& x, const torch::Tensor& weight) {
+  return half_in_float(x, weight, torch::Tensor());
 }
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
-  if (!half_product_in_float(x, weight)) return torch::nn::functional::linear(x, weight, bias);
+  if (!half_in_float(x, weight, bias)) return torch::nn::functional::linear(x, weight, bias);
+  if (records_grad(x, weight, bias)) {
+    return HalfLinearInFloat::apply(x, weight, bias.defined() ? std::optional<torch::Tensor>(bias) : std::nullopt);
+  }
   const auto f = torch::kFloat32;
   return torch::nn::functional::linear(x.to(f), weight.to(f), bias.defined() ? bias.to(f) : bias).to(x.scalar_type());
 }
@@ -110,7 +162,9 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const 
 torch::Tensor conv2d(const torch::nn::Conv2d& conv, const torch::Tensor& x) {
   const auto& o = conv->options;
   const auto* padding = std::get_if<torch::ExpandingArray<2>>(&o.padding());
-  if (!half_product_in_float(x, conv->weight) || padding == nullptr ||
+  // Under autograd the casts record themselves: the gradients come back through them in float32 and are
+  // rounded once to the input's and the weights' dtype.
+  if (!half_in_float(x, conv->weight, conv->bias) || padding == nullptr ||
       !std::holds_alternative<torch::enumtype::kZeros>(o.padding_mode())) {
     return conv.ptr()->forward(x);
   }

@@ -1,6 +1,7 @@
 // nn::linear and nn::conv2d: half-precision products that run in float32 on CPUs without native bf16/fp16
 // dot products give libtorch's result within one rounding of the output (both accumulate in float and
-// round once), keep shapes and dtypes, and leave autograd and small products to libtorch unchanged.
+// round once), also for their gradients under autograd, keep shapes and dtypes, and leave small products
+// outside autograd to libtorch unchanged.
 // nn::attention: half-precision attention on a CPU runs in float32 wherever gradients will be computed
 // (training), and as libtorch's own kernels elsewhere.
 #include <gtest/gtest.h>
@@ -45,19 +46,78 @@ TEST(HalfProducts, LinearGivesLibtorchsResultWithinOneRounding) {
   }
 }
 
-TEST(HalfProducts, OnlyLargeHalfProductsOutsideAutogradLeaveLibtorch) {
+TEST(HalfProducts, SmallAndFloatProductsOutsideAutogradLeaveLibtorch) {
   const auto w = torch::randn({8, 16}).to(torch::kBFloat16);
-  {
-    torch::NoGradGuard no_grad;
-    EXPECT_FALSE(nn::half_product_in_float(torch::randn({8, 16}).to(torch::kBFloat16), w));  // 8 rows: decoding
-    EXPECT_FALSE(nn::half_product_in_float(torch::randn({9, 16}), torch::randn({8, 16})));  // float32
-    EXPECT_FALSE(nn::half_product_in_float(torch::randn({9, 16}).to(torch::kBFloat16), w.to(torch::kHalf)));
+  torch::NoGradGuard no_grad;
+  EXPECT_FALSE(nn::half_product_in_float(torch::randn({8, 16}).to(torch::kBFloat16), w));  // 8 rows: decoding
+  EXPECT_FALSE(nn::half_product_in_float(torch::randn({9, 16}), torch::randn({8, 16})));  // float32
+  EXPECT_FALSE(nn::half_product_in_float(torch::randn({9, 16}).to(torch::kBFloat16), w.to(torch::kHalf)));
+}
+
+// Under autograd (training) the product and its gradients are libtorch's within one rounding of each; on
+// the float32 route they are the float32 product and gradients rounded once, whatever the row count.
+TEST(HalfProducts, GradientsUnderAutogradAreLibtorchsWithinOneRounding) {
+  torch::manual_seed(5);
+  const auto f = torch::kFloat32;
+  for (const auto dtype : {torch::kBFloat16, torch::kHalf}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    const double unit = dtype == torch::kBFloat16 ? 1.0 / 256 : 1.0 / 2048;
+    const auto x0 = torch::randn({3, 40, 96}).to(dtype);
+    const auto w0 = (torch::randn({72, 96}) * 0.1).to(dtype);
+    const auto b0 = torch::randn({72}).to(dtype);
+    const auto g = torch::randn({3, 40, 72}).to(dtype);
+    // The same leaves in `dtype` (lego's product, then libtorch's) and in float32.
+    auto leaves = [&](torch::ScalarType t) {
+      return std::vector<torch::Tensor>{x0.to(t).clone().requires_grad_(), w0.to(t).clone().requires_grad_(),
+                                        b0.to(t).clone().requires_grad_()};
+    };
+    const auto ours = leaves(dtype);
+    const auto theirs = leaves(dtype);
+    const auto full = leaves(f);
+    const auto y = nn::linear(ours[0], ours[1], ours[2]);
+    y.backward(g);
+    const auto y_theirs = torch::nn::functional::linear(theirs[0], theirs[1], theirs[2]);
+    y_theirs.backward(g);
+    const auto y_full = torch::nn::functional::linear(full[0], full[1], full[2]);
+    y_full.backward(g.to(f));
+    // Bounds: |g| |W| for dx, |g|^T |x| for dW, the column sums of |g| for db.
+    const auto ga = g.to(f).abs().reshape({-1, 72});
+    const auto xa = x0.to(f).abs().reshape({-1, 96});
+    const std::vector<torch::Tensor> scales = {ga.mm(w0.to(f).abs()).view({3, 40, 96}), ga.t().mm(xa), ga.sum(0)};
+    ASSERT_NO_FATAL_FAILURE(expect_within_rounding(
+        y, y_theirs, torch::nn::functional::linear(x0.to(f).abs(), w0.to(f).abs()) + b0.to(f).abs(), unit));
+    for (size_t i = 0; i < 3; ++i) {
+      SCOPED_TRACE(i);
+      ASSERT_TRUE(ours[i].grad().defined());
+      ASSERT_NO_FATAL_FAILURE(expect_within_rounding(ours[i].grad(), theirs[i].grad(), scales[i], unit));
+    }
+    if (nn::half_product_in_float(ours[0], ours[1])) {
+      EXPECT_NE(y.grad_fn()->name().find("HalfLinearInFloat"), std::string::npos) << y.grad_fn()->name();
+      EXPECT_TRUE(torch::equal(y, y_full.to(dtype)));
+      for (size_t i = 0; i < 3; ++i) {
+        SCOPED_TRACE(i);
+        ASSERT_NO_FATAL_FAILURE(expect_within_rounding(ours[i].grad(), full[i].grad().to(dtype), scales[i], unit, 1));
+      }
+    }
+    // A frozen weight gets no gradient; the input still does, with a bias or without one.
+    for (const auto& bias : {b0, torch::Tensor()}) {
+      const auto x = x0.clone().requires_grad_();
+      const auto y_frozen = nn::linear(x, w0, bias);
+      y_frozen.backward(g);
+      ASSERT_TRUE(x.grad().defined());
+      EXPECT_EQ(x.grad().scalar_type(), dtype);
+      ASSERT_NO_FATAL_FAILURE(expect_within_rounding(x.grad(), theirs[0].grad(), scales[0], unit));
+    }
+    // No bias, every gradient.
+    const auto unbiased = leaves(dtype);
+    const auto unbiased_theirs = leaves(dtype);
+    nn::linear(unbiased[0], unbiased[1], torch::Tensor()).backward(g);
+    torch::nn::functional::linear(unbiased_theirs[0], unbiased_theirs[1]).backward(g);
+    for (size_t i = 0; i < 2; ++i) {
+      ASSERT_NO_FATAL_FAILURE(expect_within_rounding(unbiased[i].grad(), unbiased_theirs[i].grad(), scales[i], unit));
+    }
+    EXPECT_FALSE(unbiased[2].grad().defined());
   }
-  // Under autograd libtorch's own product runs, and gradients flow.
-  const auto x = torch::randn({20, 16}).to(torch::kBFloat16).requires_grad_();
-  EXPECT_FALSE(nn::half_product_in_float(x, w));
-  nn::linear(x, w, torch::Tensor()).sum().backward();
-  EXPECT_TRUE(x.grad().defined());
 }
 
 TEST(HalfProducts, PatchConvolutionsGiveLibtorchsResultWithinOneRounding) {
@@ -75,6 +135,37 @@ TEST(HalfProducts, PatchConvolutionsGiveLibtorchsResultWithinOneRounding) {
     if (conv->bias.defined()) scale = scale + conv->bias.to(f).abs().view({1, -1, 1, 1});
     ASSERT_NO_FATAL_FAILURE(expect_within_rounding(nn::conv2d(conv, x), conv->forward(x), scale, 1.0 / 256));
   }
+}
+
+TEST(HalfProducts, PatchConvolutionGradientsAreLibtorchsWithinOneRounding) {
+  torch::manual_seed(6);
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(3, 24, 14).stride(14));
+  conv->to(torch::kBFloat16);
+  torch::nn::Conv2d twin(torch::nn::Conv2dOptions(3, 24, 14).stride(14));
+  twin->to(torch::kBFloat16);
+  {
+    torch::NoGradGuard no_grad;
+    twin->weight.copy_(conv->weight);
+    twin->bias.copy_(conv->bias);
+  }
+  const auto x0 = torch::randn({2, 3, 56, 56}).to(torch::kBFloat16);
+  const auto x = x0.clone().requires_grad_();
+  const auto x_twin = x0.clone().requires_grad_();
+  const auto y = nn::conv2d(conv, x);
+  const auto g = torch::randn(y.sizes()).to(torch::kBFloat16);
+  y.backward(g);
+  twin->forward(x_twin).backward(g);
+  const auto f = torch::kFloat32;
+  // Bound of each weight's gradient: the sum over the patches of |g| |x|, by the same convolution's
+  // weight gradient of the magnitudes.
+  auto xa = x0.to(f).abs().requires_grad_(false);
+  auto wa = conv->weight.detach().to(f).abs().requires_grad_();
+  torch::nn::functional::conv2d(xa, wa, torch::nn::functional::Conv2dFuncOptions().stride(14)).backward(g.to(f).abs());
+  ASSERT_NO_FATAL_FAILURE(expect_within_rounding(conv->weight.grad(), twin->weight.grad(), wa.grad(), 1.0 / 256));
+  EXPECT_EQ(x.grad().scalar_type(), torch::kBFloat16);
+  const auto xg_scale = torch::nn::functional::conv_transpose2d(
+      g.to(f).abs(), conv->weight.detach().to(f).abs(), torch::nn::functional::ConvTranspose2dFuncOptions().stride(14));
+  ASSERT_NO_FATAL_FAILURE(expect_within_rounding(x.grad(), x_twin.grad(), xg_scale, 1.0 / 256));
 }
 
 TEST(HalfAttention, TrainingRunsInFloatAndInferenceKeepsLibtorchsKernels) {

@@ -66,9 +66,11 @@ void check_sizes(at::IntArrayRef sizes, const std::string& what);
 // Half-precision products on a CPU without native bf16/fp16 dot products (no AVX512-BF16 or AVX512-FP16):
 // libtorch runs them there far slower than in float32 (measured on an AVX2 EPYC, 2 threads: a
 // [577, 1024] x [1024, 4096] bf16 product at 15.6 GFLOPS against 106 in float32, a 14x14 patch convolution
-// 33 times slower). `linear` and `conv2d` compute such products (more than 8 rows, outside autograd) in
-// float32 from up-cast copies and round the result once to the input's dtype, which is what libtorch's
-// half-precision product does with its float accumulator; anything else goes to libtorch as it is.
+// 33 times slower). `linear` and `conv2d` compute such products (more than 8 rows, or any that autograd
+// records) in float32 from up-cast copies and round the result once to the input's dtype, which is what
+// libtorch's half-precision product does with its float accumulator; under autograd the gradients are
+// computed the same way and rounded once to each tensor's dtype, and `linear` saves only the
+// half-precision tensors for the backward pass. Anything else goes to libtorch as it is.
 // LEGO_CPU_HALF=native keeps libtorch's half-precision path everywhere.
 bool half_product_in_float(const torch::Tensor& x, const torch::Tensor& weight);
 // Whether LEGO_CPU_HALF=native asks for libtorch's half-precision CPU kernels everywhere.
