@@ -113,6 +113,7 @@ class HalfLinearInFloat : public torch::autograd::Function<HalfLinearInFloat> {
                                const torch::Tensor& weight, const std::optional<torch::Tensor>& bias) {
     ctx->save_for_backward({x, weight});
     ctx->saved_data["bias"] = bias.has_value();
+    if (bias) ctx->saved_data["bias_dtype"] = static_cast<int64_t>(bias->scalar_type());
     const auto f = torch::kFloat32;
     return torch::nn::functional::linear(x.to(f), weight.to(f), bias ? bias->to(f) : torch::Tensor()).to(x.scalar_type());
   }
@@ -128,7 +129,9 @@ class HalfLinearInFloat : public torch::autograd::Function<HalfLinearInFloat> {
     torch::Tensor gx, gw, gb;
     if (ctx->needs_input_grad(0)) gx = g.matmul(weight.to(f)).to(x.scalar_type());
     if (ctx->needs_input_grad(1)) gw = g_rows.t().mm(x.reshape({-1, x.size(-1)}).to(f)).to(weight.scalar_type());
-    if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) gb = g_rows.sum(0).to(weight.scalar_type());
+    if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) {
+      gb = g_rows.sum(0).to(static_cast<torch::ScalarType>(ctx->saved_data["bias_dtype"].toInt()));
+    }
     return {gx, gw, gb};
   }
 };
@@ -136,8 +139,7 @@ class HalfLinearInFloat : public torch::autograd::Function<HalfLinearInFloat> {
 bool half_in_float(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
   const auto dtype = x.scalar_type();
   if (cpu_half_forced_native() || (dtype != torch::kBFloat16 && dtype != torch::kHalf) || weight.scalar_type() != dtype ||
-      (bias.defined() && bias.scalar_type() != dtype) || !x.is_cpu() || !weight.is_cpu() || x.dim() == 0 ||
-      x.size(-1) == 0 || cpu_has_native(dtype)) {
+      !x.is_cpu() || !weight.is_cpu() || x.dim() == 0 || x.size(-1) == 0 || cpu_has_native(dtype)) {
     return false;
   }
   // Up to 8 rows outside autograd is a decoding step: the LLM's own kernels or libtorch's serve it.

@@ -117,6 +117,18 @@ TEST(HalfProducts, GradientsUnderAutogradAreLibtorchsWithinOneRounding) {
       ASSERT_NO_FATAL_FAILURE(expect_within_rounding(unbiased[i].grad(), unbiased_theirs[i].grad(), scales[i], unit));
     }
     EXPECT_FALSE(unbiased[2].grad().defined());
+    // On the float32 route a float32 bias beside half-precision weights gets its gradient in float32
+    // (libtorch's own product refuses the mix).
+    const auto mixed = leaves(dtype);
+    if (nn::half_product_in_float(mixed[0], mixed[1])) {
+      const auto b32 = b0.to(f).clone().requires_grad_();
+      const auto y_mixed = nn::linear(mixed[0], mixed[1], b32);
+      EXPECT_EQ(y_mixed.scalar_type(), dtype);
+      y_mixed.backward(g);
+      ASSERT_TRUE(b32.grad().defined());
+      EXPECT_EQ(b32.grad().scalar_type(), f);
+      EXPECT_TRUE(torch::allclose(b32.grad(), g.to(f).reshape({-1, 72}).sum(0), 1e-5, 1e-5));
+    }
   }
 }
 
