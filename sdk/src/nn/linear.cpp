@@ -112,7 +112,6 @@ class HalfLinearInFloat : public torch::autograd::Function<HalfLinearInFloat> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
                                const torch::Tensor& weight, const std::optional<torch::Tensor>& bias) {
     ctx->save_for_backward({x, weight});
-    ctx->saved_data["bias"] = bias.has_value();
     if (bias) ctx->saved_data["bias_dtype"] = static_cast<int64_t>(bias->scalar_type());
     const auto f = torch::kFloat32;
     return torch::nn::functional::linear(x.to(f), weight.to(f), bias ? bias->to(f) : torch::Tensor()).to(x.scalar_type());
@@ -129,8 +128,9 @@ class HalfLinearInFloat : public torch::autograd::Function<HalfLinearInFloat> {
     torch::Tensor gx, gw, gb;
     if (ctx->needs_input_grad(0)) gx = g.matmul(weight.to(f)).to(x.scalar_type());
     if (ctx->needs_input_grad(1)) gw = g_rows.t().mm(x.reshape({-1, x.size(-1)}).to(f)).to(weight.scalar_type());
-    if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) {
-      gb = g_rows.sum(0).to(static_cast<torch::ScalarType>(ctx->saved_data["bias_dtype"].toInt()));
+    const auto bias_dtype = ctx->saved_data.find("bias_dtype");  // absent: no bias, no third input
+    if (bias_dtype != ctx->saved_data.end() && ctx->needs_input_grad(2)) {
+      gb = g_rows.sum(0).to(static_cast<torch::ScalarType>(bias_dtype->second.toInt()));
     }
     return {gx, gw, gb};
   }
